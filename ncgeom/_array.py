@@ -1,0 +1,179 @@
+"""The one place that talks to array-api-compat.
+
+Everything backend-specific lives here: namespace and device resolution, the
+accumulation dtype, host transfer of final scalars, and segment sums (the
+class-wise scatter-add) with fast paths for NumPy, torch and CuPy plus a
+generic path that uses only the array-API standard.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import array_api_compat as compat
+import numpy as np
+
+__all__ = [
+    "accumulation_dtype",
+    "array_device",
+    "backend_name",
+    "namespace",
+    "segment_count",
+    "segment_sum",
+    "to_host",
+]
+
+Array = Any
+
+
+def namespace(**arrays: Array) -> ModuleType:
+    """Return the common array namespace of keyword-named arrays.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not an array, or the arrays come from different
+        libraries; the message names the arguments.
+    """
+    spaces: dict[str, ModuleType] = {}
+    for name, value in arrays.items():
+        if value is None:
+            continue
+        try:
+            spaces[name] = compat.array_namespace(value)
+        except TypeError:
+            msg = f"`{name}` must be an array of an array-API library; got {type(value).__name__}"
+            raise TypeError(msg) from None
+    if not spaces:
+        msg = "no array given"
+        raise TypeError(msg)
+    names = list(spaces)
+    first = spaces[names[0]]
+    for name in names[1:]:
+        if spaces[name] is not first:
+            msg = (
+                f"`{names[0]}` and `{name}` must come from the same array library; got "
+                f"{backend_name(first)} and {backend_name(spaces[name])}"
+            )
+            raise TypeError(msg)
+    devices = {name: array_device(arrays[name]) for name in names}
+    for name in names[1:]:
+        if devices[name] != devices[names[0]]:
+            msg = (
+                f"`{names[0]}` and `{name}` must be on the same device; got "
+                f"{devices[names[0]]} and {devices[name]}"
+            )
+            raise ValueError(msg)
+    return first
+
+
+def array_device(x: Array) -> Any:
+    """The device an array lives on."""
+    return compat.device(x)
+
+
+def backend_name(xp: ModuleType) -> str:
+    """Short name of a namespace: 'numpy', 'torch', 'cupy', 'array_api_strict', ..."""
+    name = xp.__name__
+    if name.startswith("array_api_compat."):
+        name = name.split(".")[1]
+    return name.split(".")[0]
+
+
+def accumulation_dtype(xp: ModuleType, dtype: Any) -> Any:
+    """Floating dtype used to accumulate sums of arrays of `dtype`.
+
+    Half and bfloat16 inputs accumulate in float32; float32 and float64 keep
+    their own precision.
+    """
+    if dtype == xp.float64:
+        return xp.float64
+    return xp.float32
+
+
+def to_host(x: Array) -> np.ndarray:
+    """Copy an array (usually a handful of final scalars) to a NumPy array."""
+    if isinstance(x, np.ndarray):
+        return x
+    if compat.is_torch_array(x):
+        return x.detach().cpu().numpy()
+    if compat.is_cupy_array(x):
+        return x.get()
+    try:
+        return np.asarray(x)
+    except (TypeError, ValueError, RuntimeError):
+        return np.from_dlpack(compat.to_device(x, "cpu"))
+
+
+def segment_count(labels: Array, num_segments: int, xp: ModuleType) -> Array:
+    """Number of occurrences of each label in ``range(num_segments)`` (int64)."""
+    if compat.is_torch_namespace(xp):
+        return labels.bincount(minlength=num_segments)
+    if compat.is_numpy_namespace(xp):
+        return np.bincount(np.asarray(labels), minlength=num_segments).astype(np.int64)
+    if compat.is_cupy_namespace(xp):
+        return _cupy().bincount(labels, minlength=num_segments).astype("int64")
+    bounds = _segment_bounds(xp.sort(labels), num_segments, xp)
+    return xp.astype(bounds[1:] - bounds[:-1], xp.int64)
+
+
+def segment_sum(values: Array, labels: Array, num_segments: int, xp: ModuleType) -> Array:
+    """Sum the rows of `values` that share a label: ``out[k] = sum(values[labels == k])``.
+
+    Costs O(N * row size) on every backend (never a one-hot product over the
+    segments). `values` is 1-D (N,) or 2-D (N, d); the result has the dtype of
+    `values` and shape (num_segments,) or (num_segments, d).
+    """
+    shape = (num_segments, *values.shape[1:])
+    if compat.is_torch_namespace(xp):
+        out = xp.zeros(shape, dtype=values.dtype, device=values.device)
+        return out.index_add_(0, labels.to(dtype=xp.int64), values)
+    if compat.is_numpy_namespace(xp):
+        return _numpy_segment_sum(np.asarray(values), np.asarray(labels), num_segments)
+    if compat.is_cupy_namespace(xp):
+        cupy = _cupy()
+        out = cupy.zeros(shape, dtype=values.dtype)
+        cupy.add.at(out, labels, values)
+        return out
+    return _generic_segment_sum(values, labels, num_segments, xp)
+
+
+def _numpy_segment_sum(values: np.ndarray, labels: np.ndarray, num_segments: int) -> np.ndarray:
+    if values.ndim == 1:
+        return np.bincount(labels, weights=values, minlength=num_segments).astype(values.dtype)
+    try:
+        from scipy import sparse
+    except ImportError:
+        out = np.zeros((num_segments, values.shape[1]), dtype=values.dtype)
+        np.add.at(out, labels, values)
+        return out
+    # A (N, K) CSR indicator transposed is CSC; its product with dense rows is a
+    # compiled scatter-add: out[labels[i]] += values[i], no sort, no K factor.
+    n = labels.shape[0]
+    indicator = sparse.csr_matrix(
+        (np.ones(n, dtype=values.dtype), labels, np.arange(n + 1)),
+        shape=(n, num_segments),
+    )
+    return np.asarray(indicator.T @ values)
+
+
+def _segment_bounds(sorted_labels: Array, num_segments: int, xp: ModuleType) -> Array:
+    edges = xp.arange(num_segments + 1, dtype=sorted_labels.dtype, device=sorted_labels.device)
+    return xp.searchsorted(sorted_labels, edges)
+
+
+def _generic_segment_sum(values: Array, labels: Array, num_segments: int, xp: ModuleType) -> Array:
+    # Sort by label, then difference a cumulative sum at the segment bounds.
+    # Standard-only and vectorised; the cumulative sum's rounding is relative to
+    # the running total, which stays small for the shifted values ncgeom sums.
+    order = xp.argsort(labels, stable=True)
+    bounds = _segment_bounds(xp.take(labels, order), num_segments, xp)
+    csum = xp.cumulative_sum(xp.take(values, order, axis=0), axis=0, include_initial=True)
+    return xp.take(csum, bounds[1:], axis=0) - xp.take(csum, bounds[:-1], axis=0)
+
+
+def _cupy() -> ModuleType:
+    import cupy
+
+    return cupy
