@@ -63,7 +63,10 @@ def check_labels(labels: Array, num_rows: int, xp: ModuleType, name: str = "labe
         msg = f"`{name}` must have an integer dtype; got {labels.dtype}"
         raise TypeError(msg)
     if labels.shape[0] != num_rows:
-        msg = f"`{name}` must have one entry per row of `features` ({num_rows}); got {labels.shape[0]}"
+        msg = (
+            f"`{name}` must have one entry per row of `features` ({num_rows}); "
+            f"got {labels.shape[0]}"
+        )
         raise ValueError(msg)
 
 
