@@ -18,7 +18,7 @@ from typing import Any
 
 from ._array import array_device, namespace, to_host
 from ._validate import check_features
-from .stats import ClassStats, chunk_rows
+from .stats import ClassStats, chunk_rows, row_chunks
 
 __all__ = [
     "GLOBAL_MEANS",
@@ -348,15 +348,15 @@ def _etf_error(view: Classes, chunk_rows: int | None = None) -> Array:
     device = view.stats.device
     rows = chunk_rows or max(1, PAIR_BLOCK_ELEMENTS // num)
     cols = xp.arange(num, device=device)
-    starts = range(0, num, rows)
-    gram_norm2 = sum(xp.sum((centred[lo : lo + rows, ...] @ centred.T) ** 2) for lo in starts)
+    blocks = row_chunks(num, rows)
+    gram_norm2 = sum(xp.sum((centred[block, ...] @ centred.T) ** 2) for block in blocks)
     gram_norm = xp.sqrt(gram_norm2)
     target_norm = (num - 1) ** 0.5
     total = xp.zeros((), dtype=view.stats.dtype, device=device)
-    for lo in starts:
-        hi = min(lo + rows, num)
-        eye = xp.astype(cols[None, :] == xp.arange(lo, hi, device=device)[:, None], centred.dtype)
-        diff = (centred[lo:hi, ...] @ centred.T) / gram_norm - (eye - 1 / num) / target_norm
+    for block in blocks:
+        eye = xp.arange(block.start, block.stop, device=device)[:, None] == cols[None, :]
+        eye = xp.astype(eye, centred.dtype)
+        diff = (centred[block, ...] @ centred.T) / gram_norm - (eye - 1 / num) / target_norm
         total = total + xp.sum(diff * diff)
     return xp.sqrt(total)
 
@@ -516,8 +516,8 @@ def ncc_agreement(
     offsets = xp.where(missing, xp.full_like(offsets, xp.inf), offsets)
     rows = chunk_rows(num, max(dim, classifier.shape[0]), dtype, xp, chunk_size)
     matches = xp.zeros((), dtype=xp.int64, device=array_device(features))
-    for lo in range(0, num, rows):
-        x = xp.astype(features[lo : lo + rows, ...], dtype)
+    for part_rows in row_chunks(num, rows):
+        x = xp.astype(features[part_rows, ...], dtype)
         logits = x @ xp.astype(classifier, dtype).T
         if bias is not None:
             logits = logits + xp.astype(bias, dtype)

@@ -430,15 +430,20 @@ def chunk_rows(
     return max(1, min(max(num_rows, 1), CHUNK_BYTES // (itemsize * max(dim, 1))))
 
 
+def row_chunks(num_rows: int, rows: int) -> list[slice]:
+    """Slices of at most `rows` rows covering ``range(num_rows)`` (in bounds)."""
+    return [slice(lo, min(lo + rows, num_rows)) for lo in range(0, num_rows, rows)]
+
+
 def class_means(
     features: Array, labels: Array, num_classes: int, dtype: Any, xp: ModuleType, rows: int
 ) -> tuple[Array, Array]:
     """Counts (K,) and class means (K, d) of a batch; zero rows for absent classes."""
     counts = segment_count(labels, num_classes, xp)
     total = None
-    for lo in range(0, features.shape[0], rows):
-        chunk = xp.astype(features[lo : lo + rows, ...], dtype, copy=False)
-        part = segment_sum(chunk, labels[lo : lo + rows], num_classes, xp)
+    for part_rows in row_chunks(features.shape[0], rows):
+        chunk = xp.astype(features[part_rows, ...], dtype, copy=False)
+        part = segment_sum(chunk, labels[part_rows], num_classes, xp)
         total = part if total is None else total + part
     return counts, total / xp.astype(xp.clip(counts, min=1), dtype)[:, None]
 
@@ -466,16 +471,16 @@ def shifted_moments(
     sqnorms = xp.zeros(num_classes, dtype=dtype, device=array_device(shift))
     gram_sum = xp.zeros((dim, dim), dtype=dtype, device=array_device(shift)) if gram else None
     extra = None
-    for lo in range(0, features.shape[0], rows):
-        y = labels[lo : lo + rows]
-        dev = xp.astype(features[lo : lo + rows, ...], dtype, copy=False)
+    for part_rows in row_chunks(features.shape[0], rows):
+        y = labels[part_rows]
+        dev = xp.astype(features[part_rows, ...], dtype, copy=False)
         dev = dev - xp.take(shift, y, axis=0)
         sums = sums + segment_sum(dev, y, num_classes, xp)
         sqnorms = sqnorms + segment_sum(xp.sum(dev * dev, axis=1), y, num_classes, xp)
         if gram_sum is not None:
             gram_sum = gram_sum + dev.T @ dev
         if visit is not None:
-            part = visit(features[lo : lo + rows, ...], dev, y)
+            part = visit(features[part_rows, ...], dev, y)
             extra = (
                 part if extra is None else tuple(a + b for a, b in zip(extra, part, strict=True))
             )
