@@ -274,7 +274,9 @@ class ClassStats:
         if dtype == self.shift.dtype:
             return self
         xp = self.xp
-        cast = functools.partial(xp.astype, dtype=dtype)
+        def cast(array: Array) -> Array:
+            return xp.astype(array, dtype)
+
         return ClassStats(
             self.counts,
             cast(self.shift),

@@ -1,0 +1,3 @@
+"""Testing aids: Hypothesis strategies (`ncgeom.testing.strategies`)."""
+
+__all__: list[str] = []

@@ -1,0 +1,136 @@
+"""Invariants of the statistics and metrics, drawn by Hypothesis."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ncgeom import ClassStats, merge_stats, metrics, nc_report
+from ncgeom.testing import strategies as nst
+
+SETTINGS = settings(max_examples=40, deadline=None)
+SCALAR_METRICS = (
+    "nc1",
+    "cdnv",
+    "within_variance",
+    "etf_error",
+    "equinorm",
+    "equiangularity",
+    "orthogonality_error",
+    "self_duality_error",
+    "scaled_alignment_error",
+)
+SCALE_FREE = tuple(name for name in SCALAR_METRICS if name != "within_variance")
+
+
+def _close(a, b, names, rtol=1e-10, atol=1e-12):
+    for name in names:
+        assert getattr(a, name) == pytest.approx(getattr(b, name), rel=rtol, abs=atol), name
+
+
+def _populated(data):
+    return all(n > 0 for n in data.counts)
+
+
+@SETTINGS
+@given(
+    data=nst.labelled_features(), cuts=st.lists(st.floats(0, 1), max_size=5), seed=st.integers()
+)
+def test_any_batches_and_merge_order_give_the_same_report(data, cuts, seed):
+    x, y, k = data.features, data.labels, len(data.counts)
+    whole = nc_report(ClassStats.from_features(x, y, k))
+    edges = sorted({0, len(y), *(int(c * len(y)) for c in cuts)})
+    batches = [(x[a:b], y[a:b]) for a, b in itertools.pairwise(edges)]
+    streamed = ClassStats.empty(k, x.shape[1])
+    for bx, by in batches:
+        streamed = streamed.update(bx, by)
+    parts = [ClassStats.from_features(bx, by, k) for bx, by in batches]
+    order = np.random.default_rng(seed % 2**32).permutation(len(parts))
+    merged = merge_stats(*(parts[i] for i in order))
+    names = [n for n in SCALAR_METRICS if getattr(whole, n) is not None]
+    _close(nc_report(streamed), whole, names)
+    _close(nc_report(merged), whole, names)
+    np.testing.assert_array_equal(merged.counts, whole_counts := np.bincount(y, minlength=k))
+    np.testing.assert_array_equal(streamed.counts, whole_counts)
+
+
+@SETTINGS
+@given(a=nst.labelled_features(counts=nst.class_counts(3, 3)), seed=st.integers(0, 99))
+def test_merge_is_associative_and_commutative(a, seed):
+    x, y = a.features, a.labels
+    third = len(y) // 3
+    p, q, r = (
+        ClassStats.from_features(x[s], y[s], 3)
+        for s in (slice(0, third), slice(third, 2 * third), slice(2 * third, None))
+    )
+    left, right = p.merge(q).merge(r), p.merge(q.merge(r))
+    swapped = r.merge(p).merge(q)
+    for other in (right, swapped):
+        np.testing.assert_allclose(other.means, left.means, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(
+            other.within_covariance(), left.within_covariance(), rtol=1e-9, atol=1e-12
+        )
+        np.testing.assert_allclose(
+            other.class_variances, left.class_variances, rtol=1e-9, atol=1e-12
+        )
+
+
+@SETTINGS
+@given(data=nst.labelled_features(min_dim=2), seed=st.integers(0, 2**32 - 1))
+def test_rotation_and_relabelling_leave_metrics_unchanged(data, seed):
+    x, y, k = data.features, data.labels, len(data.counts)
+    rng = np.random.default_rng(seed)
+    w = data.means + rng.normal(size=data.means.shape)
+    base = nc_report((x, y), w)
+    rotation, _ = np.linalg.qr(rng.normal(size=(x.shape[1], x.shape[1])))
+    perm = rng.permutation(k)
+    w_perm = np.empty_like(w)
+    w_perm[perm] = w
+    moved = nc_report((x @ rotation, perm[y]), w_perm @ rotation, num_classes=k)
+    names = [n for n in SCALAR_METRICS if getattr(base, n) is not None]
+    _close(moved, base, names, rtol=1e-7, atol=1e-9)
+    assert moved.ncc_agreement == pytest.approx(base.ncc_agreement, abs=2 / len(y))
+
+
+@SETTINGS
+@given(data=nst.labelled_features(), factor=st.floats(1e-3, 1e3))
+def test_scaling_features_leaves_scale_free_metrics_unchanged(data, factor):
+    x, y, k = data.features, data.labels, len(data.counts)
+    w = data.means[::-1].copy()
+    base, scaled = nc_report((x, y), w), nc_report((factor * x, y), w, num_classes=k)
+    _close(scaled, base, SCALE_FREE, rtol=1e-8, atol=1e-10)
+    assert scaled.within_variance == pytest.approx(factor**2 * base.within_variance, rel=1e-8)
+
+
+@SETTINGS
+@given(data=nst.labelled_features(spread=st.just(0.0)))
+def test_features_at_their_means_have_zero_nc1_and_cdnv(data):
+    x, y, k = data.features, data.labels, len(data.counts)
+    for source in (ClassStats.from_features(x, y, k), (x, y)):
+        rep = nc_report(source, num_classes=k) if isinstance(source, tuple) else nc_report(source)
+        assert abs(rep.nc1) < 1e-20
+        assert abs(rep.cdnv) < 1e-20
+
+
+@SETTINGS
+@given(means=nst.simplex_etfs(), extra=st.integers(0, 3))
+def test_simplex_etf_has_zero_etf_error_and_equiangularity(means, extra):
+    k = means.shape[0]
+    y = np.concatenate([np.arange(k)] * (1 + extra))  # balanced: mu_G is the ETF centre
+    stats = ClassStats.from_features(means[y], y, k)
+    assert float(metrics.etf_error(stats)) < 1e-7
+    assert float(metrics.equiangularity(stats)) < 1e-12
+    assert float(metrics.equinorm(stats)) < 1e-12
+
+
+@SETTINGS
+@given(means=nst.orthogonal_frames(), counts=st.lists(st.integers(1, 5), min_size=8, max_size=8))
+def test_orthogonal_frame_has_zero_orthogonality_error(means, counts):
+    k = means.shape[0]
+    y = np.repeat(np.arange(k), counts[:k])
+    stats = ClassStats.from_features(means[y], y, k)
+    assert float(metrics.orthogonality_error(stats)) == 0.0
