@@ -89,8 +89,10 @@ def check_batch(
         return
     parts = [xp.astype(xp.min(labels), xp.int64), xp.astype(xp.max(labels), xp.int64)]
     if check_finite:
-        bad_rows = xp.logical_not(xp.all(xp.isfinite(features), axis=1))
-        parts.append(xp.astype(xp.sum(xp.astype(bad_rows, xp.int64)), xp.int64))
+        # NaN and Inf survive a row sum, so one cheap reduction finds every bad
+        # row; a sum that overflows is only a suspect, confirmed below.
+        suspect = xp.logical_not(xp.isfinite(xp.sum(features, axis=1)))
+        parts.append(xp.sum(xp.astype(suspect, xp.int64)))
     low, high, *rest = (int(v) for v in to_host(xp.stack(parts)))
     if low < 0 or high >= num_classes:
         bad = high if high >= num_classes else low
@@ -99,12 +101,15 @@ def check_batch(
         msg = f"`labels` must lie in [0, {num_classes}); got {where} {bad} at row {row}"
         raise ValueError(msg)
     if rest and rest[0]:
-        row = _first_row(bad_rows, xp)
-        msg = (
-            f"`features` must be finite; {rest[0]} row(s) hold NaN or Inf, the first is row {row}"
-            " (pass check_finite=False to skip this scan)"
-        )
-        raise ValueError(msg)
+        bad_rows = xp.logical_not(xp.all(xp.isfinite(features), axis=1))
+        count = int(to_host(xp.sum(xp.astype(bad_rows, xp.int64))))
+        if count:
+            row = _first_row(bad_rows, xp)
+            msg = (
+                f"`features` must be finite; {count} row(s) hold NaN or Inf, the first is "
+                f"row {row} (pass check_finite=False to skip this scan)"
+            )
+            raise ValueError(msg)
 
 
 def _first_row(mask: Array, xp: ModuleType) -> int:

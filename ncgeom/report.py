@@ -245,15 +245,14 @@ def _scan_features(
         agree = xp.argmax(logits, axis=1) == nearest
         return (*out, xp.sum(xp.astype(agree, xp.int64)))
 
-    sums, sqnorms, _, extra = shifted_moments(
-        features, labels, shift, xp, rows, gram=False, visit=visit
+    # The shift is the class mean itself, so the class sums of the deviations
+    # are rounding errors: skip them and take the shift as the mean.
+    _, sqnorms, _, extra = shifted_moments(
+        features, labels, shift, xp, rows, gram=False, class_sums=False, visit=visit
     )
-    stats = ClassStats(counts, shift, sums, sqnorms, None)
+    stats = ClassStats(counts, shift, zeros, sqnorms, None)
     view = m.populated(stats, global_mean, warn=False)
-    # Scatter along V about the exact means: remove the (tiny) offset of the shift.
-    offset_along = view.take(sums) @ basis
-    along = extra[0] - xp.sum(offset_along * offset_along / view.counts[:, None], axis=0)
-    nc1 = m.nc1_from_scatter(along, weights, xp.sum(view.counts))
+    nc1 = m.nc1_from_scatter(extra[0], weights, xp.sum(view.counts))
     agreement = None
     if classifier is not None:
         agreement = xp.astype(extra[1], dtype) / num

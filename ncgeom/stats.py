@@ -178,7 +178,7 @@ class ClassStats:
             device=array_device(features),
             dtype=features.dtype,
         )
-        return start._add_batch(features, labels, xp, chunk_size)
+        return start._add_batch(features, labels, xp, chunk_size, fresh=True)
 
     def update(
         self,
@@ -215,7 +215,13 @@ class ClassStats:
         return self._add_batch(features, labels, xp, chunk_size)
 
     def _add_batch(
-        self, features: Array, labels: Array, xp: ModuleType, chunk_size: int | None
+        self,
+        features: Array,
+        labels: Array,
+        xp: ModuleType,
+        chunk_size: int | None,
+        *,
+        fresh: bool = False,
     ) -> ClassStats:
         rows = chunk_rows(features.shape[0], self.dim, self.dtype, xp, chunk_size)
         counts, batch_means = class_means(features, labels, self.num_classes, self.dtype, xp, rows)
@@ -223,8 +229,10 @@ class ClassStats:
         # its running statistics are all zero, so replacing its shift is exact.
         new = (self.counts == 0) & (counts > 0)
         shift = xp.where(new[:, None], batch_means, self.shift)
+        # On fresh statistics every shift is this batch's exact class mean: the
+        # class sums of the deviations are rounding errors and are skipped.
         sums, sqnorms, gram, _ = shifted_moments(
-            features, labels, shift, xp, rows, gram=self.gram is not None
+            features, labels, shift, xp, rows, gram=self.gram is not None, class_sums=not fresh
         )
         batch = ClassStats(counts, shift, sums, sqnorms, gram)
         return ClassStats(self.counts, shift, self.sums, self.sqnorms, self.gram)._plus(batch)
@@ -274,6 +282,7 @@ class ClassStats:
         if dtype == self.shift.dtype:
             return self
         xp = self.xp
+
         def cast(array: Array) -> Array:
             return xp.astype(array, dtype)
 
@@ -458,11 +467,14 @@ def shifted_moments(
     rows: int,
     *,
     gram: bool,
+    class_sums: bool = True,
     visit: Callable[[Array, Array, Array], tuple[Array, ...]] | None = None,
 ) -> tuple[Array, Array, Array | None, tuple[Array, ...] | None]:
     """One chunked pass over ``dev_i = x_i - shift[y_i]``.
 
-    Returns the class sums of ``dev`` (K, d), of ``||dev||^2`` (K,), the pooled
+    Returns the class sums of ``dev`` (K, d; zeros unless `class_sums`: when
+    the shift is the exact class mean they are rounding errors), of
+    ``||dev||^2`` (K,), the pooled
     Gram ``dev^T dev`` (d, d) if `gram`, and the chunk-wise sum of
     ``visit(features_chunk, dev_chunk, labels_chunk)`` if `visit` is given
     (other quantities computed from the same chunk while it is in cache).
@@ -477,8 +489,9 @@ def shifted_moments(
         y = labels[part_rows]
         dev = xp.astype(features[part_rows, ...], dtype, copy=False)
         dev = dev - xp.take(shift, y, axis=0)
-        sums = sums + segment_sum(dev, y, num_classes, xp)
-        sqnorms = sqnorms + segment_sum(xp.sum(dev * dev, axis=1), y, num_classes, xp)
+        if class_sums:
+            sums = sums + segment_sum(dev, y, num_classes, xp)
+        sqnorms = sqnorms + segment_sum(xp.vecdot(dev, dev), y, num_classes, xp)
         if gram_sum is not None:
             gram_sum = gram_sum + dev.T @ dev
         if visit is not None:
