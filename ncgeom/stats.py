@@ -178,6 +178,8 @@ class ClassStats:
             device=array_device(features),
             dtype=features.dtype,
         )
+        if features.shape[0] == 0:
+            return start
         return start._add_batch(features, labels, xp, chunk_size, fresh=True)
 
     def update(
