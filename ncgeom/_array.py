@@ -19,6 +19,7 @@ __all__ = [
     "array_device",
     "backend_name",
     "namespace",
+    "resolve_namespace",
     "segment_count",
     "segment_sum",
     "to_host",
@@ -66,6 +67,23 @@ def namespace(**arrays: Array) -> ModuleType:
             )
             raise ValueError(msg)
     return first
+
+
+def resolve_namespace(xp: ModuleType | None) -> ModuleType:
+    """The array-API-compatible namespace of a module (NumPy's for None).
+
+    Accepts plain modules (``numpy``, ``torch``, ``cupy``) as well as
+    array-API namespaces.
+    """
+    if xp is None:
+        import array_api_compat.numpy as compat_numpy
+
+        return compat_numpy
+    try:
+        return compat.array_namespace(xp.zeros(0))
+    except (AttributeError, TypeError):
+        msg = f"`xp` must be an array library module; got {xp!r}"
+        raise TypeError(msg) from None
 
 
 def array_device(x: Array) -> Any:

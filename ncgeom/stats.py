@@ -21,7 +21,14 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from ._array import accumulation_dtype, array_device, namespace, segment_count, segment_sum
+from ._array import (
+    accumulation_dtype,
+    array_device,
+    namespace,
+    resolve_namespace,
+    segment_count,
+    segment_sum,
+)
 from ._validate import check_batch, check_num_classes
 
 __all__ = ["ClassStats", "merge_stats"]
@@ -110,10 +117,7 @@ class ClassStats:
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             msg = f"`dim` must be a positive integer; got {dim!r}"
             raise ValueError(msg)
-        if xp is None:
-            import array_api_compat.numpy as xp
-        else:
-            xp = namespace(probe=xp.zeros(0, device=device))
+        xp = resolve_namespace(xp)
         dtype = xp.float64 if dtype is None else dtype
         if not xp.isdtype(dtype, "real floating"):
             msg = f"`dtype` must be a real floating dtype; got {dtype}"

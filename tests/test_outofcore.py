@@ -70,11 +70,11 @@ def test_two_worker_distributed_cluster_matches_in_memory():
 
 def test_bad_input_is_named():
     x, y, k = _data(n=50)
-    with pytest.raises(TypeError, match="`features` must be a dask.array.Array; got ndarray"):
+    with pytest.raises(TypeError, match=r"`features` must be a dask\.array\.Array; got ndarray"):
         stats_from_dask(x, y, k)
     with pytest.raises(ValueError, match=r"`labels` must have shape \(50,\)"):
         stats_from_dask(da.from_array(x), y[:10], k)
-    with pytest.raises(ValueError, match="`split_every` must be an integer >= 2; got 1"):
+    with pytest.raises(ValueError, match=r"`split_every` must be an integer >= 2; got 1"):
         stats_from_dask(da.from_array(x), y, k, split_every=1)
     bad = y.copy()
     bad[7] = k
