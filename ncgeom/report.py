@@ -8,9 +8,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from . import metrics as m
+from . import theory_metrics as tm
 from ._array import accumulation_dtype, array_device, backend_name, namespace, to_host
 from ._validate import check_batch, check_num_classes
 from .stats import ClassStats, chunk_rows, class_means, shifted_moments
+from .theory import UFMOptimum
 
 __all__ = ["NCReport", "nc_report"]
 
@@ -36,6 +38,15 @@ class NCReport:
         "self_duality_error",
         "scaled_alignment_error",
         "ncc_agreement",
+        "gof_error",
+        "classifier_gram_error",
+        "logit_structure_error",
+    )
+    PER_CLASS: ClassVar[tuple[str, ...]] = (
+        "margins_measured",
+        "margins_predicted",
+        "feature_norms_measured",
+        "feature_norms_predicted",
     )
 
     num_classes: int
@@ -56,6 +67,13 @@ class NCReport:
     self_duality_error: float | None = None
     scaled_alignment_error: float | None = None
     ncc_agreement: float | None = None
+    gof_error: float | None = None
+    classifier_gram_error: float | None = None
+    logit_structure_error: float | None = None
+    margins_measured: tuple[float, ...] | None = None
+    margins_predicted: tuple[float, ...] | None = None
+    feature_norms_measured: tuple[float, ...] | None = None
+    feature_norms_predicted: tuple[float, ...] | None = None
     unavailable: tuple[tuple[str, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -64,6 +82,9 @@ class NCReport:
         out["counts"] = list(self.counts)
         out["excluded"] = [{"class": k, "reason": why} for k, why in self.excluded]
         out["unavailable"] = {name: why for name, why in self.unavailable}
+        for name in self.PER_CLASS:
+            if out[name] is not None:
+                out[name] = list(out[name])
         return out
 
     def __str__(self) -> str:
@@ -77,6 +98,19 @@ class NCReport:
             value = getattr(self, name)
             shown = f"{value:.6g}" if value is not None else f"- ({why.get(name, 'n/a')})"
             lines.append(f"  {name:<24} {shown}")
+        if self.feature_norms_measured is not None:
+            lines.append(
+                f"  {'class':>5} {'n_k':>8} {'norm':>10} {'predicted':>10}"
+                f" {'margin':>10} {'predicted':>10}"
+            )
+            margins = self.margins_measured or (None,) * self.num_classes
+            for k in range(self.num_classes):
+                margin = "-" if margins[k] is None else f"{margins[k]:.4g}"
+                predicted = "-" if margins[k] is None else f"{self.margins_predicted[k]:.4g}"
+                lines.append(
+                    f"  {k:>5} {self.counts[k]:>8} {self.feature_norms_measured[k]:>10.4g}"
+                    f" {self.feature_norms_predicted[k]:>10.4g} {margin:>10} {predicted:>10}"
+                )
         if self.excluded:
             lines.append("  excluded: " + ", ".join(f"class {k} ({w})" for k, w in self.excluded))
         return "\n".join(lines)
@@ -87,6 +121,7 @@ def nc_report(
     classifier: Array | None = None,
     bias: Array | None = None,
     *,
+    theory: UFMOptimum | None = None,
     num_classes: int | None = None,
     global_mean: str = "samples",
     check_finite: bool = True,
@@ -107,6 +142,12 @@ def nc_report(
         metrics.
     bias : array (K,), optional
         Last-layer bias, used by the NCC agreement.
+    theory : UFMOptimum, optional
+        The predicted optimum (`ncgeom.theory.ufm_relu_optimum`) for the same
+        K; adds the theory-based metrics of `ncgeom.theory_metrics`
+        (``gof_error``, and with a classifier ``classifier_gram_error``,
+        ``logit_structure_error``) and per-class measured-vs-predicted
+        feature norms and margins (``z_kk - max_{j != k} z_kj``).
     num_classes : int, optional
         K for in-memory input; default: rows of `classifier`, else
         ``max(labels) + 1``.
@@ -171,10 +212,23 @@ def nc_report(
     else:
         for name in ("self_duality_error", "scaled_alignment_error", "ncc_agreement"):
             unavailable.setdefault(name, "no classifier given")
+    if theory is None:
+        for name in ("gof_error", "classifier_gram_error", "logit_structure_error"):
+            unavailable[name] = "no theory given"
 
-    names = list(values)
-    host = to_host(xp.stack([xp.astype(values[k], xp.float64) for k in names]))
-    floats = {k: float(v) for k, v in zip(names, host, strict=True)}
+    vectors: dict[str, Array] = {}
+    if theory is not None:
+        _theory_values(stats, view, classifier, theory, values, vectors, unavailable)
+
+    names, vector_names = list(values), list(vectors)
+    parts = [xp.stack([xp.astype(values[k], xp.float64) for k in names])]
+    parts += [xp.astype(vectors[k], xp.float64) for k in vector_names]
+    host = to_host(xp.concat(parts))  # the one device-to-host transfer
+    floats: dict[str, Any] = {k: float(v) for k, v in zip(names, host, strict=False)}
+    offset = len(names)
+    for name in vector_names:
+        floats[name] = tuple(float(v) for v in host[offset : offset + stats.num_classes])
+        offset += stats.num_classes
     return NCReport(
         num_classes=stats.num_classes,
         num_samples=sum(view.host_counts),
@@ -257,3 +311,51 @@ def _scan_features(
     if classifier is not None:
         agreement = xp.astype(extra[1], dtype) / num
     return stats, view, nc1, agreement
+
+
+def _theory_values(
+    stats: ClassStats,
+    view: m.Classes,
+    classifier: Array | None,
+    theory: UFMOptimum,
+    values: dict[str, Array],
+    vectors: dict[str, Array],
+    unavailable: dict[str, str],
+) -> None:
+    """Add the theory-based metrics to `values` (scalars) and `vectors` (per class)."""
+    if not isinstance(theory, UFMOptimum):
+        msg = (
+            "`theory` must be a UFMOptimum (ncgeom.theory.ufm_relu_optimum); "
+            f"got {type(theory).__name__}; for explicit margins use ncgeom.theory_metrics"
+        )
+        raise TypeError(msg)
+    if theory.num_classes != stats.num_classes:
+        msg = (
+            f"`theory` has {theory.num_classes} classes and the features "
+            f"{stats.num_classes}; both must describe the same classes"
+        )
+        raise ValueError(msg)
+    names = ("gof_error", "classifier_gram_error", "logit_structure_error", *NCReport.PER_CLASS)
+    if view.excluded:
+        for name in names:
+            unavailable[name] = "the theory needs every class to have samples"
+        return
+    means = stats.shift + stats.offsets
+    values["gof_error"] = tm.gof_error(means, theory)
+    norms = tm.norm_comparison(means, theory)
+    vectors["feature_norms_measured"] = norms.measured
+    vectors["feature_norms_predicted"] = norms.predicted
+    if classifier is None:
+        for name in (
+            "classifier_gram_error",
+            "logit_structure_error",
+            "margins_measured",
+            "margins_predicted",
+        ):
+            unavailable[name] = "no classifier given"
+        return
+    values["classifier_gram_error"] = tm.classifier_gram_error(classifier, theory)
+    values["logit_structure_error"] = tm.logit_structure_error(classifier, means, theory)
+    margins = tm.margin_comparison(classifier, means, theory)
+    vectors["margins_measured"] = margins.measured
+    vectors["margins_predicted"] = margins.predicted

@@ -1,0 +1,5 @@
+"""``python -m ncgeom``: the ``ncgeom`` command."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,488 @@
+"""Distances between a measured geometry and the UFM+ prediction.
+
+Pure functions on arrays: class means ``(K, d)`` (uncentred, as measured after
+the ReLU) and a classifier ``W`` ``(K, d)``, rows being classes. The prediction
+is either a :class:`~ncgeom.theory.UFMOptimum` or explicit margins ``M_k``
+(with the class counts where the target needs them), so that a prediction made
+under another convention can be compared too.
+
+The matrix errors follow the normalised Frobenius distance used in the
+imbalanced neural-collapse literature, ``|| nf(A) - nf(B) ||_F`` with
+``nf(A) = A / ||A||_F``: 0 for a perfect match up to scale, at most 2. When
+either matrix is zero the distance is undefined and NaN is returned.
+
+Results are 0-d arrays (or, for the per-class comparisons, vectors) on the
+namespace, device and floating dtype of the measured arrays. Predictions given
+as host data (lists, NumPy arrays) are moved there; arrays of another library
+or device raise, as everywhere in ncgeom. K x K matrices are formed in row
+blocks, so memory stays bounded for large K.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any, Literal, NamedTuple
+
+import array_api_compat as compat
+import numpy as np
+
+from ._array import array_device, backend_name, namespace, to_host
+from .theory import UFMOptimum
+
+__all__ = [
+    "Comparison",
+    "classifier_gram_error",
+    "gof_error",
+    "logit_structure_error",
+    "margin_comparison",
+    "norm_comparison",
+]
+
+Array = Any
+
+# Largest number of K x K entries formed at once.
+_BLOCK_ENTRIES = 1 << 22
+
+
+class Comparison(NamedTuple):
+    """Measured and predicted values of one per-class quantity, shape (K,) each."""
+
+    measured: Array
+    predicted: Array
+
+
+def gof_error(means: Array, predicted: Any, *, counts: Any = None) -> Array:
+    """Distance of the class-mean Gram matrix from the predicted orthogonal frame.
+
+    ``|| nf(means @ means.T) - nf(diag(||h_k||^2)) ||_F`` with the predicted
+    squared feature norms on the diagonal (the paper's NC2_H). With explicit
+    margins the target is ``diag(M_k / sqrt(n_k))``, the same up to scale.
+
+    Parameters
+    ----------
+    means : array, shape (K, d)
+        Measured class means (not centred).
+    predicted : UFMOptimum or array-like, shape (K,)
+        The optimum, or explicit margins ``M_k``.
+    counts : array-like, shape (K,), optional
+        Samples per class; needed with explicit margins, not allowed with a
+        UFMOptimum (which holds its own).
+
+    Returns
+    -------
+    array, shape ()
+
+    Examples
+    --------
+    >>> from ncgeom.theory import ufm_relu_optimum
+    >>> from ncgeom.theory_metrics import gof_error
+    >>> opt = ufm_relu_optimum([30, 20, 3, 1], 2e-2, 2e-2)
+    >>> float(gof_error(opt.means(), opt)) < 1e-12
+    True
+    >>> round(float(gof_error(opt.means(), [1.0, 1.0, 1.0, 1.0], counts=[1, 1, 1, 1])), 4)
+    0.5196
+    """
+    xp = namespace(means=means)
+    _check_matrix(means, "means", xp)
+    k = means.shape[0]
+    margins, n = _prediction(predicted, counts, k, means, xp, need_counts=True)
+    if isinstance(predicted, UFMOptimum):
+        target = _on(predicted.feature_norms, "predicted.feature_norms", means, xp) ** 2
+    else:
+        target = margins / xp.sqrt(n)
+    target_norm = xp.sqrt(xp.sum(target * target))
+
+    def target_rows(start: int, stop: int) -> Array:
+        return _eye_rows(start, stop, k, means, xp) * target[start:stop, None]
+
+    def measured_rows(start: int, stop: int) -> Array:
+        return means[start:stop, :] @ means.T
+
+    return _nf_distance(measured_rows, target_rows, target_norm, k, xp)
+
+
+def classifier_gram_error(classifier: Array, predicted: Any, *, counts: Any = None) -> Array:
+    """Distance of ``W @ W.T`` from its predicted shape (the paper's NC2_WWT).
+
+    The target is ``(K I - J) diag(sqrt(n_k) M_k) (K I - J)`` (``J``: all ones),
+    which the optimal classifier Gram matrix equals up to a positive factor.
+
+    Parameters
+    ----------
+    classifier : array, shape (K, d)
+        Measured classifier weights, one row per class.
+    predicted : UFMOptimum or array-like, shape (K,)
+        The optimum, or explicit margins ``M_k``.
+    counts : array-like, shape (K,), optional
+        Samples per class; needed with explicit margins, not allowed with a
+        UFMOptimum.
+
+    Returns
+    -------
+    array, shape ()
+
+    Examples
+    --------
+    >>> from ncgeom.theory import ufm_relu_optimum
+    >>> from ncgeom.theory_metrics import classifier_gram_error
+    >>> opt = ufm_relu_optimum([12, 8, 4, 2], 5e-3, 5e-3)
+    >>> float(classifier_gram_error(opt.classifier(), opt)) < 1e-12
+    True
+    """
+    xp = namespace(classifier=classifier)
+    _check_matrix(classifier, "classifier", xp)
+    k = classifier.shape[0]
+    margins, n = _prediction(predicted, counts, k, classifier, xp, need_counts=True)
+    # Scaled by 1/K^2: entry (i, j) = delta_ij D_i - (D_i + D_j) / K + S / K^2,
+    # whose squared Frobenius norm is (K (K-2) sum D^2 + S^2) / K^2.
+    weights = xp.sqrt(n) * margins
+    total = xp.sum(weights)
+    target_norm = xp.sqrt(k * (k - 2) * xp.sum(weights * weights) + total * total) / k
+
+    def target_rows(start: int, stop: int) -> Array:
+        w = weights[start:stop, None]
+        eye = _eye_rows(start, stop, k, classifier, xp)
+        return eye * w - (w + weights[None, :]) / k + total / k**2
+
+    def measured_rows(start: int, stop: int) -> Array:
+        return classifier[start:stop, :] @ classifier.T
+
+    return _nf_distance(measured_rows, target_rows, target_norm, k, xp)
+
+
+def logit_structure_error(classifier: Array, means: Array, predicted: Any) -> Array:
+    """Distance of ``W @ means.T`` from ``(I - J/K) diag(M)`` (the paper's NC3_WH).
+
+    Column k of ``W @ means.T`` holds the logits of the class-k mean; at the
+    optimum it is ``M_k (e_k - 1/K)``.
+
+    Parameters
+    ----------
+    classifier : array, shape (K, d)
+        Measured classifier weights.
+    means : array, shape (K, d)
+        Measured class means (not centred).
+    predicted : UFMOptimum or array-like, shape (K,)
+        The optimum, or explicit margins ``M_k``.
+
+    Returns
+    -------
+    array, shape ()
+
+    Examples
+    --------
+    >>> from ncgeom.theory import ufm_relu_optimum
+    >>> from ncgeom.theory_metrics import logit_structure_error
+    >>> opt = ufm_relu_optimum([12, 8, 4, 2], 5e-3, 5e-3)
+    >>> float(logit_structure_error(opt.classifier(), opt.means(), opt)) < 1e-12
+    True
+    """
+    xp = namespace(classifier=classifier, means=means)
+    _check_pair(classifier, means, xp)
+    k = classifier.shape[0]
+    margins, _ = _prediction(predicted, None, k, means, xp, need_counts=False)
+    target_norm = xp.sqrt(xp.sum(margins * margins) * ((k - 1) / k))
+
+    def target_rows(start: int, stop: int) -> Array:
+        eye = _eye_rows(start, stop, k, means, xp)
+        return (eye - 1.0 / k) * margins[None, :]
+
+    def measured_rows(start: int, stop: int) -> Array:
+        return classifier[start:stop, :] @ means.T
+
+    return _nf_distance(measured_rows, target_rows, target_norm, k, xp)
+
+
+def margin_comparison(
+    classifier: Array,
+    means: Array,
+    predicted: Any,
+    *,
+    against: Literal["max", "mean"] = "max",
+) -> Comparison:
+    """Measured against predicted margins, per class.
+
+    The measured margin of class k compares the true logit of its mean,
+    ``z_kk = w_k . h_k``, with the other logits ``z_kj = w_j . h_k``:
+    ``z_kk - max_{j != k} z_kj`` (``against="max"``) or
+    ``z_kk - mean_{j != k} z_kj`` (``against="mean"``). At the optimum both
+    equal ``M_k``. No bias is added.
+
+    Parameters
+    ----------
+    classifier : array, shape (K, d)
+        Measured classifier weights.
+    means : array, shape (K, d)
+        Measured class means.
+    predicted : UFMOptimum or array-like, shape (K,)
+        The optimum, or explicit margins ``M_k``.
+    against : {"max", "mean"}
+        Which competing logit the true logit is compared with.
+
+    Returns
+    -------
+    Comparison
+        ``measured`` and ``predicted`` margins, shape (K,) each.
+
+    Examples
+    --------
+    >>> from ncgeom.theory import ufm_relu_optimum
+    >>> from ncgeom.theory_metrics import margin_comparison
+    >>> opt = ufm_relu_optimum([10, 10, 10], 1e-2, 1e-3)
+    >>> cmp = margin_comparison(opt.classifier(), opt.means(), opt)
+    >>> cmp.measured.round(6).tolist(), cmp.predicted.round(6).tolist()
+    ([4.377638, 4.377638, 4.377638], [4.377638, 4.377638, 4.377638])
+    """
+    if against not in ("max", "mean"):
+        msg = f"`against` must be 'max' or 'mean'; got {against!r}"
+        raise ValueError(msg)
+    xp = namespace(classifier=classifier, means=means)
+    _check_pair(classifier, means, xp)
+    k = classifier.shape[0]
+    margins, _ = _prediction(predicted, None, k, means, xp, need_counts=False)
+    parts = []
+    for start, stop in _blocks(k):
+        logits = means[start:stop, :] @ classifier.T
+        eye = _eye_rows(start, stop, k, means, xp) > 0
+        true = xp.sum(xp.where(eye, logits, 0.0), axis=1)
+        if against == "max":
+            other = xp.max(xp.where(eye, -math.inf, logits), axis=1)
+        else:
+            other = (xp.sum(logits, axis=1) - true) / (k - 1)
+        parts.append(true - other)
+    measured = parts[0] if len(parts) == 1 else xp.concat(parts)
+    return Comparison(measured, margins)
+
+
+def norm_comparison(
+    means: Array,
+    predicted: Any,
+    *,
+    counts: Any = None,
+    lambda_ratio: float | None = None,
+    normalize: bool = False,
+) -> Comparison:
+    """Measured against predicted feature-mean norms ``||h_k||``, per class.
+
+    Parameters
+    ----------
+    means : array, shape (K, d)
+        Measured class means.
+    predicted : UFMOptimum or array-like, shape (K,)
+        The optimum, or explicit margins ``M_k``; with margins the predicted
+        norm is ``sqrt(sqrt((K-1) lambda_ratio / (K n_k)) M_k)``.
+    counts : array-like, shape (K,), optional
+        Samples per class; needed with explicit margins.
+    lambda_ratio : float, optional
+        ``lambda_w / lambda_h``; needed with explicit margins unless
+        `normalize` is set.
+    normalize : bool
+        Divide both vectors by their Euclidean norm, comparing only the
+        relative sizes (independent of the penalty convention).
+
+    Returns
+    -------
+    Comparison
+        ``measured`` and ``predicted`` norms, shape (K,) each.
+
+    Examples
+    --------
+    >>> from ncgeom.theory import ufm_relu_optimum
+    >>> from ncgeom.theory_metrics import norm_comparison
+    >>> opt = ufm_relu_optimum([30, 20, 3, 1], 2e-2, 2e-2)
+    >>> cmp = norm_comparison(opt.means(), opt.margins, counts=[30, 20, 3, 1], lambda_ratio=1.0)
+    >>> cmp.predicted.round(6).tolist()
+    [0.650816, 0.685799, 0.684934, 0.0]
+    """
+    xp = namespace(means=means)
+    _check_matrix(means, "means", xp)
+    k = means.shape[0]
+    margins, n = _prediction(predicted, counts, k, means, xp, need_counts=True)
+    if isinstance(predicted, UFMOptimum):
+        if lambda_ratio is not None:
+            msg = "`lambda_ratio` is taken from the UFMOptimum; pass it only with explicit margins"
+            raise ValueError(msg)
+        target = _on(predicted.feature_norms, "predicted.feature_norms", means, xp)
+    else:
+        if lambda_ratio is None:
+            if not normalize:
+                msg = (
+                    "`lambda_ratio` (lambda_w / lambda_h) is needed to predict absolute "
+                    "norms from explicit margins; pass it, or normalize=True"
+                )
+                raise ValueError(msg)
+            lambda_ratio = 1.0
+        ratio = _positive_float(lambda_ratio, "lambda_ratio")
+        scale = math.sqrt((k - 1) * ratio / k)
+        target = xp.sqrt(scale * margins / xp.sqrt(n))
+    measured = xp.sqrt(xp.sum(means * means, axis=1))
+    if normalize:
+        measured = measured / _nan_if_zero(xp.sqrt(xp.sum(measured * measured)), xp)
+        target = target / _nan_if_zero(xp.sqrt(xp.sum(target * target)), xp)
+    return Comparison(measured, target)
+
+
+def _nf_distance(
+    measured_rows: Callable[[int, int], Array],
+    target_rows: Callable[[int, int], Array],
+    target_norm: Array,
+    k: int,
+    xp: ModuleType,
+) -> Array:
+    """``|| A / ||A|| - B / ||B|| ||_F`` from row blocks of A and B (K x K)."""
+    blocks = _blocks(k)
+    target_norm = _nan_if_zero(target_norm, xp)
+    if len(blocks) == 1:
+        measured = measured_rows(0, k)
+        measured_norm = _nan_if_zero(xp.sqrt(xp.sum(measured * measured)), xp)
+        diff = measured / measured_norm - target_rows(0, k) / target_norm
+        return xp.sqrt(xp.sum(diff * diff))
+    measured_sq = 0.0
+    for start, stop in blocks:
+        block = measured_rows(start, stop)
+        measured_sq = measured_sq + xp.sum(block * block)
+    measured_norm = _nan_if_zero(xp.sqrt(measured_sq), xp)
+    total = 0.0
+    for start, stop in blocks:
+        diff = measured_rows(start, stop) / measured_norm - target_rows(start, stop) / target_norm
+        total = total + xp.sum(diff * diff)
+    return xp.sqrt(total)
+
+
+def _nan_if_zero(norm: Array, xp: ModuleType) -> Array:
+    """A norm to divide by: NaN for a zero matrix, whose direction is undefined."""
+    return xp.where(norm > 0, norm, xp.nan)
+
+
+def _blocks(k: int) -> list[tuple[int, int]]:
+    rows = max(1, _BLOCK_ENTRIES // k)
+    return [(start, min(k, start + rows)) for start in range(0, k, rows)]
+
+
+def _eye_rows(start: int, stop: int, k: int, like: Array, xp: ModuleType) -> Array:
+    """Rows ``start:stop`` of the K x K identity, in the dtype of `like`."""
+    device = array_device(like)
+    rows = xp.arange(start, stop, device=device)
+    cols = xp.arange(k, device=device)
+    return xp.astype(rows[:, None] == cols[None, :], like.dtype)
+
+
+def _check_matrix(x: Array, name: str, xp: ModuleType) -> None:
+    if x.ndim != 2:
+        msg = f"`{name}` must be 2-D (classes, dim); got shape {tuple(x.shape)}"
+        raise ValueError(msg)
+    if not xp.isdtype(x.dtype, "real floating"):
+        msg = f"`{name}` must have a real floating dtype; got {x.dtype}"
+        raise TypeError(msg)
+    if x.shape[0] < 2:
+        msg = f"`{name}` must have a row for each of at least 2 classes; got {x.shape[0]}"
+        raise ValueError(msg)
+
+
+def _check_pair(classifier: Array, means: Array, xp: ModuleType) -> None:
+    _check_matrix(classifier, "classifier", xp)
+    _check_matrix(means, "means", xp)
+    if tuple(classifier.shape) != tuple(means.shape):
+        msg = (
+            f"`classifier` and `means` must have the same shape (classes, dim); got "
+            f"{tuple(classifier.shape)} and {tuple(means.shape)}"
+        )
+        raise ValueError(msg)
+    if classifier.dtype != means.dtype:
+        msg = (
+            f"`classifier` and `means` must have the same dtype; got "
+            f"{classifier.dtype} and {means.dtype}"
+        )
+        raise TypeError(msg)
+
+
+def _prediction(
+    predicted: Any,
+    counts: Any,
+    k: int,
+    like: Array,
+    xp: ModuleType,
+    *,
+    need_counts: bool,
+) -> tuple[Array, Array | None]:
+    """Predicted margins (and counts) as vectors next to the measured array `like`."""
+    if isinstance(predicted, UFMOptimum):
+        if counts is not None:
+            msg = "`counts` is taken from the UFMOptimum; pass it only with explicit margins"
+            raise ValueError(msg)
+        if predicted.num_classes != k:
+            msg = (
+                f"`predicted` describes {predicted.num_classes} classes but the measured "
+                f"arrays have {k} rows"
+            )
+            raise ValueError(msg)
+        margins = _on(predicted.margins, "predicted.margins", like, xp)
+        n = _on(predicted.counts, "predicted.counts", like, xp) if need_counts else None
+        return margins, n
+    margins = _vector(predicted, "predicted", k, like, xp)
+    if not need_counts:
+        return margins, None
+    if counts is None:
+        msg = "`counts` is needed with explicit margins in `predicted`"
+        raise ValueError(msg)
+    n = _vector(counts, "counts", k, like, xp)
+    if not bool(xp.all(n > 0)):
+        msg = f"`counts` must be positive; got {_host(counts).tolist()}"
+        raise ValueError(msg)
+    return margins, n
+
+
+def _vector(value: Any, name: str, k: int, like: Array, xp: ModuleType) -> Array:
+    out = _on(value, name, like, xp)
+    if out.ndim != 1 or out.shape[0] != k:
+        msg = f"`{name}` must have shape ({k},), one value per class; got {tuple(out.shape)}"
+        raise ValueError(msg)
+    return out
+
+
+def _on(value: Any, name: str, like: Array, xp: ModuleType) -> Array:
+    """`value` in the namespace, device and dtype of `like`.
+
+    Host data (lists, tuples, NumPy arrays) is copied to the device of `like`;
+    an array of another library or on another device is an error.
+    """
+    device = array_device(like)
+    if compat.is_array_api_obj(value) and not isinstance(value, np.ndarray):
+        other = compat.array_namespace(value)
+        if other is not xp:
+            msg = (
+                f"`{name}` must be host data or a {backend_name(xp)} array like the "
+                f"measured arrays; got a {backend_name(other)} array"
+            )
+            raise TypeError(msg)
+        if array_device(value) != device:
+            msg = f"`{name}` must be on device {device}; got {array_device(value)}"
+            raise ValueError(msg)
+        return xp.astype(value, like.dtype)
+    try:
+        host = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        msg = f"`{name}` must be a UFMOptimum or a vector of numbers; got {value!r}"
+        raise TypeError(msg) from None
+    if not np.all(np.isfinite(host)):
+        msg = f"`{name}` must be finite; got {host.tolist()}"
+        raise ValueError(msg)
+    return xp.asarray(host, dtype=like.dtype, device=device)
+
+
+def _host(value: Any) -> np.ndarray:
+    return to_host(value) if compat.is_array_api_obj(value) else np.asarray(value)
+
+
+def _positive_float(value: Any, name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        msg = f"`{name}` must be a real number; got {value!r}"
+        raise TypeError(msg) from None
+    if not (math.isfinite(number) and number > 0):
+        msg = f"`{name}` must be finite and > 0; got {value!r}"
+        raise ValueError(msg)
+    return number

@@ -1,0 +1,101 @@
+"""nc_report with a predicted optimum: theory metrics against independent formulas."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ncgeom import ClassStats, nc_report
+from ncgeom.theory import ufm_relu_optimum
+
+COUNTS = np.array([30, 20, 3, 1])
+LW = LH = 2e-2
+
+
+def _predicted(counts, lw, lh):
+    """Margins and squared feature norms of THEORY.md, written out here."""
+    k, n = len(counts), counts.sum()
+    c = n * np.sqrt(lw * lh * (k - 1) / k) / np.sqrt(counts)
+    arg = (k - 1) * (1 / c - 1)
+    margins = np.where(arg > 1, np.log(np.where(arg > 1, arg, 1)), 0.0)
+    sq_norms = np.sqrt((k - 1) / k * lw / (lh * counts)) * margins
+    return margins, sq_norms
+
+
+def _nf(a):
+    return a / np.linalg.norm(a)
+
+
+def _instance(seed=0, noise=0.05):
+    rng = np.random.default_rng(seed)
+    margins, sq_norms = _predicted(COUNTS, LW, LH)
+    k, d = len(COUNTS), 6
+    means = np.zeros((k, d))
+    means[np.arange(k), np.arange(k)] = np.sqrt(sq_norms)
+    means = np.abs(means + noise * rng.random((k, d)))
+    y = np.repeat(np.arange(k), COUNTS)
+    x = means[y] + noise * rng.random((len(y), d))
+    w = rng.normal(size=(k, d))
+    return x, y, w, margins, sq_norms
+
+
+def test_theory_metrics_match_direct_formulas():
+    x, y, w, margins, sq_norms = _instance()
+    k = len(COUNTS)
+    opt = ufm_relu_optimum(COUNTS, LW, LH, dim=x.shape[1])
+    rep = nc_report((x, y), w, theory=opt)
+    mu = np.stack([x[y == c].mean(0) for c in range(k)])
+    gof = np.linalg.norm(_nf(mu @ mu.T) - _nf(np.diag(sq_norms)))
+    j = np.ones((k, k))
+    wwt_target = (k * np.eye(k) - j) @ np.diag(np.sqrt(COUNTS) * margins) @ (k * np.eye(k) - j)
+    wwt = np.linalg.norm(_nf(w @ w.T) - _nf(wwt_target))
+    wh = np.linalg.norm(_nf(w @ mu.T) - _nf((np.eye(k) - j / k) @ np.diag(margins)))
+    assert rep.gof_error == pytest.approx(gof, rel=1e-10)
+    assert rep.classifier_gram_error == pytest.approx(wwt, rel=1e-10)
+    assert rep.logit_structure_error == pytest.approx(wh, rel=1e-10)
+    logits = mu @ w.T
+    other = np.where(np.eye(k, dtype=bool), -np.inf, logits).max(axis=1)
+    np.testing.assert_allclose(rep.margins_measured, np.diag(logits) - other, rtol=1e-10)
+    np.testing.assert_allclose(rep.margins_predicted, margins, rtol=1e-10)
+    np.testing.assert_allclose(rep.feature_norms_measured, np.linalg.norm(mu, axis=1), rtol=1e-10)
+    np.testing.assert_allclose(rep.feature_norms_predicted, np.sqrt(sq_norms), rtol=1e-10)
+    text = str(rep)
+    assert "predicted" in text and "gof_error" in text
+    assert rep.to_dict()["margins_predicted"] == list(rep.margins_predicted)
+
+
+def test_theory_optimum_itself_scores_zero():
+    opt = ufm_relu_optimum(COUNTS, LW, LH, dim=4)
+    means, w = np.asarray(opt.means()), np.asarray(opt.classifier())
+    y = np.repeat(np.arange(4), COUNTS)
+    rep = nc_report(ClassStats.from_features(means[y], y, 4), w, theory=opt)
+    for name in ("gof_error", "classifier_gram_error", "logit_structure_error"):
+        assert getattr(rep, name) < 1e-12, name
+    assert rep.orthogonality_error < 1e-12
+    assert rep.scaled_alignment_error < 1e-12
+    np.testing.assert_allclose(rep.feature_norms_measured, rep.feature_norms_predicted, atol=1e-12)
+    alive = np.asarray(opt.alive)
+    np.testing.assert_allclose(
+        np.asarray(rep.margins_measured)[alive], np.asarray(rep.margins_predicted)[alive], rtol=1e-10
+    )
+
+
+def test_theory_without_classifier_and_with_empty_class():
+    x, y, _, _, _ = _instance()
+    opt = ufm_relu_optimum(COUNTS, LW, LH)
+    rep = nc_report((x, y), theory=opt)
+    assert rep.gof_error is not None and rep.feature_norms_measured is not None
+    assert dict(rep.unavailable)["margins_measured"] == "no classifier given"
+    keep = y != 3
+    with pytest.warns(UserWarning, match="no samples"):
+        partial = nc_report((x[keep], y[keep]), num_classes=4, theory=opt)
+    assert partial.gof_error is None
+    assert "every class" in dict(partial.unavailable)["gof_error"]
+
+
+def test_theory_must_match_the_classes():
+    x, y, _, _, _ = _instance()
+    with pytest.raises(ValueError, match="`theory` has 3 classes and the features 4"):
+        nc_report((x, y), theory=ufm_relu_optimum([5, 5, 5], LW, LH))
+    with pytest.raises(TypeError, match="`theory` must be a UFMOptimum"):
+        nc_report((x, y), theory=[1.0, 2.0, 3.0, 4.0])
