@@ -76,7 +76,9 @@ def test_theory_optimum_itself_scores_zero():
     np.testing.assert_allclose(rep.feature_norms_measured, rep.feature_norms_predicted, atol=1e-12)
     alive = np.asarray(opt.alive)
     np.testing.assert_allclose(
-        np.asarray(rep.margins_measured)[alive], np.asarray(rep.margins_predicted)[alive], rtol=1e-10
+        np.asarray(rep.margins_measured)[alive],
+        np.asarray(rep.margins_predicted)[alive],
+        rtol=1e-10,
     )
 
 
