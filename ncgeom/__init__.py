@@ -6,7 +6,7 @@ unconstrained ReLU feature model (`ncgeom.theory`), its loss and a numerical
 solver, on NumPy, CuPy, torch and any array-API library.
 """
 
-from . import metrics
+from . import metrics, plugins
 from .metrics import NCCAgreement, ncc_agreement
 from .outofcore import stats_from_dask
 from .report import NCReport, nc_report
@@ -46,6 +46,7 @@ __all__ = [
     "nc_report",
     "ncc_agreement",
     "norm_comparison",
+    "plugins",
     "stats_from_dask",
     "ufm_relu_optimum",
 ]

@@ -1,3 +1,6 @@
-"""Testing aids: Hypothesis strategies (`ncgeom.testing.strategies`)."""
+"""Testing aids: Hypothesis strategies (`ncgeom.testing.strategies`) and the plugin
+conformance suite (`ncgeom.testing.conformance`)."""
 
-__all__: list[str] = []
+from .conformance import ConformanceError, check_plugin
+
+__all__ = ["ConformanceError", "check_plugin"]

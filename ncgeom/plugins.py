@@ -1,0 +1,491 @@
+"""Framework plugins: the `FrameworkPlugin` protocol and the plugin registry.
+
+A plugin connects one framework (PyTorch, JAX, ...) to ncgeom. It answers
+four questions: its `name`; whether an object belongs to it (`owns`, decided
+without importing the framework); how to view one of its tensors as an
+array-API array on the same device without copying (`to_array`); and how to
+combine `ClassStats` across the processes of a distributed job
+(`all_reduce_stats`).
+
+Plugins are found through the entry-point group ``ncgeom.plugins`` (read once,
+on the first lookup) and through `register_plugin`. The registry is the only
+global state in ncgeom; a lock guards it, so lookups from several threads are
+safe. `reduce_class_stats` is the exact cross-process combination of
+`ClassStats` written once for every plugin: a plugin passes its framework's
+``all_gather`` and ``all_reduce``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import threading
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from ._array import to_host
+from .stats import ClassStats
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "FrameworkPlugin",
+    "available_plugins",
+    "get_plugin",
+    "reduce_class_stats",
+    "register_plugin",
+    "unregister_plugin",
+]
+
+Array = Any
+
+#: Entry-point group that installed plugins advertise themselves in.
+ENTRY_POINT_GROUP = "ncgeom.plugins"
+
+_PROTOCOL_MEMBERS = ("name", "owns", "to_array", "all_reduce_stats")
+
+
+@runtime_checkable
+class FrameworkPlugin(Protocol):
+    """What ncgeom needs from a framework.
+
+    Attributes
+    ----------
+    name : str
+        Short unique name, e.g. ``"torch"``; the registry's key and the name
+        of the plugin's entry point.
+
+    Notes
+    -----
+    Importing the object an entry point names must not import the framework,
+    and `owns` must not either: look the framework up in `sys.modules` (an
+    object can only be a tensor of a framework that is already imported).
+    Then loading every installed plugin stays cheap.
+
+    Examples
+    --------
+    >>> from ncgeom.plugins import FrameworkPlugin
+    >>> class Nothing:
+    ...     name = "nothing"
+    ...     def owns(self, obj): return False
+    ...     def to_array(self, tensor): raise TypeError("owns nothing")
+    ...     def all_reduce_stats(self, stats): return stats
+    >>> isinstance(Nothing(), FrameworkPlugin)
+    True
+    """
+
+    name: str
+
+    def owns(self, obj: Any) -> bool:
+        """True if `obj` is a tensor of this plugin's framework."""
+        ...
+
+    def to_array(self, tensor: Any) -> Array:
+        """View `tensor` as an array-API array on its device, without a copy."""
+        ...
+
+    def all_reduce_stats(self, stats: ClassStats) -> ClassStats:
+        """Statistics of the samples of every process (`stats` itself when alone)."""
+        ...
+
+
+# ----------------------------------------------------------------------------- registry
+_LOCK = threading.RLock()
+_PLUGINS: dict[str, FrameworkPlugin] = {}
+_ORIGINS: dict[str, str] = {}
+_FAILED: dict[str, str] = {}
+_ENTRY_POINTS_READ = False
+
+
+def _check_plugin_object(plugin: Any, name: str = "plugin") -> None:
+    missing = [member for member in _PROTOCOL_MEMBERS if not hasattr(plugin, member)]
+    if missing:
+        msg = (
+            f"`{name}` must implement FrameworkPlugin ({', '.join(_PROTOCOL_MEMBERS)}); "
+            f"{type(plugin).__name__} lacks {', '.join(missing)}"
+        )
+        raise TypeError(msg)
+    for member in _PROTOCOL_MEMBERS[1:]:
+        if not callable(getattr(plugin, member)):
+            msg = (
+                f"`{name}.{member}` must be callable; got {type(getattr(plugin, member)).__name__}"
+            )
+            raise TypeError(msg)
+    if not isinstance(plugin.name, str) or not plugin.name or plugin.name != plugin.name.strip():
+        msg = (
+            f"`{name}.name` must be a non-empty string without surrounding spaces; "
+            f"got {plugin.name!r}"
+        )
+        raise TypeError(msg)
+
+
+def _read_entry_points() -> None:
+    """Load every plugin of the entry-point group (called once, under the lock)."""
+    seen: set[tuple[str, str]] = set()
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        key = (entry.name, entry.value)
+        if key in seen:  # the same distribution found twice on sys.path
+            continue
+        seen.add(key)
+        where = f"entry point {entry.name!r} ({entry.value})"
+        try:
+            plugin = entry.load()
+            if isinstance(plugin, type):
+                plugin = plugin()
+            _check_plugin_object(plugin, f"{entry.value}")
+            if plugin.name != entry.name:
+                msg = f"it loads a plugin named {plugin.name!r}; the names must match"
+                raise ValueError(msg)
+            if entry.name in _PLUGINS and _PLUGINS[entry.name] is not plugin:
+                msg = (
+                    f"a plugin named {entry.name!r} is already registered ({_ORIGINS[entry.name]})"
+                )
+                raise ValueError(msg)
+        except Exception as error:
+            _FAILED[entry.name] = f"{where} failed: {type(error).__name__}: {error}"
+            warnings.warn(
+                f"ncgeom skips the plugin of {where}: {type(error).__name__}: {error}",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            continue
+        _PLUGINS[entry.name] = plugin
+        _ORIGINS[entry.name] = where
+
+
+def _ensure_entry_points() -> None:
+    # Called with the lock held. The flag is set before loading so that a
+    # plugin module which itself calls `register_plugin` does not recurse;
+    # other threads wait on the lock until loading has finished.
+    global _ENTRY_POINTS_READ
+    if _ENTRY_POINTS_READ:
+        return
+    _ENTRY_POINTS_READ = True
+    _read_entry_points()
+
+
+def register_plugin(plugin: FrameworkPlugin, *, replace: bool = False) -> FrameworkPlugin:
+    """Add a plugin to the registry (in addition to the installed entry points).
+
+    Parameters
+    ----------
+    plugin : FrameworkPlugin
+        An object with `name`, `owns`, `to_array` and `all_reduce_stats`.
+    replace : bool
+        Replace a different plugin registered under the same name instead of
+        raising. Registering the same object twice is always allowed.
+
+    Returns
+    -------
+    FrameworkPlugin
+        `plugin`, so the call can be used on a module-level object.
+
+    Raises
+    ------
+    TypeError
+        If `plugin` does not implement the protocol.
+    ValueError
+        If another plugin already has this name and `replace` is False.
+
+    Examples
+    --------
+    >>> from ncgeom.plugins import get_plugin, register_plugin, unregister_plugin
+    >>> class Nothing:
+    ...     name = "nothing"
+    ...     def owns(self, obj): return False
+    ...     def to_array(self, tensor): raise TypeError("owns nothing")
+    ...     def all_reduce_stats(self, stats): return stats
+    >>> plugin = register_plugin(Nothing())
+    >>> get_plugin("nothing") is plugin
+    True
+    >>> unregister_plugin("nothing") is plugin
+    True
+    """
+    _check_plugin_object(plugin)
+    with _LOCK:
+        _ensure_entry_points()
+        current = _PLUGINS.get(plugin.name)
+        if current is not None and current is not plugin and not replace:
+            msg = (
+                f"a plugin named {plugin.name!r} is already registered "
+                f"({_ORIGINS[plugin.name]}); pass replace=True to replace it"
+            )
+            raise ValueError(msg)
+        if current is not plugin:
+            _PLUGINS[plugin.name] = plugin
+            _ORIGINS[plugin.name] = "register_plugin"
+            _FAILED.pop(plugin.name, None)
+    return plugin
+
+
+def unregister_plugin(name: str) -> FrameworkPlugin:
+    """Remove the plugin registered as `name` and return it.
+
+    A plugin of an entry point stays removed for the rest of the process.
+
+    Raises
+    ------
+    ValueError
+        If no plugin has this name.
+
+    Examples
+    --------
+    >>> from ncgeom.plugins import unregister_plugin
+    >>> unregister_plugin("no-such-plugin")
+    Traceback (most recent call last):
+    ...
+    ValueError: no plugin named 'no-such-plugin' is registered; available: ...
+    """
+    with _LOCK:
+        _ensure_entry_points()
+        if name not in _PLUGINS:
+            raise ValueError(_unknown_name_message(name))
+        _ORIGINS.pop(name)
+        return _PLUGINS.pop(name)
+
+
+def available_plugins() -> tuple[str, ...]:
+    """Names of the registered plugins (installed entry points included), sorted.
+
+    Examples
+    --------
+    >>> from ncgeom.plugins import available_plugins
+    >>> isinstance(available_plugins(), tuple)
+    True
+    """
+    with _LOCK:
+        _ensure_entry_points()
+        return tuple(sorted(_PLUGINS))
+
+
+def get_plugin(obj_or_name: Any) -> FrameworkPlugin:
+    """The plugin with this name, or the one plugin that owns this object.
+
+    Parameters
+    ----------
+    obj_or_name : str or tensor
+        A plugin name (``"torch"``), or a tensor of some framework.
+
+    Raises
+    ------
+    ValueError
+        If no plugin has the given name (the message lists the available
+        ones and any entry point that failed to load), or several plugins
+        claim the object.
+    TypeError
+        If no registered plugin owns the object.
+
+    Examples
+    --------
+    >>> from ncgeom.plugins import get_plugin
+    >>> get_plugin(object())
+    Traceback (most recent call last):
+    ...
+    TypeError: no registered plugin owns an object of type object; ...
+    """
+    with _LOCK:
+        _ensure_entry_points()
+        plugins = dict(_PLUGINS)
+    if isinstance(obj_or_name, str):
+        plugin = plugins.get(obj_or_name)
+        if plugin is None:
+            with _LOCK:
+                raise ValueError(_unknown_name_message(obj_or_name))
+        return plugin
+    owners = [plugin for plugin in plugins.values() if plugin.owns(obj_or_name)]
+    kind = _type_name(obj_or_name)
+    if not owners:
+        msg = (
+            f"no registered plugin owns an object of type {kind}; available plugins: "
+            f"{sorted(plugins)} (install the framework's plugin or call register_plugin)"
+        )
+        raise TypeError(msg)
+    if len(owners) > 1:
+        names = sorted(plugin.name for plugin in owners)
+        msg = (
+            f"several plugins claim an object of type {kind}: {names}; "
+            "look the plugin up by name instead"
+        )
+        raise ValueError(msg)
+    return owners[0]
+
+
+def _unknown_name_message(name: str) -> str:
+    msg = f"no plugin named {name!r} is registered; available: {sorted(_PLUGINS)}"
+    if name in _FAILED:
+        msg += f" ({_FAILED[name]})"
+    return msg
+
+
+def _type_name(obj: Any) -> str:
+    kind = type(obj)
+    module = kind.__module__
+    return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+
+
+# ----------------------------------------------------------------------------- reduce
+#: Floating dtypes ranks can agree on, by name (an unknown dtype gets its own code).
+_DTYPE_CODES = ("float16", "bfloat16", "float32", "float64")
+
+
+def reduce_class_stats(
+    stats: ClassStats,
+    *,
+    rank: int,
+    world_size: int,
+    all_gather: Callable[[Array], Sequence[Array]],
+    all_reduce: Callable[[Array], Array],
+) -> ClassStats:
+    """Combine the `ClassStats` of every process into those of all their samples.
+
+    Each rank holds statistics of its own samples, relative to its own
+    per-class shifts. Every rank calls this function with its statistics and
+    two collectives of its framework; every rank returns the same statistics,
+    equal (up to rounding) to `ClassStats.from_features` on all the samples.
+
+    Parameters
+    ----------
+    stats : ClassStats
+        This rank's statistics. A rank that saw no samples passes
+        ``ClassStats.empty(K, any_dim, ...)`` with the common dtype and Gram
+        setting: its dimension is then taken from the other ranks.
+    rank, world_size : int
+        This process's index and the number of processes.
+    all_gather : callable
+        ``all_gather(x)`` returns the arrays `x` of every rank, in rank order
+        (same shape and dtype on every rank).
+    all_reduce : callable
+        ``all_reduce(x)`` returns the element-wise sum of `x` over the ranks
+        (it may work in place on its argument, which the caller owns).
+
+    Returns
+    -------
+    ClassStats
+        Statistics of the samples of all ranks, on this rank's namespace and
+        device.
+
+    Raises
+    ------
+    ValueError
+        On every rank, if the ranks disagree on the number of classes, the
+        dimension, the dtype or the Gram setting (checked first, with one
+        small all-gather, so that no rank waits forever in a collective of
+        another size).
+
+    Notes
+    -----
+    Shifts first: the reference point of class k becomes the shift of the
+    lowest rank holding samples of k. Its rows reach every rank through an
+    all-reduce of a (K, d) array that is zero except on the owning rank, so
+    the sum is exact. Taking the shift of a rank that *has* samples of the
+    class keeps the shifted moments small (the point of shifting); simply
+    broadcasting rank 0's shifts would put zero shifts on classes rank 0
+    never saw and bring back the cancellation of raw second moments. Every
+    rank then re-expresses its statistics relative to the common shifts
+    (`ClassStats._rebase`, an exact identity) and the shifted sums, squared
+    norms and Gram are added with ONE all-reduce of a packed buffer. Counts
+    travel in the all-gather that finds the owners (int64, exact), not in
+    the floating buffer, where float32 would round counts above 2**24.
+    Four collectives in all; the packed one carries K d + K + d^2 numbers.
+
+    Examples
+    --------
+    One process is its own world:
+
+    >>> import numpy as np
+    >>> from ncgeom import ClassStats
+    >>> from ncgeom.plugins import reduce_class_stats
+    >>> stats = ClassStats.from_features(np.eye(3), np.array([0, 1, 1]), 2)
+    >>> same = reduce_class_stats(
+    ...     stats, rank=0, world_size=1, all_gather=lambda x: [x], all_reduce=lambda x: x
+    ... )
+    >>> same.counts.tolist()
+    [1, 2]
+    """
+    if not isinstance(stats, ClassStats):
+        msg = f"`stats` must be a ClassStats; got {type(stats).__name__}"
+        raise TypeError(msg)
+    world_size = _check_index(world_size, "world_size", low=1)
+    rank = _check_index(rank, "rank", low=0)
+    if rank >= world_size:
+        msg = f"`rank` must lie in [0, {world_size}); got {rank}"
+        raise ValueError(msg)
+    xp, device = stats.xp, stats.device
+    # 1) Agree on the layout (one all-gather of five integers per rank).
+    dtype_name = str(stats.dtype).rsplit(".", maxsplit=1)[-1]
+    dtype_code = (
+        _DTYPE_CODES.index(dtype_name) if dtype_name in _DTYPE_CODES else len(_DTYPE_CODES)
+    )
+    head = xp.asarray(
+        [stats.num_classes, stats.dim, int(stats.gram is not None), dtype_code],
+        dtype=xp.int64,
+        device=device,
+    )
+    meta = xp.concat([head, xp.reshape(xp.astype(stats.num_samples, xp.int64), (1,))])
+    table = to_host(xp.stack(list(all_gather(meta)))).tolist()
+    _check_layout(table, rank)
+    dims = {row[1] for row in table if row[4] > 0}
+    if not dims:  # no rank saw a sample: nothing to combine
+        return stats
+    dim = dims.pop()
+    if stats.dim != dim:  # this rank saw no samples: adopt the common dimension
+        stats = ClassStats.empty(
+            stats.num_classes,
+            dim,
+            gram=stats.gram is not None,
+            xp=xp,
+            device=device,
+            dtype=stats.dtype,
+        )
+    # 2) Counts of every rank; class k's owner is the lowest rank holding it.
+    counts = xp.stack(list(all_gather(stats.counts)))  # (world, K) int64
+    present = counts > 0
+    owner = xp.argmax(xp.astype(present, xp.int32), axis=0)  # first True per class
+    mine = (owner == rank) & xp.any(present, axis=0)
+    # 3) Common shifts: the owners' rows, zeros elsewhere; the sum is exact.
+    shift = all_reduce(xp.where(mine[:, None], stats.shift, xp.zeros_like(stats.shift)))
+    # 4) Re-base (exact identity) and add everything else in ONE all-reduce.
+    local = stats._rebase(shift)
+    k = stats.num_classes
+    parts = [xp.reshape(local.sums, (-1,)), local.sqnorms]
+    if local.gram is not None:
+        parts.append(xp.reshape(local.gram, (-1,)))
+    packed = all_reduce(xp.concat(parts))
+    sums = xp.reshape(packed[: k * dim], (k, dim))
+    sqnorms = packed[k * dim : k * dim + k]
+    gram = None
+    if local.gram is not None:
+        gram = xp.reshape(packed[k * dim + k :], (dim, dim))
+    return ClassStats(xp.sum(counts, axis=0), shift, sums, sqnorms, gram)
+
+
+def _check_index(value: Any, name: str, *, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        msg = f"`{name}` must be an integer >= {low}; got {value!r}"
+        raise ValueError(msg)
+    return value
+
+
+def _check_layout(table: list[list[int]], rank: int) -> None:
+    """Raise (on every rank: all see the same table) if the ranks disagree."""
+    fields = {
+        "num_classes": [row[0] for row in table],
+        "dim": [row[1] if row[4] > 0 else None for row in table],
+        "gram": [bool(row[2]) for row in table],
+        "dtype": [_dtype_label(row[3]) for row in table],
+    }
+    problems = []
+    for field, values in fields.items():
+        if len({v for v in values if v is not None}) > 1:
+            per_rank = ", ".join(f"rank {r}: {v}" for r, v in enumerate(values) if v is not None)
+            problems.append(f"{field} ({per_rank})")
+    if problems:
+        msg = (
+            "cannot combine statistics across ranks: they disagree on "
+            + "; ".join(problems)
+            + f" (this is rank {rank})"
+        )
+        raise ValueError(msg)
+
+
+def _dtype_label(code: int) -> str:
+    return _DTYPE_CODES[code] if code < len(_DTYPE_CODES) else "other"
