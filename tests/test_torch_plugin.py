@@ -333,7 +333,36 @@ def test_tracker_warns_about_a_classifier_bias_only_for_theory() -> None:
         tracker.report(layer, lambda_w=5e-3, lambda_h=5e-3)
     entry = tracker.history[-1][1]
     assert entry["lambda_w"] == 5e-3
-    assert entry["theory"] == {}
+    assert entry["gof_error"] is not None
+
+
+def test_tracker_theory_comparison_equals_the_core_report() -> None:
+    from ncgeom.theory import ufm_relu_optimum
+
+    g = torch.Generator().manual_seed(6)
+    y = torch.tensor([0] * 12 + [1] * 6 + [2] * 3)
+    h = torch.eye(3, dtype=torch.float64)[y] * torch.tensor([1.0, 1.2, 1.5])[y, None]
+    h = h + 0.01 * torch.rand(21, 3, generator=g, dtype=torch.float64)
+    w = torch.randn(3, 3, generator=g, dtype=torch.float64)
+    tracker = NCTracker(3)
+    tracker.observe(h, y)
+    got = tracker.report(w, lambda_w=5e-3, lambda_h=1e-2)
+    want = nc_report(
+        ClassStats.from_features(h, y, 3), w, theory=ufm_relu_optimum([12, 6, 3], 5e-3, 1e-2)
+    )
+    for name in ("gof_error", "classifier_gram_error", "logit_structure_error"):
+        assert getattr(got, name) == pytest.approx(getattr(want, name), rel=1e-10)
+    assert got.margins_predicted == pytest.approx(want.margins_predicted, rel=1e-12)
+    other = tracker.report(w, lambda_w=5e-3, lambda_h=1e-2, counts=[100, 50, 1])
+    assert other.margins_predicted[2] == 0.0  # class 2 collapses for these counts
+    partial = NCTracker(4)
+    partial.observe(h, y)
+    with (
+        pytest.warns(UserWarning, match=r"classes \[3\] were not observed: no theory"),
+        pytest.warns(UserWarning, match=r"classes \[3\] have no samples"),
+    ):
+        report = partial.report(lambda_w=5e-3, lambda_h=1e-2)
+    assert report.gof_error is None
 
 
 def test_tracker_history_and_save(tmp_path: Path) -> None:

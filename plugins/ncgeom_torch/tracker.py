@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from torch import nn
 from ncgeom._validate import check_num_classes, check_positive
 from ncgeom.report import NCReport, nc_report
 from ncgeom.stats import ClassStats
+from ncgeom.theory import UFMOptimum, ufm_relu_optimum
 
 from ._plugin import all_reduce_stats
 from .regularizer import classifier_weight
@@ -57,8 +59,8 @@ class NCTracker:
     ----------
     history : list of (step, dict)
         One entry per `report`: the step (given, or the report's index) and
-        ``NCReport.to_dict()``, plus the lambdas and the theory comparison
-        when lambdas were given.
+        ``NCReport.to_dict()`` (with the theory fields when lambdas were
+        given), plus the lambdas.
 
     Examples
     --------
@@ -246,6 +248,7 @@ class NCTracker:
         *,
         lambda_w: float | None = None,
         lambda_h: float | None = None,
+        counts: Any = None,
         step: int | None = None,
     ) -> NCReport:
         """Neural-collapse report of the observed samples (of all ranks).
@@ -257,9 +260,14 @@ class NCTracker:
             the classifier metrics.
         lambda_w, lambda_h : float, optional
             Regularisation of the UFM+ objective (give both or neither); when
-            given, the history entry also holds the theory comparison, and a
-            classifier layer with a bias triggers a warning, since the
-            theorem is bias-free.
+            given, the report adds the comparison with the closed-form optimum
+            (`ncgeom.theory.ufm_relu_optimum`: ``gof_error``,
+            ``classifier_gram_error``, ``logit_structure_error``, per-class
+            norms and margins), and a classifier layer with a bias triggers a
+            warning, since the theorem is bias-free.
+        counts : sequence of int, optional
+            Class counts of the training set the theory describes; default
+            the observed counts.
         step : int, optional
             Recorded in `history`; default the number of earlier reports.
 
@@ -287,29 +295,36 @@ class NCTracker:
         if classifier is not None:
             weight = classifier_weight(classifier, warn=with_theory).detach()
         stats = self.combined_stats()
-        report = nc_report(stats, weight)
+        theory = None
+        if with_theory:
+            theory = self._theory(stats, counts, lambda_w, lambda_h)
+        report = nc_report(stats, weight, theory=theory)
         entry = report.to_dict()
         if with_theory:
             entry["lambda_w"] = lambda_w
             entry["lambda_h"] = lambda_h
-            entry["theory"] = self._theory_metrics(stats, weight, lambda_w, lambda_h)
         self.history.append((len(self.history) if step is None else int(step), entry))
         return report
 
-    def _theory_metrics(
-        self,
-        stats: ClassStats,
-        weight: torch.Tensor | None,
-        lambda_w: float,
-        lambda_h: float,
-    ) -> dict[str, Any]:
-        """Comparison of the measured geometry with the UFM+ optimum.
-
-        The single place where the closed-form prediction for the observed
-        class counts and these lambdas enters the tracker's history; it
-        returns an empty mapping until that comparison is provided here.
-        """
-        return {}
+    def _theory(
+        self, stats: ClassStats, counts: Any, lambda_w: float, lambda_h: float
+    ) -> UFMOptimum | None:
+        """The UFM+ optimum for `counts` (default: the observed counts) and the lambdas."""
+        if counts is None:
+            counts = stats.counts.cpu()
+            if bool((counts == 0).any()):
+                missing = torch.nonzero(counts == 0).flatten().tolist()
+                warnings.warn(
+                    f"classes {missing} were not observed: no theory comparison; pass the "
+                    "training counts as `counts` to compare anyway",
+                    UserWarning,
+                    stacklevel=3,
+                )
+                return None
+            counts = counts.tolist()
+        return ufm_relu_optimum(
+            counts, lambda_w, lambda_h, xp=torch_xp, device=stats.device, dtype=stats.dtype
+        )
 
     def save(self, path: str | Path) -> Path:
         """Write the history to a JSON file and return its path.
