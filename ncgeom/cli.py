@@ -15,15 +15,18 @@ running it on the parsed arguments (returning the exit status):
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any, NamedTuple, TextIO
 
+from ._progress import Progress
 from .theory import (
     UFMOptimum,
     critical_regularization,
@@ -31,7 +34,11 @@ from .theory import (
     ufm_relu_optimum,
 )
 
-__all__ = ["COMMANDS", "Command", "main"]
+__all__ = ["COMMANDS", "COMMAND_ENTRY_POINTS", "Command", "available_commands", "main"]
+
+#: Entry-point group through which installed packages add subcommands (each
+#: entry point names a `Command`), e.g. the PyTorch plugin's ``demo``.
+COMMAND_ENTRY_POINTS = "ncgeom.commands"
 
 # Pass/fail limits of `ncgeom verify`.
 _OBJECTIVE_TOL = 1e-6  # relative gap of the solver's objective above f*
@@ -70,13 +77,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     {...}
     0
     """
-    parser = _parser()
+    commands = available_commands()
+    parser = _parser(commands)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
     try:
-        return COMMANDS[args.command].run(args)
+        return commands[args.command].run(args)
     except (ValueError, TypeError) as err:
         print(f"ncgeom {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -87,13 +95,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _parser() -> argparse.ArgumentParser:
+def available_commands() -> dict[str, Command]:
+    """Built-in subcommands plus those installed under `COMMAND_ENTRY_POINTS`.
+
+    A built-in name wins over an installed one; an entry point that fails to
+    load is left out with a warning naming it and the error.
+    """
+    commands = dict(COMMANDS)
+    for entry in importlib.metadata.entry_points(group=COMMAND_ENTRY_POINTS):
+        if entry.name in commands:
+            continue
+        try:
+            command = entry.load()
+        except Exception as err:  # a broken plugin must not break the other commands
+            warnings.warn(
+                f"ncgeom command {entry.name!r} ({entry.value}) failed to load: {err}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            continue
+        commands[entry.name] = command
+    return commands
+
+
+def _parser(commands: dict[str, Command]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ncgeom",
         description="Neural-collapse geometry of class-imbalanced classifiers.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, command in COMMANDS.items():
+    for name, command in commands.items():
         child = sub.add_parser(
             name,
             help=command.help,
@@ -257,7 +288,7 @@ def _run_verify(args: argparse.Namespace) -> int:
     xp, device = _backend(args.backend)
     rng = np.random.default_rng(args.seed)
     rows = []
-    progress = _Progress(args.configs, sys.stderr)
+    progress = Progress(args.configs, sys.stderr)
     started = time.perf_counter()
     for index in range(args.configs):
         k = int(rng.integers(2, args.max_classes + 1))
@@ -271,7 +302,9 @@ def _run_verify(args: argparse.Namespace) -> int:
         )  # fmt: skip
         gaps = _gaps(opt, solution, args.bias)
         rows.append({"counts": counts, "lambda_w": lw, "lambda_h": lh, **gaps._asdict()})
-        progress.update(index + 1, _worst(rows, args.bias))
+        progress.update(
+            index + 1, f"worst objective gap {_worst(rows, args.bias)['objective']:.2e}"
+        )
     progress.close()
     elapsed = time.perf_counter() - started
     failed = [i for i, row in enumerate(rows) if not _passes(row, args.bias)]
@@ -411,31 +444,6 @@ def _backend(name: str) -> tuple[ModuleType, Any]:
     except ImportError as err:
         msg = f"`--backend` {name!r} is not installed ({err})"
         raise ValueError(msg) from None
-
-
-class _Progress:
-    """A one-line progress bar on a terminal; silent when the stream is not one."""
-
-    def __init__(self, total: int, stream: TextIO, width: int = 30) -> None:
-        self.total = total
-        self.stream = stream
-        self.width = width
-        self.active = bool(getattr(stream, "isatty", lambda: False)())
-
-    def update(self, done: int, worst: dict[str, float]) -> None:
-        if not self.active:
-            return
-        filled = self.width * done // self.total
-        bar = "#" * filled + "." * (self.width - filled)
-        self.stream.write(
-            f"\r[{bar}] {done}/{self.total}  worst objective gap {worst['objective']:.2e}"
-        )
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.active:
-            self.stream.write("\n")
-            self.stream.flush()
 
 
 # ---------------------------------------------------------------------------

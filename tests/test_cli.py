@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from ncgeom.cli import COMMANDS, _Progress, main
+from ncgeom._progress import Progress
+from ncgeom.cli import COMMANDS, main
 
 THEORY = ["theory", "--counts", "30,20,3,1", "--lambda-w", "2e-2", "--lambda-h", "2e-2"]
 # Published values for these counts and lambdas.
@@ -172,8 +173,40 @@ class _Terminal(io.StringIO):
 def test_progress_bar_only_on_a_terminal():
     tty, pipe = _Terminal(), io.StringIO()
     for stream in (tty, pipe):
-        bar = _Progress(4, stream, width=8)
-        bar.update(2, {"objective": 1.5e-12})
+        bar = Progress(4, stream, width=8)
+        bar.update(2, "worst objective gap 1.50e-12")
         bar.close()
     assert tty.getvalue() == "\r[####....] 2/4  worst objective gap 1.50e-12\n"
     assert pipe.getvalue() == ""
+
+
+def test_installed_commands_join_and_broken_ones_warn(monkeypatch, capsys):
+    import importlib.metadata
+
+    from ncgeom import cli
+
+    class Entry:
+        def __init__(self, name, target):
+            self.name, self.value, self._target = name, f"pkg:{name}", target
+
+        def load(self):
+            if isinstance(self._target, Exception):
+                raise self._target
+            return self._target
+
+    def hello_arguments(parser):
+        parser.add_argument("--who", default="world")
+
+    def hello_run(args):
+        print(f"hello {args.who}")
+        return 0
+
+    entries = [
+        Entry("hello", cli.Command("say hello", hello_arguments, hello_run)),
+        Entry("broken", ImportError("no module named nowhere")),
+        Entry("theory", ImportError("never loaded: the built-in wins")),
+    ]
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: entries)
+    with pytest.warns(RuntimeWarning, match="'broken' .* failed to load: no module named nowhere"):
+        assert main(["hello", "--who", "ncgeom"]) == 0
+    assert capsys.readouterr().out == "hello ncgeom\n"
