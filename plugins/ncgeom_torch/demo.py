@@ -36,8 +36,8 @@ class DemoConfig:
     dataset: str = "digits"
     counts: tuple[int, ...] | None = None
     ratio: float = 0.1
-    epochs: int = 1500
-    eval_every: int = 50
+    epochs: int = 3000
+    eval_every: int = 100
     lambda_w: float = 1e-3
     lambda_h: float = 1e-3
     width: int = 256
