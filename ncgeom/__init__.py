@@ -7,9 +7,18 @@ solver, on NumPy, CuPy, torch and any array-API library.
 """
 
 from . import metrics, plugins
+from .loss import (
+    CollapsedGradients,
+    UFMGradients,
+    collapsed_gradients,
+    collapsed_objective,
+    ufm_gradients,
+    ufm_objective,
+)
 from .metrics import NCCAgreement, ncc_agreement
 from .outofcore import stats_from_dask
 from .report import NCReport, nc_report
+from .solve import UFMSolution, solve_ufm
 from .stats import ClassStats, merge_stats
 from .theory import (
     UFMOptimum,
@@ -30,12 +39,17 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ClassStats",
+    "CollapsedGradients",
     "NCCAgreement",
     "NCReport",
+    "UFMGradients",
     "UFMOptimum",
+    "UFMSolution",
     "__version__",
     "classifier_gram_error",
     "collapse_threshold",
+    "collapsed_gradients",
+    "collapsed_objective",
     "critical_regularization",
     "gof_error",
     "logit_structure_error",
@@ -47,6 +61,9 @@ __all__ = [
     "ncc_agreement",
     "norm_comparison",
     "plugins",
+    "solve_ufm",
     "stats_from_dask",
+    "ufm_gradients",
+    "ufm_objective",
     "ufm_relu_optimum",
 ]

@@ -1,0 +1,718 @@
+"""The UFM+ objective and its exact gradients.
+
+Two forms of one objective. The full-sample form takes a classifier ``W``
+(K, d), features ``H`` (N, d) and labels (N,)::
+
+    f(W, H, b) = (1/N) sum_i w_{y_i} CE(W h_i + b + tau log pi, y_i)
+                 + (lambda_w/2) ||W||^2 + (lambda_h/2) ||H||^2 + (lambda_b/2) ||b||^2
+
+where ``||H||^2`` sums over all N samples, ``w`` are optional class weights
+(1 by default) and ``tau log pi`` an optional logit adjustment (0 by default).
+The class-collapsed form takes class means (K, d) and counts (K,) and is the
+value of the full form when every feature equals its class mean::
+
+    f = sum_k (n_k/N) w_k CE(W h_k + b + tau log pi, k)
+        + (lambda_w/2) ||W||^2 + (lambda_h/2) sum_k n_k ||h_k||^2 + (lambda_b/2) ||b||^2
+
+Gradients come from one pass that also returns the value. Everything uses the
+array-API standard only, costs O(N K d) and runs on the inputs' namespace and
+device. See ``docs/loss.md`` for the conventions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from ._array import array_device, namespace, segment_count, to_host
+from ._validate import check_batch, check_features
+
+__all__ = [
+    "CollapsedGradients",
+    "UFMGradients",
+    "collapsed_gradients",
+    "collapsed_objective",
+    "ufm_gradients",
+    "ufm_objective",
+]
+
+Array = Any
+
+
+@dataclass(frozen=True)
+class UFMGradients:
+    """Value and gradients of the full-sample UFM+ objective.
+
+    Attributes
+    ----------
+    objective : array
+        The objective, a 0-d array on the inputs' namespace and device.
+    classifier : array
+        Gradient with respect to the classifier, shape (K, d).
+    features : array
+        Gradient with respect to the features, shape (N, d).
+    bias : array or None
+        Gradient with respect to the bias, shape (K,); None without a bias.
+    """
+
+    objective: Array
+    classifier: Array
+    features: Array
+    bias: Array | None
+
+
+@dataclass(frozen=True)
+class CollapsedGradients:
+    """Value and gradients of the class-collapsed UFM+ objective.
+
+    Attributes
+    ----------
+    objective : array
+        The objective, a 0-d array on the inputs' namespace and device.
+    classifier : array
+        Gradient with respect to the classifier, shape (K, d).
+    means : array
+        Gradient with respect to the class means, shape (K, d). Row k is
+        ``n_k`` times the gradient of the full form at any one sample of class
+        k when all features equal their class means.
+    bias : array or None
+        Gradient with respect to the bias, shape (K,); None without a bias.
+    """
+
+    objective: Array
+    classifier: Array
+    means: Array
+    bias: Array | None
+
+
+# ---------------------------------------------------------------------------
+# public layer: validate, resolve the namespace, call the row form
+
+
+def ufm_objective(
+    classifier: Array,
+    features: Array,
+    labels: Array,
+    lambda_w: float,
+    lambda_h: float,
+    *,
+    bias: Array | None = None,
+    lambda_b: float = 0.0,
+    class_weights: Array | None = None,
+    logit_adjustment: float | None = None,
+    prior: Array | None = None,
+    xp: ModuleType | None = None,
+) -> Array:
+    """The full-sample UFM+ objective.
+
+    Parameters
+    ----------
+    classifier : array, shape (K, d)
+        Classifier ``W``; row k scores class k.
+    features : array, shape (N, d)
+        Features ``H``, one row per sample. The objective is defined for any
+        real features; the non-negativity of UFM+ is a constraint of the
+        minimisation (see `ncgeom.solve.solve_ufm`), not checked here.
+    labels : array, shape (N,)
+        Integer labels in ``[0, K)``.
+    lambda_w, lambda_h : float
+        Weight decay on the classifier and on the features, >= 0.
+    bias : array, shape (K,), optional
+        Classifier bias ``b``; omitted means no bias.
+    lambda_b : float, default 0
+        Weight decay on the bias, >= 0; needs `bias` when > 0.
+    class_weights : array or sequence, shape (K,), optional
+        Per-class weights ``w_k >= 0`` of the cross-entropy. The weighted
+        term is ``(1/N) sum_i w_{y_i} CE_i``: normalised by the number of
+        samples, not by the total weight.
+    logit_adjustment : float, optional
+        Temperature ``tau`` of the logit adjustment: the cross-entropy is taken
+        on ``logits + tau * log(prior)``.
+    prior : array or sequence, shape (K,), optional
+        Positive class prior of the logit adjustment; only its ratios matter.
+        Defaults to the label frequencies ``n_k / N`` of `labels` (every class
+        must then occur).
+    xp : namespace, optional
+        Array namespace; inferred from the arrays when omitted.
+
+    Returns
+    -------
+    array
+        The objective as a 0-d array on the inputs' namespace and device.
+
+    Raises
+    ------
+    ValueError
+        For inconsistent shapes, labels outside ``[0, K)``, negative weight
+        decay or weights, a non-positive prior, or non-finite inputs.
+    TypeError
+        For non-floating arrays, non-integer labels or mixed array libraries.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ncgeom.loss import ufm_objective
+    >>> W = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> H = np.array([[2.0, 0.0], [0.0, 2.0], [0.0, 1.0]])
+    >>> y = np.array([0, 1, 1])
+    >>> round(float(ufm_objective(W, H, y, 1e-2, 1e-2)), 6)
+    0.244039
+    """
+    problem = full_problem(
+        classifier,
+        features,
+        labels,
+        lambda_w,
+        lambda_h,
+        bias=bias,
+        lambda_b=lambda_b,
+        class_weights=class_weights,
+        logit_adjustment=logit_adjustment,
+        prior=prior,
+        xp=xp,
+    )
+    value = evaluate_rows(problem, problem.classifier, problem.features, problem.bias)[0]
+    return problem.xp.asarray(value)  # NumPy reductions give scalars, not 0-d arrays
+
+
+def ufm_gradients(
+    classifier: Array,
+    features: Array,
+    labels: Array,
+    lambda_w: float,
+    lambda_h: float,
+    *,
+    bias: Array | None = None,
+    lambda_b: float = 0.0,
+    class_weights: Array | None = None,
+    logit_adjustment: float | None = None,
+    prior: Array | None = None,
+    xp: ModuleType | None = None,
+) -> UFMGradients:
+    """Value and exact gradients of the full-sample UFM+ objective, in one pass.
+
+    With ``P = softmax(logits)``, ``Y`` the one-hot labels and
+    ``G = diag(w_{y_i} / N) (P - Y)`` (rows = samples)::
+
+        dF/dW = G^T H + lambda_w W
+        dF/dH = G W + lambda_h H
+        dF/db = sum_i G_i + lambda_b b
+
+    Parameters are those of `ufm_objective`.
+
+    Returns
+    -------
+    UFMGradients
+        ``objective`` (0-d), ``classifier`` (K, d), ``features`` (N, d) and
+        ``bias`` (K,) or None, on the inputs' namespace and device.
+
+    Raises
+    ------
+    ValueError, TypeError
+        As `ufm_objective`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ncgeom.loss import ufm_gradients
+    >>> W = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> H = np.array([[2.0, 0.0], [0.0, 2.0], [0.0, 1.0]])
+    >>> grads = ufm_gradients(W, H, np.array([0, 1, 1]), 1e-2, 1e-2)
+    >>> grads.features.shape
+    (3, 2)
+    """
+    problem = full_problem(
+        classifier,
+        features,
+        labels,
+        lambda_w,
+        lambda_h,
+        bias=bias,
+        lambda_b=lambda_b,
+        class_weights=class_weights,
+        logit_adjustment=logit_adjustment,
+        prior=prior,
+        xp=xp,
+    )
+    value, g_w, g_h, g_b = evaluate_rows(
+        problem, problem.classifier, problem.features, problem.bias, grad=True
+    )
+    value = problem.xp.asarray(value)
+    return UFMGradients(objective=value, classifier=g_w, features=g_h, bias=g_b)
+
+
+def collapsed_objective(
+    classifier: Array,
+    means: Array,
+    counts: Array,
+    lambda_w: float,
+    lambda_h: float,
+    *,
+    bias: Array | None = None,
+    lambda_b: float = 0.0,
+    class_weights: Array | None = None,
+    logit_adjustment: float | None = None,
+    prior: Array | None = None,
+    xp: ModuleType | None = None,
+) -> Array:
+    """The class-collapsed UFM+ objective.
+
+    ``f = sum_k (n_k/N) w_k CE(W h_k + b, k) + (lambda_w/2)||W||^2
+    + (lambda_h/2) sum_k n_k ||h_k||^2 + (lambda_b/2)||b||^2`` with
+    ``N = sum_k n_k``: the full-sample objective when every feature equals its
+    class mean.
+
+    Parameters
+    ----------
+    classifier : array, shape (K, d)
+        Classifier ``W``.
+    means : array, shape (K, d)
+        Class means ``h_k``, one row per class.
+    counts : array or sequence, shape (K,)
+        Samples per class ``n_k >= 0`` (real numbers are accepted), with a
+        positive total.
+    lambda_w, lambda_h : float
+        Weight decay on the classifier and on the features, >= 0.
+    bias : array, shape (K,), optional
+        Classifier bias; omitted means no bias.
+    lambda_b : float, default 0
+        Weight decay on the bias, >= 0; needs `bias` when > 0.
+    class_weights : array or sequence, shape (K,), optional
+        Per-class weights of the cross-entropy, normalised by ``N`` exactly as
+        in `ufm_objective`.
+    logit_adjustment : float, optional
+        Temperature ``tau``: the cross-entropy is taken on
+        ``logits + tau * log(prior)``.
+    prior : array or sequence, shape (K,), optional
+        Positive class prior of the logit adjustment; defaults to
+        ``counts / N`` (every count must then be positive).
+    xp : namespace, optional
+        Array namespace; inferred from the arrays when omitted.
+
+    Returns
+    -------
+    array
+        The objective as a 0-d array on the inputs' namespace and device.
+
+    Raises
+    ------
+    ValueError
+        For inconsistent shapes, negative counts, weights or weight decay, a
+        non-positive prior, or non-finite inputs.
+    TypeError
+        For non-floating arrays or mixed array libraries.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ncgeom.loss import collapsed_objective
+    >>> W = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> means = np.array([[2.0, 0.0], [0.0, 1.5]])
+    >>> round(float(collapsed_objective(W, means, [1, 2], 1e-2, 1e-2)), 6)
+    0.229085
+    """
+    problem = collapsed_problem(
+        classifier,
+        means,
+        counts,
+        lambda_w,
+        lambda_h,
+        bias=bias,
+        lambda_b=lambda_b,
+        class_weights=class_weights,
+        logit_adjustment=logit_adjustment,
+        prior=prior,
+        xp=xp,
+    )
+    value = evaluate_rows(problem, problem.classifier, problem.features, problem.bias)[0]
+    return problem.xp.asarray(value)  # NumPy reductions give scalars, not 0-d arrays
+
+
+def collapsed_gradients(
+    classifier: Array,
+    means: Array,
+    counts: Array,
+    lambda_w: float,
+    lambda_h: float,
+    *,
+    bias: Array | None = None,
+    lambda_b: float = 0.0,
+    class_weights: Array | None = None,
+    logit_adjustment: float | None = None,
+    prior: Array | None = None,
+    xp: ModuleType | None = None,
+) -> CollapsedGradients:
+    """Value and exact gradients of the class-collapsed UFM+ objective, in one pass.
+
+    With ``P = softmax(logits)`` (row k: the logits of class k's mean) and
+    ``G = diag(n_k w_k / N) (P - I)``::
+
+        dF/dW = G^T Hbar + lambda_w W
+        dF/dh_k = (G W)_k + lambda_h n_k h_k
+        dF/db = sum_k G_k + lambda_b b
+
+    Parameters are those of `collapsed_objective`.
+
+    Returns
+    -------
+    CollapsedGradients
+        ``objective`` (0-d), ``classifier`` (K, d), ``means`` (K, d) and
+        ``bias`` (K,) or None, on the inputs' namespace and device.
+
+    Raises
+    ------
+    ValueError, TypeError
+        As `collapsed_objective`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ncgeom.loss import collapsed_gradients
+    >>> W = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> means = np.array([[2.0, 0.0], [0.0, 1.5]])
+    >>> grads = collapsed_gradients(W, means, [1, 2], 1e-2, 1e-2)
+    >>> grads.means.shape
+    (2, 2)
+    """
+    problem = collapsed_problem(
+        classifier,
+        means,
+        counts,
+        lambda_w,
+        lambda_h,
+        bias=bias,
+        lambda_b=lambda_b,
+        class_weights=class_weights,
+        logit_adjustment=logit_adjustment,
+        prior=prior,
+        xp=xp,
+    )
+    value, g_w, g_h, g_b = evaluate_rows(
+        problem, problem.classifier, problem.features, problem.bias, grad=True
+    )
+    value = problem.xp.asarray(value)
+    return CollapsedGradients(objective=value, classifier=g_w, means=g_h, bias=g_b)
+
+
+# ---------------------------------------------------------------------------
+# the row form shared by both: rows are samples (full) or classes (collapsed)
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    """The data of one UFM+ objective in row form (everything but the variables).
+
+    ``f = sum_r row_weight[r] CE(features_r W^T + b + offsets, target_r)
+    + (lambda_w/2)||W||^2 + (1/2) sum_r row_decay[r] ||features_r||^2
+    + (lambda_b/2)||b||^2``. Full form: rows are samples, ``row_weight =
+    w_{y_i}/N`` and ``row_decay = lambda_h``. Collapsed form: rows are classes,
+    ``row_weight = n_k w_k / N`` and ``row_decay = lambda_h n_k``.
+
+    ``classifier``, ``features`` and ``bias`` hold the validated inputs the
+    problem was built from, cast to the working dtype.
+    """
+
+    xp: ModuleType
+    onehot: Array  # (R, K) targets, in the working dtype
+    row_weight: Array  # (R,)
+    row_decay: Array  # (R,)
+    offsets: Array | None  # (K,) logit adjustment tau * log(prior)
+    lambda_w: float
+    lambda_b: float
+    classifier: Array
+    features: Array
+    bias: Array | None
+
+
+def evaluate_rows(
+    problem: RowProblem,
+    classifier: Array,
+    features: Array,
+    bias: Array | None,
+    *,
+    grad: bool = False,
+) -> tuple[Array, ...]:
+    """Value, or value and gradients ``(f, dW, dH, db)``, of a row-form problem.
+
+    The variables may carry leading batch axes (the solver stacks its restarts):
+    classifier (..., K, d), features (..., R, d), bias (..., K); the value then
+    has the batch shape. No input checks: callers validate.
+    """
+    xp = problem.xp
+    onehot = problem.onehot
+    logits = xp.matmul(features, xp.matrix_transpose(classifier))
+    if bias is not None:
+        logits = logits + bias[..., None, :]
+    if problem.offsets is not None:
+        logits = logits + problem.offsets
+    # Shift each row by its target logit: s_j = z_j - z_y, so CE = log sum_j e^{s_j}.
+    # With m = max_j s_j >= 0 and e = exp(s - m): CE = m + log(e^{-m} + others),
+    # others = sum_{j != y} e_j. A confident row (m = 0) gives CE = log1p(others),
+    # accurate to the last bit even when CE is 1e-12, where log(1 + others)
+    # would round to a multiple of 1e-16.
+    shifted = logits - xp.sum(logits * onehot, axis=-1, keepdims=True)
+    top = xp.max(shifted, axis=-1, keepdims=True)
+    exps = xp.exp(shifted - top)
+    off_target = exps * (1 - onehot)
+    others = xp.sum(off_target, axis=-1)
+    top = top[..., 0]
+    total = others + xp.exp(-top)
+    ce = xp.where(top > 0, top + xp.log(total), xp.log1p(others))
+    decay = problem.row_decay[:, None]
+    value = (
+        xp.sum(problem.row_weight * ce, axis=-1)
+        + (0.5 * problem.lambda_w) * xp.sum(classifier * classifier, axis=(-2, -1))
+        + 0.5 * xp.sum(decay * (features * features), axis=(-2, -1))
+    )
+    if bias is not None and problem.lambda_b != 0.0:
+        value = value + (0.5 * problem.lambda_b) * xp.sum(bias * bias, axis=-1)
+    if not grad:
+        return (value,)
+    # P - Y, with the target entry p_y - 1 = -others / total (no cancellation).
+    scale = problem.row_weight / total
+    residual = (off_target - onehot * others[..., None]) * scale[..., None]
+    g_w = xp.matmul(xp.matrix_transpose(residual), features) + problem.lambda_w * classifier
+    g_h = xp.matmul(residual, classifier) + decay * features
+    g_b = None
+    if bias is not None:
+        g_b = xp.sum(residual, axis=-2)
+        if problem.lambda_b != 0.0:
+            g_b = g_b + problem.lambda_b * bias
+    return value, g_w, g_h, g_b
+
+
+# ---------------------------------------------------------------------------
+# validation and assembly
+
+
+def full_problem(
+    classifier: Array,
+    features: Array,
+    labels: Array,
+    lambda_w: float,
+    lambda_h: float,
+    *,
+    bias: Array | None = None,
+    lambda_b: float = 0.0,
+    class_weights: Any = None,
+    logit_adjustment: float | None = None,
+    prior: Any = None,
+    xp: ModuleType | None = None,
+) -> RowProblem:
+    """Validate the full-sample inputs and build their row form."""
+    if xp is None:
+        xp = namespace(classifier=classifier, features=features, labels=labels, bias=bias)
+    lam_w, lam_h, lam_b, tau = _check_scalars(lambda_w, lambda_h, lambda_b, bias, logit_adjustment)
+    num_classes, dtype = _check_classifier(classifier, features, "features", xp)
+    if features.shape[1] != classifier.shape[1]:
+        msg = (
+            f"`features` must have as many columns as `classifier` ({classifier.shape[1]}); "
+            f"got shape {tuple(features.shape)}"
+        )
+        raise ValueError(msg)
+    num_rows = features.shape[0]
+    if num_rows == 0:
+        msg = "`features` must hold at least one sample; got 0 rows"
+        raise ValueError(msg)
+    check_batch(features, labels, num_classes, xp)
+    device = array_device(features)
+    targets = xp.arange(num_classes, dtype=labels.dtype, device=device)
+    onehot = xp.astype(labels[:, None] == targets[None, :], dtype)
+    row_weight = xp.full((num_rows,), 1.0 / num_rows, dtype=dtype, device=device)
+    weights = _vector(class_weights, "class_weights", num_classes, classifier, xp, dtype)
+    if weights is not None:
+        row_weight = row_weight * xp.take(weights, xp.astype(labels, xp.int64), axis=0)
+    offsets = None
+    if tau != 0.0:
+        hint = ""
+        if prior is None:
+            prior = xp.astype(segment_count(labels, num_classes, xp), dtype) / num_rows
+            hint = " (default: the label frequencies; pass `prior` when a class has no sample)"
+        prior = _vector(
+            prior, "prior", num_classes, classifier, xp, dtype, positive=True, hint=hint
+        )
+        offsets = tau * xp.log(prior)
+    return RowProblem(
+        xp=xp,
+        onehot=onehot,
+        row_weight=row_weight,
+        row_decay=xp.full((num_rows,), lam_h, dtype=dtype, device=device),
+        offsets=offsets,
+        lambda_w=lam_w,
+        lambda_b=lam_b,
+        classifier=_cast(classifier, dtype, xp),
+        features=_cast(features, dtype, xp),
+        bias=_check_bias(bias, num_classes, xp, dtype),
+    )
+
+
+def collapsed_problem(
+    classifier: Array,
+    means: Array,
+    counts: Any,
+    lambda_w: float,
+    lambda_h: float,
+    *,
+    bias: Array | None = None,
+    lambda_b: float = 0.0,
+    class_weights: Any = None,
+    logit_adjustment: float | None = None,
+    prior: Any = None,
+    xp: ModuleType | None = None,
+) -> RowProblem:
+    """Validate the class-collapsed inputs and build their row form."""
+    if xp is None:
+        xp = namespace(classifier=classifier, means=means, bias=bias)
+    lam_w, lam_h, lam_b, tau = _check_scalars(lambda_w, lambda_h, lambda_b, bias, logit_adjustment)
+    num_classes, dtype = _check_classifier(classifier, means, "means", xp)
+    if tuple(means.shape) != tuple(classifier.shape):
+        msg = (
+            f"`means` must have the shape of `classifier` {tuple(classifier.shape)}; "
+            f"got {tuple(means.shape)}"
+        )
+        raise ValueError(msg)
+    _check_finite(means, "means", xp)
+    counts_arr = _vector(counts, "counts", num_classes, classifier, xp, dtype)
+    total = float(to_host(xp.sum(counts_arr)))
+    if total <= 0:
+        msg = f"`counts` must have a positive total; got {to_host(counts_arr).tolist()}"
+        raise ValueError(msg)
+    row_weight = counts_arr / total
+    weights = _vector(class_weights, "class_weights", num_classes, classifier, xp, dtype)
+    if weights is not None:
+        row_weight = row_weight * weights
+    offsets = None
+    if tau != 0.0:
+        hint = ""
+        if prior is None:
+            prior = counts_arr / total
+            hint = " (default: counts / N; pass `prior` when a count is 0)"
+        prior = _vector(
+            prior, "prior", num_classes, classifier, xp, dtype, positive=True, hint=hint
+        )
+        offsets = tau * xp.log(prior)
+    return RowProblem(
+        xp=xp,
+        onehot=xp.eye(num_classes, dtype=dtype, device=array_device(means)),
+        row_weight=row_weight,
+        row_decay=lam_h * counts_arr,
+        offsets=offsets,
+        lambda_w=lam_w,
+        lambda_b=lam_b,
+        classifier=_cast(classifier, dtype, xp),
+        features=_cast(means, dtype, xp),
+        bias=_check_bias(bias, num_classes, xp, dtype),
+    )
+
+
+def _check_scalars(
+    lambda_w: Any, lambda_h: Any, lambda_b: Any, bias: Any, logit_adjustment: Any
+) -> tuple[float, float, float, float]:
+    lam_w = _nonnegative(lambda_w, "lambda_w")
+    lam_h = _nonnegative(lambda_h, "lambda_h")
+    lam_b = _nonnegative(lambda_b, "lambda_b")
+    if bias is None and lam_b != 0.0:
+        msg = f"`lambda_b` acts on a bias; pass `bias` or leave `lambda_b` at 0; got {lambda_b!r}"
+        raise ValueError(msg)
+    tau = 0.0 if logit_adjustment is None else _real(logit_adjustment, "logit_adjustment")
+    return lam_w, lam_h, lam_b, tau
+
+
+def _real(value: Any, name: str) -> float:
+    if isinstance(value, (bool, str, bytes)):
+        msg = f"`{name}` must be a real number; got {value!r}"
+        raise TypeError(msg)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        msg = f"`{name}` must be a real number; got {value!r}"
+        raise TypeError(msg) from None
+    if not math.isfinite(number):
+        msg = f"`{name}` must be finite; got {value!r}"
+        raise ValueError(msg)
+    return number
+
+
+def _nonnegative(value: Any, name: str) -> float:
+    number = _real(value, name)
+    if number < 0:
+        msg = f"`{name}` must be >= 0; got {value!r}"
+        raise ValueError(msg)
+    return number
+
+
+def _check_classifier(
+    classifier: Array, rows: Array, rows_name: str, xp: ModuleType
+) -> tuple[int, Any]:
+    check_features(classifier, xp, name="classifier")
+    check_features(rows, xp, name=rows_name)
+    if classifier.shape[0] < 1 or classifier.shape[1] < 1:
+        msg = f"`classifier` must have at least one row and column; got {tuple(classifier.shape)}"
+        raise ValueError(msg)
+    _check_finite(classifier, "classifier", xp)
+    return classifier.shape[0], xp.result_type(classifier.dtype, rows.dtype)
+
+
+def _check_bias(bias: Array | None, num_classes: int, xp: ModuleType, dtype: Any) -> Array | None:
+    if bias is None:
+        return None
+    if bias.ndim != 1 or bias.shape[0] != num_classes:
+        msg = f"`bias` must have shape ({num_classes},); got {tuple(bias.shape)}"
+        raise ValueError(msg)
+    if not xp.isdtype(bias.dtype, "real floating"):
+        msg = f"`bias` must have a real floating dtype; got {bias.dtype}"
+        raise TypeError(msg)
+    _check_finite(bias, "bias", xp)
+    return _cast(bias, dtype, xp)
+
+
+def _check_finite(x: Array, name: str, xp: ModuleType) -> None:
+    if not bool(to_host(xp.all(xp.isfinite(x)))):
+        msg = f"`{name}` must be finite; it holds NaN or Inf"
+        raise ValueError(msg)
+
+
+def _vector(
+    value: Any,
+    name: str,
+    size: int,
+    like: Array,
+    xp: ModuleType,
+    dtype: Any,
+    *,
+    positive: bool = False,
+    hint: str = "",
+) -> Array | None:
+    """A per-class vector (an array of `like`'s library, or a sequence) as `dtype`.
+
+    Its entries must be finite and >= 0 (> 0 with `positive`).
+    """
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple, range)):
+        arr = xp.asarray(value, device=array_device(like))
+    else:
+        namespace(classifier=like, **{name: value})
+        arr = value
+    if arr.ndim != 1 or arr.shape[0] != size:
+        msg = f"`{name}` must have shape ({size},); got {tuple(arr.shape)}"
+        raise ValueError(msg)
+    if not (xp.isdtype(arr.dtype, "real floating") or xp.isdtype(arr.dtype, "integral")):
+        msg = f"`{name}` must hold real numbers; got dtype {arr.dtype}"
+        raise TypeError(msg)
+    arr = _cast(arr, dtype, xp)
+    host = np.asarray(to_host(arr), dtype=np.float64)
+    ok = np.isfinite(host) & ((host > 0) if positive else (host >= 0))
+    if not ok.all():
+        need = "> 0" if positive else ">= 0"
+        msg = f"`{name}`{hint} must be finite and {need}; got {host.tolist()}"
+        raise ValueError(msg)
+    return arr
+
+
+def _cast(x: Array, dtype: Any, xp: ModuleType) -> Array:
+    return x if x.dtype == dtype else xp.astype(x, dtype)

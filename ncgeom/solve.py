@@ -1,0 +1,644 @@
+"""Numerical minimiser of the UFM+ objective, the referee for the closed form.
+
+`solve_ufm` minimises the objective of `ncgeom.loss` over a classifier, features
+constrained to be non-negative and (optionally) a bias, by accelerated projected
+gradient descent with a backtracking step, momentum restarts and several random
+starts run side by side as one batch. It runs on any array-API backend. See
+``docs/solver.md`` for the method and the KKT residual it reports.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from ._array import array_device, namespace, segment_sum, to_host
+from .loss import RowProblem, collapsed_problem, evaluate_rows, full_problem
+
+__all__ = ["UFMSolution", "solve_ufm"]
+
+Array = Any
+
+_FORMS = ("collapsed", "full")
+_GROW = 1.1  # step growth after an accepted step
+_SHRINK = 0.5  # step reduction after a rejected one
+_CHECK_EVERY = 10  # iterations between (host-synchronising) convergence checks
+# D on the bias is lambda_b + _BIAS_CURVATURE * sqrt(lambda_w lambda_h N / K): the
+# cross-entropy's curvature in the bias measured in the units in which the
+# regulariser's curvature in W and H is 1, for typical margins.
+_BIAS_CURVATURE = 0.3
+
+
+@dataclass(frozen=True)
+class UFMSolution:
+    """The best point found by `solve_ufm`.
+
+    Attributes
+    ----------
+    classifier : array, shape (K, dim)
+        Classifier ``W``.
+    means : array, shape (K, dim)
+        Class means of the features (the variables themselves in the collapsed
+        form); entrywise >= 0.
+    features : array or None, shape (N, dim)
+        Full form only: one feature row per sample, entrywise >= 0; the rows
+        of class k are ``labels == k``. None in the collapsed form.
+    labels : array or None, shape (N,)
+        Full form only: the label of each feature row (classes in blocks of
+        ``counts[k]`` rows, in class order). None in the collapsed form.
+    bias : array or None, shape (K,)
+        The bias with ``bias=True``, else None.
+    objective : float
+        The UFM+ objective at the returned point.
+    kkt_residual : float
+        The KKT residual at the returned point (see ``docs/solver.md``):
+        ``sqrt(||dF/dW||^2 / lambda_w + sum_r ||P(dF/dh_r)||^2 / D_r
+        + ||dF/db||^2 / beta)`` over feature rows ``r``, with ``P`` the
+        projected gradient of the non-negative features, ``D_r = lambda_h``
+        per sample and ``lambda_h n_k`` per class mean, and
+        ``beta = lambda_b + 0.3 sqrt(lambda_w lambda_h N / K)``. Dimensionless,
+        invariant under ``W -> aW, H -> H/a`` (with the lambdas rescaled), and
+        the same number in both forms.
+    iterations : int
+        Iterations the returned restart ran.
+    converged : bool
+        Whether the returned restart reached ``kkt_residual <= tol``.
+    restart_objectives : tuple of float
+        Final objective of every restart (restart 0 is the orthogonal-frame
+        start when one was used).
+    restart_residuals : tuple of float
+        Final KKT residual of every restart.
+    best_restart : int
+        Index of the returned restart.
+    counts : tuple of int
+        Samples per class, as given.
+    lambda_w, lambda_h, lambda_b : float
+        Weight decay of the solved problem.
+    form : str
+        ``"collapsed"`` or ``"full"``.
+    tol : float
+        The KKT tolerance used.
+    """
+
+    classifier: Array
+    means: Array
+    features: Array | None
+    labels: Array | None
+    bias: Array | None
+    objective: float
+    kkt_residual: float
+    iterations: int
+    converged: bool
+    restart_objectives: tuple[float, ...]
+    restart_residuals: tuple[float, ...]
+    best_restart: int
+    counts: tuple[int, ...]
+    lambda_w: float
+    lambda_h: float
+    lambda_b: float
+    form: str
+    tol: float
+
+
+def solve_ufm(
+    counts: Any,
+    lambda_w: float,
+    lambda_h: float,
+    dim: int,
+    *,
+    bias: bool = False,
+    lambda_b: float = 0.0,
+    form: str = "collapsed",
+    class_weights: Any = None,
+    logit_adjustment: float | None = None,
+    restarts: int = 8,
+    frame_start: bool = True,
+    tol: float | None = None,
+    max_iter: int = 20_000,
+    seed: int | np.random.Generator | None = None,
+    xp: ModuleType | None = None,
+    device: Any = None,
+    dtype: Any = None,
+) -> UFMSolution:
+    """Minimise the UFM+ objective numerically, from several starts.
+
+    Minimises ``(1/N) sum_i CE(W h_i + b, y_i) + (lambda_w/2)||W||^2
+    + (lambda_h/2)||H||^2 (+ (lambda_b/2)||b||^2)`` over ``W`` (K, dim),
+    ``H >= 0`` and, with ``bias=True``, ``b`` (K,). The collapsed form
+    optimises one mean per class (weighted by the counts); the full form one
+    feature per sample, so the collapse of each class onto its mean (NC1) is
+    a result, not an assumption. Accelerated projected gradient with a
+    backtracking step, momentum restarts, and `restarts` starts run as one
+    batch; the start with the lowest objective is returned.
+
+    Parameters
+    ----------
+    counts : sequence of int or integer array, shape (K,)
+        Samples per class, positive integers in any order; K >= 2.
+    lambda_w, lambda_h : float
+        Weight decay on the classifier and on the features, > 0 (without it
+        the objective has no minimiser).
+    dim : int
+        Feature dimension, >= 1. The closed form needs ``dim`` >= the number of
+        surviving classes; the solver accepts any ``dim``.
+    bias : bool, default False
+        Also optimise a classifier bias; there is no closed form for this case
+        and the solver is the reference.
+    lambda_b : float, default 0
+        Weight decay on the bias, >= 0; only with ``bias=True``.
+    form : {"collapsed", "full"}, default "collapsed"
+        Optimise class means (K rows) or per-sample features (N rows).
+    class_weights : sequence or array, shape (K,), optional
+        Per-class weights of the cross-entropy, as in `ncgeom.loss`.
+    logit_adjustment : float, optional
+        Temperature ``tau`` of the logit adjustment with prior ``counts / N``.
+    restarts : int, default 8
+        Number of starts, >= 1, run side by side. Some configurations have
+        spurious stationary points where a minority class stays collapsed; the
+        lowest objective over the starts is returned.
+    frame_start : bool, default True
+        Make start 0 a deterministic orthogonal frame: the ``min(K, dim)``
+        largest classes on one coordinate each, the others at 0. The other
+        starts are random either way.
+    tol : float, optional
+        Stop a start once its KKT residual is <= `tol`. Default ``1e-10`` in
+        float64 and ``1e-5`` in lower precision.
+    max_iter : int, default 20000
+        Iteration limit per start.
+    seed : int or numpy.random.Generator, optional
+        Seed of the random starts (drawn with NumPy on the host, so a seed
+        gives the same starts on every backend).
+    xp : namespace, optional
+        Array namespace of the result; NumPy by default.
+    device : optional
+        Device of the result on `xp`.
+    dtype : optional
+        Real floating dtype of `xp`; float64 by default.
+
+    Returns
+    -------
+    UFMSolution
+        Arrays on `xp` / `device`; scalars as Python numbers.
+
+    Raises
+    ------
+    ValueError
+        For counts that are not positive integers, fewer than two classes,
+        weight decay <= 0, ``dim`` < 1, an unknown `form` or bad options.
+    TypeError
+        For a non-floating `dtype` or non-numeric arguments.
+
+    Examples
+    --------
+    >>> from ncgeom.solve import solve_ufm
+    >>> sol = solve_ufm([10, 10, 10], 1e-2, 1e-3, dim=3, seed=0)
+    >>> sol.converged
+    True
+    >>> round(sol.objective, 9)
+    0.132029676
+    """
+    counts_host = _check_counts(counts)
+    num_classes = counts_host.shape[0]
+    lam_w = _check_decay(lambda_w, "lambda_w")
+    lam_h = _check_decay(lambda_h, "lambda_h")
+    lam_b = _check_real(lambda_b, "lambda_b")
+    if lam_b < 0:
+        msg = f"`lambda_b` must be >= 0; got {lambda_b!r}"
+        raise ValueError(msg)
+    if not bias and lam_b != 0.0:
+        msg = f"`lambda_b` acts on a bias; pass bias=True or leave it at 0; got {lambda_b!r}"
+        raise ValueError(msg)
+    dim = _check_int(dim, "dim", 1)
+    if form not in _FORMS:
+        msg = f"`form` must be one of {_FORMS}; got {form!r}"
+        raise ValueError(msg)
+    restarts = _check_int(restarts, "restarts", 1)
+    max_iter = _check_int(max_iter, "max_iter", 1)
+    xp = _resolve_namespace(xp)
+    dtype = xp.float64 if dtype is None else dtype
+    if not xp.isdtype(dtype, "real floating"):
+        msg = f"`dtype` must be a real floating dtype; got {dtype}"
+        raise TypeError(msg)
+    if tol is None:
+        tol = 1e-10 if dtype == xp.float64 else 1e-5
+    tol = _check_real(tol, "tol")
+    if tol <= 0:
+        msg = f"`tol` must be > 0; got {tol!r}"
+        raise ValueError(msg)
+
+    problem, labels = _build_problem(
+        counts_host,
+        lam_w,
+        lam_h,
+        lam_b,
+        dim,
+        bias,
+        form,
+        class_weights,
+        logit_adjustment,
+        xp,
+        device,
+        dtype,
+    )
+    start = _starts(
+        counts_host, lam_w, lam_h, dim, bias, form, restarts, frame_start, seed, xp, device, dtype
+    )
+    stacked = _Stacked.build(problem, counts_host, lam_w, lam_h, lam_b)
+    run = _accelerated_projected_gradient(stacked, start, tol, max_iter)
+
+    objectives = to_host(run.objective).astype(np.float64)
+    residuals = to_host(run.residual).astype(np.float64)
+    iterations = to_host(run.iterations)
+    best = int(np.argmin(np.where(np.isfinite(objectives), objectives, np.inf)))
+    classifier = run.classifier[best, ...]
+    rows = run.rows[best, ...]
+    bias_out = None if run.bias is None else run.bias[best, ...]
+    if form == "full":
+        sizes = xp.asarray(counts_host, dtype=dtype, device=device)
+        means = segment_sum(rows, labels, num_classes, xp) / sizes[:, None]
+        features = rows
+    else:
+        means, features = rows, None
+    return UFMSolution(
+        classifier=classifier,
+        means=means,
+        features=features,
+        labels=labels,
+        bias=bias_out,
+        objective=float(objectives[best]),
+        kkt_residual=float(residuals[best]),
+        iterations=int(iterations[best]),
+        converged=bool(residuals[best] <= tol),
+        restart_objectives=tuple(float(v) for v in objectives),
+        restart_residuals=tuple(float(v) for v in residuals),
+        best_restart=best,
+        counts=tuple(int(n) for n in counts_host),
+        lambda_w=lam_w,
+        lambda_h=lam_h,
+        lambda_b=lam_b,
+        form=form,
+        tol=tol,
+    )
+
+
+# ---------------------------------------------------------------------------
+# the method
+
+
+@dataclass(frozen=True)
+class _Stacked:
+    """The problem on stacked variables, with the diagonal metric D.
+
+    The classifier (K rows) and the feature rows are stacked into one array
+    ``v`` of shape (S, K + R, d) for S starts; the bias ``b`` (S, K) stays
+    apart. D is the curvature of the regulariser: ``lambda_w`` on classifier
+    rows, ``row_decay`` (``lambda_h``, or ``lambda_h n_k`` for class means) on
+    feature rows and ``beta = lambda_b + 0.3 sqrt(lambda_w lambda_h N / K)`` on
+    the bias. Steps are preconditioned by D^-1 and the KKT residual is the
+    gradient's norm in D^-1.
+    """
+
+    problem: RowProblem
+    num_classes: int
+    scale: Array  # (K + R, 1): D on the stacked rows
+    lower: Array  # (K + R, 1): -inf on classifier rows, 0 on feature rows
+    beta: float
+    xp: ModuleType
+
+    @staticmethod
+    def build(
+        problem: RowProblem, counts: np.ndarray, lam_w: float, lam_h: float, lam_b: float
+    ) -> _Stacked:
+        xp = problem.xp
+        decay = problem.row_decay
+        num_classes = counts.shape[0]
+        ones = xp.ones((num_classes,), dtype=decay.dtype, device=array_device(decay))
+        scale = xp.concat([lam_w * ones, decay])[:, None]
+        lower = xp.concat([-math.inf * ones, 0.0 * decay])[:, None]
+        beta = lam_b + _BIAS_CURVATURE * math.sqrt(
+            lam_w * lam_h * float(counts.sum()) / num_classes
+        )
+        return _Stacked(problem, num_classes, scale, lower, beta, xp)
+
+    def split(self, v: Array) -> tuple[Array, Array]:
+        return v[..., : self.num_classes, :], v[..., self.num_classes :, :]
+
+    def evaluate(self, v: Array, b: Array | None) -> tuple[Array, Array, Array | None]:
+        """Objective (S,), stacked gradient and bias gradient."""
+        value, g_w, g_h, g_b = evaluate_rows(self.problem, *self.split(v), b, grad=True)
+        return value, self.xp.concat([g_w, g_h], axis=-2), g_b
+
+    def step(
+        self, v: Array, b: Array | None, g: Array, g_b: Array | None, size: Array
+    ) -> tuple[Array, Array | None]:
+        """Projected preconditioned gradient step ``P(x - size D^-1 g)``."""
+        xp = self.xp
+        v_new = xp.maximum(v - size[:, None, None] * (g / self.scale), self.lower)
+        b_new = None if b is None else b - size[:, None] * (g_b / self.beta)
+        return v_new, b_new
+
+    def inner(self, a: Array, a_b: Array | None, c: Array, c_b: Array | None) -> Array:
+        """Inner product in D of two steps, per start."""
+        xp = self.xp
+        total = xp.sum(self.scale * (a * c), axis=(-2, -1))
+        if a_b is not None:
+            total = total + self.beta * xp.sum(a_b * c_b, axis=-1)
+        return total
+
+    def dual(self, g: Array, g_b: Array | None) -> Array:
+        """Squared norm in D^-1 of a gradient, per start."""
+        xp = self.xp
+        total = xp.sum((g * g) / self.scale, axis=(-2, -1))
+        if g_b is not None:
+            total = total + xp.sum(g_b * g_b, axis=-1) / self.beta
+        return total
+
+    def residual(self, v: Array, g: Array, g_b: Array | None) -> Array:
+        """KKT residual: the D^-1 norm of the projected gradient, per start."""
+        # At a zero feature entry only a negative partial derivative (a descent
+        # direction into the feasible set) violates the KKT conditions.
+        xp = self.xp
+        free = xp.logical_or(v > self.lower, g < 0)
+        return xp.sqrt(self.dual(g * xp.astype(free, g.dtype), g_b))
+
+
+@dataclass(frozen=True)
+class _Run:
+    classifier: Array  # (S, K, d)
+    rows: Array  # (S, R, d)
+    bias: Array | None  # (S, K)
+    objective: Array  # (S,)
+    residual: Array  # (S,)
+    iterations: Array  # (S,)
+
+
+def _accelerated_projected_gradient(
+    stacked: _Stacked,
+    start: tuple[Array, Array, Array | None],
+    tol: float,
+    max_iter: int,
+) -> _Run:
+    """FISTA with backtracking and momentum restarts, on a batch of starts.
+
+    Every start keeps its own step, momentum and convergence state; a start
+    that reaches `tol` is frozen. Backtracking never blocks the batch: a start
+    whose trial step fails the test halves its step and retries from the same
+    point in the next iteration.
+    """
+    xp = stacked.xp
+    v_x = xp.concat([start[0], start[1]], axis=-2)
+    b_x = start[2]
+    f_x, g_x, gb_x = stacked.evaluate(v_x, b_x)
+    residual = stacked.residual(v_x, g_x, gb_x)
+    v_y, b_y, f_y, g_y, gb_y = v_x, b_x, f_x, g_x, gb_x
+    num_starts = f_x.shape[0]
+    dtype, device = f_x.dtype, array_device(f_x)
+    step = xp.ones((num_starts,), dtype=dtype, device=device)
+    momentum = xp.ones((num_starts,), dtype=dtype, device=device)
+    iterations = xp.zeros((num_starts,), dtype=xp.int64, device=device)
+    active = residual > tol
+    slack = 64 * float(xp.finfo(dtype).eps)
+    for it in range(1, max_iter + 1):
+        v_t, b_t = stacked.step(v_y, b_y, g_y, gb_y, step)
+        f_t, g_t, gb_t = stacked.evaluate(v_t, b_t)
+        d_v, d_b = v_t - v_y, _minus(b_t, b_y)
+        dist2 = stacked.inner(d_v, d_b, d_v, d_b)
+        model = f_y + xp.sum(g_y * d_v, axis=(-2, -1)) + dist2 / (2 * step)
+        if d_b is not None:
+            model = model + xp.sum(gb_y * d_b, axis=-1)
+        # Sufficient decrease of the objective, or, where the decrease is below
+        # the rounding of f (close to a solution), a local Lipschitz bound on
+        # the gradient, ||g(trial) - g(y)|| <= ||trial - y|| / step in D.
+        rounding = slack * (xp.abs(f_y) + xp.abs(f_t))
+        lipschitz = stacked.dual(g_t - g_y, _minus(gb_t, gb_y)) * (step * step) <= dist2
+        decrease = xp.logical_or(f_t <= model, xp.logical_and(f_t <= model + rounding, lipschitz))
+        accept = xp.logical_and(active, decrease)
+        # Momentum: FISTA's sequence, reset when the step turns against the
+        # previous move, <y - trial, trial - x>_D > 0 (a test that, unlike
+        # comparing objective values, still works below the rounding of f),
+        # or when the objective went up.
+        turned = stacked.inner(-d_v, _neg(d_b), v_t - v_x, _minus(b_t, b_x)) > 0
+        reset = xp.logical_or(turned, f_t > f_x + rounding)
+        grown = (1 + xp.sqrt(1 + 4 * momentum * momentum)) / 2
+        beta = xp.where(reset, xp.zeros_like(step), (momentum - 1) / grown)
+        v_n = v_t + beta[:, None, None] * (v_t - v_x)
+        b_n = None if b_t is None else b_t + beta[:, None] * (b_t - b_x)
+        f_n, g_n, gb_n = stacked.evaluate(v_n, b_n)
+
+        keep = accept[:, None, None]
+        residual = xp.where(accept, stacked.residual(v_t, g_t, gb_t), residual)
+        v_x, v_y, g_y = (
+            xp.where(keep, v_t, v_x),
+            xp.where(keep, v_n, v_y),
+            xp.where(keep, g_n, g_y),
+        )
+        if b_x is not None:
+            keep_b = accept[:, None]
+            b_x, b_y = xp.where(keep_b, b_t, b_x), xp.where(keep_b, b_n, b_y)
+            gb_y = xp.where(keep_b, gb_n, gb_y)
+        f_x, f_y = xp.where(accept, f_t, f_x), xp.where(accept, f_n, f_y)
+        momentum = xp.where(accept, xp.where(reset, xp.ones_like(step), grown), momentum)
+        step = xp.where(accept, step * _GROW, xp.where(active, step * _SHRINK, step))
+        iterations = xp.where(active, iterations + 1, iterations)
+        active = xp.logical_and(active, residual > tol)
+        if it % _CHECK_EVERY == 0 and not bool(to_host(xp.any(active))):
+            break
+    classifier, rows = stacked.split(v_x)
+    return _Run(classifier, rows, b_x, f_x, residual, iterations)
+
+
+def _minus(a: Array | None, b: Array | None) -> Array | None:
+    return None if a is None else a - b
+
+
+def _neg(a: Array | None) -> Array | None:
+    return None if a is None else -a
+
+
+# ---------------------------------------------------------------------------
+# problem and starts
+
+
+def _build_problem(
+    counts: np.ndarray,
+    lam_w: float,
+    lam_h: float,
+    lam_b: float,
+    dim: int,
+    bias: bool,
+    form: str,
+    class_weights: Any,
+    logit_adjustment: float | None,
+    xp: ModuleType,
+    device: Any,
+    dtype: Any,
+) -> tuple[RowProblem, Array | None]:
+    num_classes = counts.shape[0]
+    classifier = xp.zeros((num_classes, dim), dtype=dtype, device=device)
+    bias_arr = xp.zeros((num_classes,), dtype=dtype, device=device) if bias else None
+    if class_weights is not None and not isinstance(class_weights, (list, tuple, range)):
+        class_weights = to_host(class_weights).tolist()
+    options = {
+        "bias": bias_arr,
+        "lambda_b": lam_b,
+        "class_weights": class_weights,
+        "logit_adjustment": logit_adjustment,
+        "xp": xp,
+    }
+    if form == "collapsed":
+        counts_arr = xp.asarray(counts, dtype=dtype, device=device)
+        problem = collapsed_problem(classifier, classifier, counts_arr, lam_w, lam_h, **options)
+        return problem, None
+    labels = xp.asarray(np.repeat(np.arange(num_classes), counts), device=device)
+    rows = xp.zeros((labels.shape[0], dim), dtype=dtype, device=device)
+    prior = (counts / counts.sum()).tolist() if logit_adjustment is not None else None
+    problem = full_problem(classifier, rows, labels, lam_w, lam_h, prior=prior, **options)
+    return problem, labels
+
+
+def _starts(
+    counts: np.ndarray,
+    lam_w: float,
+    lam_h: float,
+    dim: int,
+    bias: bool,
+    form: str,
+    restarts: int,
+    frame_start: bool,
+    seed: Any,
+    xp: ModuleType,
+    device: Any,
+    dtype: Any,
+) -> tuple[Array, Array, Array | None]:
+    """Starting points, drawn on the host with NumPy.
+
+    Class k's features start at norm about ``(lambda_w / (lambda_h n_k))^(1/4) a``
+    and classifier rows at ``(lambda_h n_k / lambda_w)^(1/4) a`` with
+    ``a^2 = max(1, log K)``: the balance ``lambda_w ||W||^2 = lambda_h ||H||^2``
+    of a minimiser, with logits of order log K. Three kinds of start:
+
+    - frame (start 0 with `frame_start`): class k on coordinate k in order of
+      decreasing count (classes beyond `dim` start at 0), classifier rows the
+      centred frame;
+    - random frame: every class on one random coordinate (shared when
+      ``dim < K``) with a random norm, a small random classifier;
+    - dense (every fourth start): all entries random.
+
+    In the full form every sample also gets its own random factor and a small
+    dense perturbation, so that features of a class start apart.
+    """
+    rng = np.random.default_rng(seed)
+    num_classes = counts.shape[0]
+    scale = math.sqrt(max(1.0, math.log(num_classes)))
+    feature_scale = (lam_w / (lam_h * counts)) ** 0.25 * scale  # (K,)
+    classifier_scale = (lam_h * counts / lam_w) ** 0.25 * scale  # (K,)
+    mean_w = float(np.sqrt(np.mean(classifier_scale**2)))
+    w = np.zeros((restarts, num_classes, dim))
+    h = np.zeros((restarts, num_classes, dim))
+    kinds = ["dense" if r % 4 == 3 else "random" for r in range(restarts)]
+    if frame_start:
+        kinds[0] = "frame"
+    for r, kind in enumerate(kinds):
+        if kind == "frame":
+            order = np.argsort(-counts, kind="stable")[:dim]
+            h[r, order, np.arange(order.shape[0])] = feature_scale[order]
+            w[r, order, np.arange(order.shape[0])] = classifier_scale[order]
+            w[r] -= w[r].mean(axis=0)
+        elif kind == "random":
+            cols = rng.permutation(dim)[np.arange(num_classes) % dim]
+            h[r, rng.permutation(num_classes), cols] = 1.0
+            h[r] *= (feature_scale * rng.uniform(0.5, 1.5, num_classes))[:, None]
+            w[r] = rng.standard_normal((num_classes, dim)) * (0.1 * mean_w / math.sqrt(dim))
+        else:
+            h[r] = np.abs(rng.standard_normal((num_classes, dim)))
+            h[r] *= (feature_scale / math.sqrt(dim))[:, None]
+            w[r] = rng.standard_normal((num_classes, dim)) * (mean_w / math.sqrt(dim))
+    if form == "full":
+        row_class = np.repeat(np.arange(num_classes), counts)
+        jitter = rng.uniform(0.5, 1.5, (restarts, row_class.shape[0], 1))
+        noise = np.abs(rng.standard_normal((restarts, row_class.shape[0], dim)))
+        noise *= (0.1 * feature_scale[row_class] / math.sqrt(dim))[None, :, None]
+        h = h[:, row_class, :] * jitter + noise
+    b = np.zeros((restarts, num_classes)) if bias else None
+
+    def put(a: np.ndarray | None) -> Array | None:
+        return None if a is None else xp.asarray(a, dtype=dtype, device=device)
+
+    return put(w), put(h), put(b)
+
+
+# ---------------------------------------------------------------------------
+# input checks
+
+
+def _check_counts(counts: Any) -> np.ndarray:
+    try:
+        host = np.asarray(counts if isinstance(counts, (list, tuple, range)) else to_host(counts))
+    except (TypeError, ValueError):
+        msg = f"`counts` must be a sequence of positive integers; got {counts!r}"
+        raise ValueError(msg) from None
+    if host.ndim != 1:
+        msg = f"`counts` must be 1-D (one count per class); got shape {host.shape}"
+        raise ValueError(msg)
+    if host.shape[0] < 2:
+        msg = f"`counts` must describe at least 2 classes; got {host.shape[0]}"
+        raise ValueError(msg)
+    if host.dtype == bool or not np.issubdtype(host.dtype, np.number):
+        msg = f"`counts` must be positive integers; got {host.tolist()}"
+        raise ValueError(msg)
+    values = host.astype(np.float64)
+    bad = ~np.isfinite(values) | (values < 1) | (values != np.round(values))
+    if bad.any():
+        k = int(np.argmax(bad))
+        msg = f"`counts` must be positive integers; got {host[k].item()!r} for class {k}"
+        raise ValueError(msg)
+    return values.astype(np.int64)
+
+
+def _check_real(value: Any, name: str) -> float:
+    if isinstance(value, (bool, str, bytes)):
+        msg = f"`{name}` must be a real number; got {value!r}"
+        raise TypeError(msg)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        msg = f"`{name}` must be a real number; got {value!r}"
+        raise TypeError(msg) from None
+    if not math.isfinite(number):
+        msg = f"`{name}` must be finite; got {value!r}"
+        raise ValueError(msg)
+    return number
+
+
+def _check_decay(value: Any, name: str) -> float:
+    number = _check_real(value, name)
+    if number <= 0:
+        msg = (
+            f"`{name}` must be > 0; got {value!r}. Without weight decay on both the classifier "
+            "and the features the UFM+ objective has no minimiser: growing the unpenalised "
+            "factor while shrinking the other drives it towards its infimum 0, never reached."
+        )
+        raise ValueError(msg)
+    return number
+
+
+def _check_int(value: Any, name: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        msg = f"`{name}` must be an integer; got {value!r}"
+        raise TypeError(msg)
+    if value < low:
+        msg = f"`{name}` must be >= {low}; got {value}"
+        raise ValueError(msg)
+    return int(value)
+
+
+def _resolve_namespace(xp: ModuleType | None) -> ModuleType:
+    """The array-api-compat namespace of `xp` (NumPy when None)."""
+    if xp is None:
+        xp = np
+    return namespace(xp=xp.asarray(0.0))

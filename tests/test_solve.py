@@ -1,0 +1,424 @@
+"""The numerical UFM+ solver against the closed form, written here from the theorem.
+
+The reference below is an independent float64 NumPy transcription of the
+closed-form minimiser (margins, feature norms, logits, classifier, optimal
+value); the published test vectors are hard-coded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import array_api_compat
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ncgeom import solve
+from ncgeom.solve import UFMSolution, solve_ufm
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+
+
+# ---------------------------------------------------------------------------
+# independent closed form (bias-free, lambda_w, lambda_h > 0)
+
+
+def closed_form(counts, lambda_w, lambda_h):
+    """Margins M_k, squared feature norms and the optimal value f*."""
+    n = np.asarray(counts, dtype=np.float64)
+    k = n.shape[0]
+    total = n.sum()
+    c = total * np.sqrt(lambda_w * lambda_h * (k - 1) / k) / np.sqrt(n)
+    arg = (k - 1) * (1 / c - 1)
+    margins = np.where(arg > 1, np.log(np.maximum(arg, 1.0)), 0.0)
+    norms2 = np.sqrt((k - 1) / k * lambda_w / (lambda_h * n)) * margins
+    value = np.sum(
+        n / total * np.log1p((k - 1) * np.exp(-margins))
+        + np.sqrt(lambda_w * lambda_h * n * (k - 1) / k) * margins
+    )
+    return margins, norms2, float(value)
+
+
+def check_geometry(sol: UFMSolution, counts, lambda_w, lambda_h, tol: float = 1e-4) -> None:
+    """Orthogonal non-negative means with the predicted norms, logits and classifier."""
+    margins, norms2, _ = closed_form(counts, lambda_w, lambda_h)
+    n = np.asarray(counts, dtype=np.float64)
+    k = n.shape[0]
+    W = np.asarray(array_api_compat.to_device(sol.classifier, "cpu"))
+    means = np.asarray(array_api_compat.to_device(sol.means, "cpu"))
+    assert np.all(means >= 0)
+    # Natural units where every class collapses: ||h||^2 ~ sqrt(lambda_W / (lambda_H n)),
+    # ||w||^2 ~ sqrt(lambda_H n / lambda_W).
+    unit_h = math.sqrt(lambda_w / (lambda_h * n.max()))
+    unit_w = math.sqrt(math.sqrt(lambda_h * n.max() / lambda_w))
+    # Gram of the means: diag(||h_k||^2), relative to the largest norm.
+    scale = max(norms2.max(), unit_h)
+    np.testing.assert_allclose(means @ means.T, np.diag(norms2), rtol=0, atol=tol * scale)
+    # Logits of class k's mean: M_k (e_k - 1/K).
+    logits = means @ W.T
+    expected = margins[:, None] * (np.eye(k) - 1.0 / k)
+    np.testing.assert_allclose(logits, expected, rtol=0, atol=tol * max(1.0, margins.max()))
+    # Classifier: w_j = gamma (sqrt(n_j) h_j - (1/K) sum_k sqrt(n_k) h_k).
+    gamma = np.sqrt(k * lambda_h / ((k - 1) * lambda_w))
+    scaled = np.sqrt(n)[:, None] * means
+    predicted = gamma * (scaled - scaled.mean(axis=0))
+    w_scale = max(np.abs(predicted).max(), unit_w)
+    np.testing.assert_allclose(W, predicted, rtol=0, atol=tol * w_scale)
+    # Balance lambda_W ||W||^2 = lambda_H sum_k n_k ||h_k||^2.
+    reg_w = lambda_w * np.sum(W**2)
+    reg_h = lambda_h * np.sum(n * np.sum(means**2, axis=1))
+    assert reg_w == pytest.approx(reg_h, rel=tol, abs=tol * 1e-10)
+
+
+def kkt_residual(sol: UFMSolution, lambda_w, lambda_h) -> float:
+    """The documented KKT residual, from gradients written here (bias-free, collapsed)."""
+    n = np.asarray(sol.counts, dtype=np.float64)
+    W = np.asarray(sol.classifier)
+    means = np.asarray(sol.means)
+    logits = means @ W.T
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    g = (n / n.sum())[:, None] * (p - np.eye(len(n)))
+    grad_w = g.T @ means + lambda_w * W
+    grad_h = g @ W + lambda_h * n[:, None] * means
+    grad_h = np.where(means > 0, grad_h, np.minimum(grad_h, 0))
+    total = np.sum(grad_w**2) / lambda_w + np.sum(grad_h**2 / (lambda_h * n[:, None]))
+    return math.sqrt(total)
+
+
+# ---------------------------------------------------------------------------
+# published test vectors
+
+VECTORS = [
+    (
+        [12, 8, 4, 2],
+        5e-3,
+        5e-3,
+        [4.492087624236, 4.281776858612, 3.917883220817, 3.546291678291],
+        [1.123021906059, 1.311021062007, 1.696493199144, 2.171651272723],
+        0.218510355000095,
+    ),
+    (
+        [30, 20, 3, 1],
+        2e-2,
+        2e-2,
+        [2.678841704153, 2.428722710734, 0.938269638593, 0.0],
+        [0.423562063809, 0.470320130561, 0.469134819296, 0.0],
+        0.730155472976704,
+    ),
+    (
+        [10, 10, 10],
+        1e-2,
+        1e-3,
+        [4.377637743726] * 3,
+        [3.574326250293] * 3,
+        0.132029675716503,
+    ),
+]
+
+
+def test_reference_reproduces_the_published_vectors():
+    for counts, lw, lh, margins, norms2, value in VECTORS:
+        m, h2, f = closed_form(counts, lw, lh)
+        np.testing.assert_allclose(m, margins, rtol=0, atol=1e-11)
+        np.testing.assert_allclose(h2, norms2, rtol=0, atol=1e-11)
+        assert f == pytest.approx(value, rel=1e-13)
+
+
+@pytest.mark.parametrize("form", ["collapsed", "full"])
+@pytest.mark.parametrize("vector", VECTORS, ids=["imbalanced", "minority-collapse", "balanced"])
+def test_published_vectors(vector, form):
+    counts, lw, lh, margins, norms2, value = vector
+    sol = solve_ufm(counts, lw, lh, len(counts), form=form, seed=0, frame_start=False)
+    assert sol.converged
+    assert sol.objective == pytest.approx(value, rel=1e-10)
+    assert min(sol.restart_objectives) >= value - 1e-9
+    means = np.asarray(sol.means)
+    np.testing.assert_allclose(np.sum(means**2, axis=1), norms2, rtol=0, atol=1e-6)
+    logits = means @ np.asarray(sol.classifier).T
+    k = len(counts)
+    np.testing.assert_allclose(
+        np.diag(logits) - logits.sum(axis=1) / k,
+        np.asarray(margins) * (k - 1) / k,
+        rtol=0,
+        atol=1e-6,
+    )
+
+
+def test_spurious_stationary_value_is_the_optimum_in_two_dimensions():
+    # The minority-collapse vector has a stationary point with two classes
+    # collapsed at f = 0.7359. With two dimensions (room for two orthogonal
+    # non-negative means) the solver ends there; with four its starts must get
+    # past it to the optimum.
+    counts, lw, lh = [30, 20, 3, 1], 2e-2, 2e-2
+    low = solve_ufm(counts, lw, lh, 2, seed=1)
+    assert low.objective == pytest.approx(0.7359, abs=5e-5)
+    assert np.count_nonzero(np.linalg.norm(np.asarray(low.means), axis=1)) == 2
+    high = solve_ufm(counts, lw, lh, 4, seed=1, frame_start=False)
+    assert high.objective == pytest.approx(VECTORS[1][5], rel=1e-10)
+
+
+def test_kkt_residual_is_the_documented_quantity():
+    counts, lw, lh = [30, 20, 3, 1], 2e-2, 2e-2
+    sol = solve_ufm(counts, lw, lh, 4, seed=2, max_iter=30, restarts=2)
+    assert not sol.converged
+    assert sol.kkt_residual > sol.tol
+    assert sol.kkt_residual == pytest.approx(kkt_residual(sol, lw, lh), rel=1e-8)
+    done = solve_ufm(counts, lw, lh, 4, seed=2)
+    assert done.kkt_residual <= done.tol == 1e-10
+    assert kkt_residual(done, lw, lh) <= 1.01e-10
+
+
+# ---------------------------------------------------------------------------
+# Hypothesis: random configurations against the closed form
+
+
+@st.composite
+def configurations(draw, max_classes=10, max_count=200, max_extra_dims=2):
+    """(counts, lambda_w, lambda_h, dim, seed) with dim >= the surviving classes."""
+    k = draw(st.integers(2, max_classes))
+    counts = draw(st.lists(st.integers(1, max_count), min_size=k, max_size=k))
+    lambda_w = 10 ** draw(st.floats(-5, -1))
+    lambda_h = 10 ** draw(st.floats(-5, -1))
+    alive = int(np.count_nonzero(closed_form(counts, lambda_w, lambda_h)[0]))
+    dim = max(alive, 1) + draw(st.integers(0, max_extra_dims))
+    seed = draw(st.integers(0, 2**32 - 1))
+    return counts, lambda_w, lambda_h, dim, seed
+
+
+SETTINGS = {"deadline": None, "derandomize": True, "suppress_health_check": [HealthCheck.too_slow]}
+
+
+@settings(max_examples=100, **SETTINGS)
+@given(configurations())
+def test_collapsed_solver_reaches_the_closed_form(config):
+    counts, lw, lh, dim, seed = config
+    _, _, value = closed_form(counts, lw, lh)
+    sol = solve_ufm(counts, lw, lh, dim, seed=seed, frame_start=False)
+    assert sol.converged
+    assert min(sol.restart_objectives) >= value - 1e-9
+    assert sol.objective == pytest.approx(value, rel=1e-6)
+    check_geometry(sol, counts, lw, lh)
+
+
+@settings(max_examples=30, **SETTINGS)
+@given(configurations(max_classes=5, max_count=20))
+def test_full_solver_reaches_the_closed_form_with_nc1(config):
+    counts, lw, lh, dim, seed = config
+    _, _, value = closed_form(counts, lw, lh)
+    sol = solve_ufm(counts, lw, lh, dim, form="full", seed=seed, frame_start=False, restarts=4)
+    assert sol.converged
+    assert min(sol.restart_objectives) >= value - 1e-9
+    assert sol.objective == pytest.approx(value, rel=1e-6)
+    features, labels = np.asarray(sol.features), np.asarray(sol.labels)
+    means = np.asarray(sol.means)
+    np.testing.assert_array_equal(np.bincount(labels, minlength=len(counts)), counts)
+    scale = max(np.linalg.norm(means, axis=1).max(), 1e-12)
+    np.testing.assert_allclose(features, means[labels], rtol=0, atol=1e-5 * scale)
+    check_geometry(sol, counts, lw, lh)
+
+
+@settings(max_examples=25, **SETTINGS)
+@given(configurations(max_classes=6, max_count=100), st.sampled_from([0.0, 1e-3, 1e-1]))
+def test_bias_never_hurts_and_satisfies_kkt(config, lambda_b):
+    counts, lw, lh, dim, seed = config
+    _, _, value = closed_form(counts, lw, lh)
+    sol = solve_ufm(counts, lw, lh, dim, bias=True, lambda_b=lambda_b, seed=seed)
+    assert sol.converged
+    assert sol.kkt_residual <= 1e-10
+    assert sol.objective <= value + 1e-9
+    assert sol.bias is not None
+    assert sol.bias.shape == (len(counts),)
+
+
+# ---------------------------------------------------------------------------
+# variants, backends, reproducibility
+
+
+def test_full_and_collapsed_agree_with_weights_and_logit_adjustment():
+    counts, lw, lh = [30, 20, 3, 1], 2e-2, 2e-2
+    options = {"class_weights": [1.0, 1.5, 10.0, 30.0], "logit_adjustment": 0.5, "bias": True}
+    a = solve_ufm(counts, lw, lh, 4, seed=0, **options)
+    b = solve_ufm(counts, lw, lh, 4, seed=0, form="full", restarts=4, **options)
+    assert a.converged and b.converged
+    assert a.objective == pytest.approx(b.objective, rel=1e-9)
+
+
+def test_seed_reproduces_and_stays_within_the_batch():
+    a = solve_ufm([7, 3, 1], 1e-3, 1e-2, 3, seed=11)
+    b = solve_ufm([7, 3, 1], 1e-3, 1e-2, 3, seed=11)
+    np.testing.assert_array_equal(a.classifier, b.classifier)
+    np.testing.assert_array_equal(a.means, b.means)
+    assert a.restart_objectives == b.restart_objectives
+    assert len(a.restart_objectives) == 8
+    assert a.objective == min(a.restart_objectives)
+    assert a.restart_objectives[a.best_restart] == a.objective
+
+
+def test_counts_in_any_order():
+    counts, lw, lh = [2, 12, 4, 8], 5e-3, 5e-3
+    sol = solve_ufm(counts, lw, lh, 4, seed=3)
+    assert sol.objective == pytest.approx(VECTORS[0][5], rel=1e-10)
+    norms2 = np.sum(np.asarray(sol.means) ** 2, axis=1)
+    np.testing.assert_allclose(norms2, np.asarray(VECTORS[0][4])[[3, 0, 2, 1]], atol=1e-6)
+
+
+@pytest.mark.parametrize("gap", [1e-2, -1e-2])
+def test_class_near_its_collapse_threshold(gap):
+    # Class 2 (n = 5) just above or just below n_crit = 5 (1 - gap), where the
+    # objective is flattest in its direction.
+    counts = [50, 20, 5, 2]
+    lam = math.sqrt(5 * (1 - gap) * 3 / (77**2 * 4))
+    margins, _, value = closed_form(counts, lam, lam)
+    assert (margins[2] > 0) == (gap > 0)
+    sol = solve_ufm(counts, lam, lam, 4, seed=0, frame_start=False)
+    assert sol.converged
+    assert sol.objective == pytest.approx(value, rel=1e-10)
+    check_geometry(sol, counts, lam, lam)
+
+
+def test_global_collapse_gives_zero():
+    # Every class at or below n_crit = N^2 lw lh K/(K-1): W = 0, H = 0, f = log K.
+    sol = solve_ufm([5, 4, 3], 0.5, 0.5, 3, seed=0)
+    assert sol.converged
+    assert sol.objective == pytest.approx(math.log(3), rel=1e-12)
+    assert np.abs(np.asarray(sol.means)).max() < 1e-8
+
+
+def test_fewer_dimensions_than_classes():
+    sol = solve_ufm([12, 8, 4, 2], 5e-3, 5e-3, 1, seed=0)
+    assert sol.converged
+    assert sol.objective > VECTORS[0][5]
+    assert sol.means.shape == (4, 1)
+
+
+def test_solver_on_every_backend(backend):
+    counts, lw, lh, _, norms2, value = VECTORS[0]
+    sol = solve_ufm(counts, lw, lh, 4, seed=5, xp=backend.xp, device=backend.device)
+    assert sol.converged
+    assert sol.objective == pytest.approx(value, rel=1e-10)
+    assert array_api_compat.array_namespace(sol.classifier) is backend.xp
+    assert sol.classifier.dtype == backend.xp.float64
+    means = backend.to_numpy(sol.means)
+    np.testing.assert_allclose(np.sum(means**2, axis=1), norms2, atol=1e-6)
+    reference = solve_ufm(counts, lw, lh, 4, seed=5)
+    assert sol.restart_objectives == pytest.approx(reference.restart_objectives, rel=1e-9)
+
+
+def test_full_form_on_every_backend(backend):
+    counts, lw, lh, _, _, value = VECTORS[2]
+    sol = solve_ufm(
+        counts, lw, lh, 3, form="full", restarts=2, seed=0, xp=backend.xp, device=backend.device
+    )
+    assert sol.converged
+    assert sol.objective == pytest.approx(value, rel=1e-10)
+    assert sol.features.shape == (30, 3)
+    assert array_api_compat.array_namespace(sol.features) is backend.xp
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
+def test_float32_default_tolerance():
+    import torch
+
+    counts, lw, lh, _, _, value = VECTORS[0]
+    sol = solve_ufm(counts, lw, lh, 4, seed=0, xp=torch, dtype=torch.float32)
+    assert sol.tol == 1e-5
+    assert sol.classifier.dtype == torch.float32
+    assert sol.converged
+    assert sol.objective == pytest.approx(value, rel=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# bad input
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error", "match"),
+    [
+        (([3, 0, 2], 1e-2, 1e-2, 3), {}, ValueError, r"`counts` must be positive integers; got 0"),
+        (
+            ([3, 2.5], 1e-2, 1e-2, 3),
+            {},
+            ValueError,
+            r"`counts` must be positive integers; got 2.5",
+        ),
+        (([3, -1], 1e-2, 1e-2, 3), {}, ValueError, r"`counts` must be positive integers"),
+        ((["a", "b"], 1e-2, 1e-2, 3), {}, ValueError, r"`counts` must be positive integers"),
+        (
+            ([5], 1e-2, 1e-2, 3),
+            {},
+            ValueError,
+            r"`counts` must describe at least 2 classes; got 1",
+        ),
+        (([[1, 2]], 1e-2, 1e-2, 3), {}, ValueError, r"`counts` must be 1-D"),
+        (([3, 2], 0.0, 1e-2, 3), {}, ValueError, r"`lambda_w` must be > 0; got 0.0.*no minimiser"),
+        (([3, 2], 1e-2, -1.0, 3), {}, ValueError, r"`lambda_h` must be > 0; got -1.0.*no minimis"),
+        (([3, 2], 1e-2, 1e-2, 0), {}, ValueError, r"`dim` must be >= 1; got 0"),
+        (([3, 2], 1e-2, 1e-2, 2.0), {}, TypeError, r"`dim` must be an integer"),
+        (([3, 2], 1e-2, 1e-2, 2), {"form": "sampled"}, ValueError, r"`form` must be one of"),
+        (([3, 2], 1e-2, 1e-2, 2), {"lambda_b": 0.1}, ValueError, r"`lambda_b` acts on a bias"),
+        (([3, 2], 1e-2, 1e-2, 2), {"bias": True, "lambda_b": -1.0}, ValueError, r"`lambda_b`"),
+        (([3, 2], 1e-2, 1e-2, 2), {"restarts": 0}, ValueError, r"`restarts` must be >= 1"),
+        (([3, 2], 1e-2, 1e-2, 2), {"tol": 0.0}, ValueError, r"`tol` must be > 0"),
+        (([3, 2], 1e-2, 1e-2, 2), {"dtype": np.int64}, TypeError, r"`dtype` must be a real"),
+        (([3, 2], 1e-2, 1e-2, 2), {"class_weights": [1.0]}, ValueError, r"`class_weights`"),
+    ],
+)
+def test_bad_input(args, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        solve_ufm(*args, **kwargs)
+
+
+def test_module_all_is_sorted_and_public():
+    assert list(solve.__all__) == sorted(solve.__all__)
+    for name in solve.__all__:
+        assert hasattr(solve, name)
+
+
+# ---------------------------------------------------------------------------
+# slow sweep
+
+
+@pytest.mark.slow
+@settings(max_examples=600, **SETTINGS)
+@given(configurations(max_extra_dims=12))
+def test_slow_collapsed_sweep(config):
+    counts, lw, lh, dim, seed = config
+    _, _, value = closed_form(counts, lw, lh)
+    sol = solve_ufm(counts, lw, lh, dim, seed=seed, frame_start=False)
+    assert sol.converged
+    assert min(sol.restart_objectives) >= value - 1e-9
+    assert sol.objective == pytest.approx(value, rel=1e-6)
+    check_geometry(sol, counts, lw, lh)
+
+
+@pytest.mark.slow
+@settings(max_examples=60, **SETTINGS)
+@given(configurations(max_classes=10, max_count=200))
+def test_slow_full_sweep(config):
+    counts, lw, lh, dim, seed = config
+    _, _, value = closed_form(counts, lw, lh)
+    sol = solve_ufm(counts, lw, lh, dim, form="full", seed=seed, frame_start=False)
+    assert sol.converged
+    assert min(sol.restart_objectives) >= value - 1e-9
+    assert sol.objective == pytest.approx(value, rel=1e-6)
+    means = np.asarray(sol.means)
+    scale = max(np.linalg.norm(means, axis=1).max(), 1e-12)
+    np.testing.assert_allclose(
+        np.asarray(sol.features), means[np.asarray(sol.labels)], rtol=0, atol=1e-5 * scale
+    )
+    check_geometry(sol, counts, lw, lh)
+
+
+@pytest.mark.slow
+@settings(max_examples=200, **SETTINGS)
+@given(configurations(), st.sampled_from([0.0, 1e-4, 1e-2, 1.0]))
+def test_slow_bias_sweep(config, lambda_b):
+    counts, lw, lh, dim, seed = config
+    _, _, value = closed_form(counts, lw, lh)
+    sol = solve_ufm(counts, lw, lh, dim, bias=True, lambda_b=lambda_b, seed=seed)
+    assert sol.converged
+    assert sol.objective <= value + 1e-9
