@@ -195,10 +195,11 @@ def _nc1(view: Classes) -> Array:
 def pair_mean(
     view: Classes, block: Callable[[int, int, Array], Array], chunk_rows: int | None = None
 ) -> Array:
-    """Mean over class pairs k < l of ``block(lo, hi, mask)[k - lo, l]``.
+    """Mean over class pairs k < l of a pair matrix, block by block.
 
-    `block` returns a (hi - lo, K) block of a pair matrix; `mask` marks its
-    entries with l > k. Blocks bound the memory to about
+    ``block(lo, hi, mask)`` returns the rows ``lo:hi`` and columns ``lo:`` of
+    the pair matrix (only the upper triangle is ever formed); `mask` marks
+    the entries with l > k. Blocks bound the memory to about
     `PAIR_BLOCK_ELEMENTS` entries whatever K is.
     """
     xp, num = view.xp, view.size
@@ -208,7 +209,7 @@ def pair_mean(
     total = xp.zeros((), dtype=view.stats.dtype, device=device)
     for lo in range(0, num - 1, rows):
         hi = min(lo + rows, num)
-        mask = cols[None, :] > xp.arange(lo, hi, device=device)[:, None]
+        mask = cols[None, lo:] > cols[lo:hi, None]
         values = block(lo, hi, mask)
         total = total + xp.sum(xp.where(mask, values, xp.zeros_like(values)))
     return total / (num * (num - 1) / 2)
@@ -240,9 +241,9 @@ def _cdnv(view: Classes, chunk_rows: int | None = None) -> Array:
     sq = xp.sum(centred * centred, axis=1)
 
     def block(lo: int, hi: int, mask: Array) -> Array:
-        dist2 = sq[lo:hi, None] + sq[None, :] - 2 * (centred[lo:hi, ...] @ centred.T)
-        dist2 = xp.where(mask, dist2, xp.ones_like(dist2))
-        return (variances[lo:hi, None] + variances[None, :]) / (2 * dist2)
+        gram = centred[lo:hi, ...] @ centred[lo:, ...].T
+        dist2 = xp.where(mask, sq[lo:hi, None] + sq[None, lo:] - 2 * gram, 1.0)
+        return (variances[lo:hi, None] + variances[None, lo:]) / (2 * dist2)
 
     return pair_mean(view, block, chunk_rows)
 
@@ -276,7 +277,7 @@ def _equiangularity(view: Classes, chunk_rows: int | None = None) -> Array:
     unit = _unit_rows(view.centred, xp)
     offset = 1 / (view.size - 1)
     return pair_mean(
-        view, lambda lo, hi, _: xp.abs(unit[lo:hi, ...] @ unit.T + offset), chunk_rows
+        view, lambda lo, hi, _: xp.abs(unit[lo:hi, ...] @ unit[lo:, ...].T + offset), chunk_rows
     )
 
 
@@ -300,7 +301,9 @@ def orthogonality_error(stats: ClassStats, *, chunk_rows: int | None = None) -> 
 def _orthogonality_error(view: Classes, chunk_rows: int | None = None) -> Array:
     xp = view.xp
     unit = _unit_rows(view.means, xp)
-    return pair_mean(view, lambda lo, hi, _: xp.abs(unit[lo:hi, ...] @ unit.T), chunk_rows)
+    return pair_mean(
+        view, lambda lo, hi, _: xp.abs(unit[lo:hi, ...] @ unit[lo:, ...].T), chunk_rows
+    )
 
 
 def equinorm(stats: ClassStats, *, global_mean: str = "samples") -> Array:
@@ -343,21 +346,25 @@ def etf_error(
 
 
 def _etf_error(view: Classes, chunk_rows: int | None = None) -> Array:
-    xp, num = view.xp, view.size
+    xp, (num, dim) = view.xp, view.centred.shape
     centred = view.centred
     device = view.stats.device
+    # ||Mc Mc^T||_F = ||Mc^T Mc||_F: take the smaller of the two Grams.
+    small = centred.T @ centred if num > dim else centred @ centred.T
+    gram_norm = xp.linalg.matrix_norm(small)
+    target_norm = (num - 1) ** 0.5
     rows = chunk_rows or max(1, PAIR_BLOCK_ELEMENTS // num)
     cols = xp.arange(num, device=device)
-    blocks = row_chunks(num, rows)
-    gram_norm2 = sum(xp.sum((centred[block, ...] @ centred.T) ** 2) for block in blocks)
-    gram_norm = xp.sqrt(gram_norm2)
-    target_norm = (num - 1) ** 0.5
     total = xp.zeros((), dtype=view.stats.dtype, device=device)
-    for block in blocks:
-        eye = xp.arange(block.start, block.stop, device=device)[:, None] == cols[None, :]
-        eye = xp.astype(eye, centred.dtype)
-        diff = (centred[block, ...] @ centred.T) / gram_norm - (eye - 1 / num) / target_norm
-        total = total + xp.sum(diff * diff)
+    for lo in range(0, num, rows):
+        hi = min(lo + rows, num)
+        # The difference is symmetric: the upper triangle counts twice.
+        upper = cols[None, lo:] > cols[lo:hi, None]
+        diagonal = cols[None, lo:] == cols[lo:hi, None]
+        target = (xp.astype(diagonal, centred.dtype) - 1 / num) / target_norm
+        diff = (centred[lo:hi, ...] @ centred[lo:, ...].T) / gram_norm - target
+        weight = 2 * xp.astype(upper, centred.dtype) + xp.astype(diagonal, centred.dtype)
+        total = total + xp.sum(weight * diff * diff)
     return xp.sqrt(total)
 
 
