@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any, NamedTuple, TextIO
 
+from ._json import jsonable
 from ._progress import Progress
 from .theory import (
     UFMOptimum,
@@ -172,7 +173,7 @@ def _run_theory(args: argparse.Namespace) -> int:
         data["num_samples"] = sum(args.counts)
         data["critical_regularization"] = critical
         data["min_samples_to_survive"] = survive
-        print(json.dumps(_jsonable(data), indent=2))
+        print(json.dumps(jsonable(data), indent=2))
     else:
         _print_theory(opt, critical, survive, sys.stdout)
         if args.plot:
@@ -318,7 +319,7 @@ def _run_verify(args: argparse.Namespace) -> int:
             "failed": failed,
             "configs": rows,
         }
-        print(json.dumps(_jsonable(summary), indent=2))
+        print(json.dumps(jsonable(summary), indent=2))
     else:
         _print_verify(rows, failed, args, elapsed, sys.stdout)
     return 1 if failed else 0
@@ -456,17 +457,6 @@ def _counts(text: str) -> list[int]:
     except ValueError:
         msg = f"must be comma-separated integers, e.g. 5000,200,20; got {text!r}"
         raise argparse.ArgumentTypeError(msg) from None
-
-
-def _jsonable(value: Any) -> Any:
-    """Replace NaN and infinities (not valid JSON) by None, recursively."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
-    return value
 
 
 COMMANDS: dict[str, Command] = {

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ncgeom._json import jsonable
 from ncgeom._progress import Progress
 from ncgeom.cli import Command
 
@@ -193,13 +194,13 @@ def run_demo(config: DemoConfig, *, progress: bool = True) -> dict[str, Any]:
     seconds = time.perf_counter() - started
 
     summary = {
-        "config": _jsonable(asdict(config)),
+        "config": jsonable(asdict(config)),
         "counts": counts,
         "num_samples": num,
-        "theory": _jsonable(theory.to_dict()),
+        "theory": jsonable(theory.to_dict()),
         "objective_optimum": float(theory.objective),
-        "history": _jsonable(evaluations),
-        "final": _jsonable(evaluations[-1]),
+        "history": jsonable(evaluations),
+        "final": jsonable(evaluations[-1]),
         "seconds": seconds,
     }
     out = Path(config.out)
@@ -227,20 +228,6 @@ def _check_config(config: DemoConfig) -> None:
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             msg = f"`{name}` must be a finite number > 0; got {value!r}"
             raise ValueError(msg)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(key): _jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
-    if isinstance(value, np.generic):
-        return _jsonable(value.item())
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    return value
 
 
 _SUMMARY_METRICS = (

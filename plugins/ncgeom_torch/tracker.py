@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -14,6 +13,7 @@ import array_api_compat.torch as torch_xp
 import torch
 from torch import nn
 
+from ncgeom._json import jsonable
 from ncgeom._validate import check_num_classes, check_positive
 from ncgeom.report import NCReport, nc_report
 from ncgeom.stats import ClassStats
@@ -349,7 +349,7 @@ class NCTracker:
             "num_classes": self.num_classes,
             "history": [{"step": step, "report": entry} for step, entry in self.history],
         }
-        path.write_text(json.dumps(_finite(payload), indent=2) + "\n")
+        path.write_text(json.dumps(jsonable(payload), indent=2) + "\n")
         return path
 
     # ------------------------------------------------------------------ helpers
@@ -401,13 +401,3 @@ def _split_batch(batch: Any) -> tuple[Any, torch.Tensor]:
         f"'inputs' and 'labels'; got {type(batch).__name__}"
     )
     raise TypeError(msg)
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(item) for item in value]
-    return value
