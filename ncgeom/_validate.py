@@ -11,43 +11,96 @@ from ._array import to_host
 
 __all__ = [
     "check_batch",
+    "check_columns",
     "check_features",
+    "check_integer",
     "check_labels",
+    "check_nonnegative",
     "check_num_classes",
     "check_positive",
+    "check_positive_int",
+    "check_real",
+    "check_weight_decay",
 ]
 
 Array = Any
 
 
+_NO_MINIMISER = (
+    "without weight decay on both the classifier and the features the UFM+ objective has "
+    "no minimiser: growing the unpenalised factor while shrinking the other drives it "
+    "towards its infimum 0, never reached"
+)
+
+
+def _require(ok: bool, name: str, condition: str, shown: str) -> None:
+    """Raise the ValueError "`name` must be `condition`; got `shown`" unless `ok`."""
+    if not ok:
+        msg = f"`{name}` must be {condition}; got {shown}"
+        raise ValueError(msg)
+
+
+def check_integer(value: Any, name: str) -> int:
+    """An integer (Python or NumPy; not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        msg = f"`{name}` must be an integer; got {value!r}"
+        raise TypeError(msg)
+    return int(value)
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    """An integer >= 1."""
+    number = check_integer(value, name)
+    _require(number >= 1, name, "a positive integer", str(number))
+    return number
+
+
 def check_num_classes(num_classes: Any, name: str = "num_classes") -> int:
     """`num_classes` must be an integer >= 2."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
-        msg = f"`{name}` must be an integer; got {num_classes!r}"
+    number = check_integer(num_classes, name)
+    _require(number >= 2, name, "at least 2", str(number))
+    return number
+
+
+def check_real(value: Any, name: str) -> float:
+    """A finite real number (not a bool or a string)."""
+    if isinstance(value, (bool, str, bytes)):
+        msg = f"`{name}` must be a real number; got {value!r}"
         raise TypeError(msg)
-    if num_classes < 2:
-        msg = f"`{name}` must be at least 2; got {num_classes}"
-        raise ValueError(msg)
-    return int(num_classes)
-
-
-def check_positive(value: Any, name: str) -> float:
-    """A finite real number > 0."""
     try:
         number = float(value)
     except (TypeError, ValueError):
         msg = f"`{name}` must be a real number; got {value!r}"
         raise TypeError(msg) from None
-    if not math.isfinite(number) or number <= 0:
-        msg = f"`{name}` must be finite and > 0; got {value!r}"
-        raise ValueError(msg)
+    _require(math.isfinite(number), name, "finite", repr(value))
     return number
 
 
-def check_features(features: Array, xp: ModuleType, name: str = "features") -> None:
-    """2-D with a real floating dtype."""
+def check_nonnegative(value: Any, name: str) -> float:
+    """A finite real number >= 0."""
+    number = check_real(value, name)
+    _require(number >= 0, name, ">= 0", repr(value))
+    return number
+
+
+def check_positive(value: Any, name: str, *, reason: str = "") -> float:
+    """A finite real number > 0; `reason`, if given, ends the message for one <= 0."""
+    number = check_real(value, name)
+    _require(number > 0, name, "> 0", repr(value) + (f": {reason}" if reason else ""))
+    return number
+
+
+def check_weight_decay(value: Any, name: str) -> float:
+    """Weight decay of the UFM+ minimisation: > 0, else there is no minimiser."""
+    return check_positive(value, name, reason=_NO_MINIMISER)
+
+
+def check_features(
+    features: Array, xp: ModuleType, name: str = "features", rows: str = "samples"
+) -> None:
+    """2-D (`rows`, dim) with a real floating dtype."""
     if features.ndim != 2:
-        msg = f"`{name}` must be 2-D (samples, dim); got shape {tuple(features.shape)}"
+        msg = f"`{name}` must be 2-D ({rows}, dim); got shape {tuple(features.shape)}"
         raise ValueError(msg)
     if not xp.isdtype(features.dtype, "real floating"):
         msg = f"`{name}` must have a real floating dtype; got {features.dtype}"
@@ -66,6 +119,16 @@ def check_labels(labels: Array, num_rows: int, xp: ModuleType, name: str = "labe
         msg = (
             f"`{name}` must have one entry per row of `features` ({num_rows}); "
             f"got {labels.shape[0]}"
+        )
+        raise ValueError(msg)
+
+
+def check_columns(x: Array, name: str, dim: int, like: str, rows: str = "rows") -> None:
+    """2-D with `dim` columns, as many as the array named `like`."""
+    if x.ndim != 2 or x.shape[1] != dim:
+        msg = (
+            f"`{name}` must have shape ({rows}, {dim}), as many columns as `{like}`; "
+            f"got {tuple(x.shape)}"
         )
         raise ValueError(msg)
 

@@ -21,7 +21,7 @@ device. See ``docs/loss.md`` for the conventions.
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -29,7 +29,13 @@ from typing import Any
 import numpy as np
 
 from ._array import array_device, namespace, segment_count, to_host
-from ._validate import check_batch, check_features
+from ._validate import (
+    check_batch,
+    check_columns,
+    check_features,
+    check_nonnegative,
+    check_real,
+)
 
 __all__ = [
     "CollapsedGradients",
@@ -175,8 +181,7 @@ def ufm_objective(
         prior=prior,
         xp=xp,
     )
-    value = evaluate_rows(problem, problem.classifier, problem.features, problem.bias)[0]
-    return problem.xp.asarray(value)  # NumPy reductions give scalars, not 0-d arrays
+    return _evaluate(problem)[0]
 
 
 def ufm_gradients(
@@ -238,10 +243,7 @@ def ufm_gradients(
         prior=prior,
         xp=xp,
     )
-    value, g_w, g_h, g_b = evaluate_rows(
-        problem, problem.classifier, problem.features, problem.bias, grad=True
-    )
-    value = problem.xp.asarray(value)
+    value, g_w, g_h, g_b = _evaluate(problem, grad=True)
     return UFMGradients(objective=value, classifier=g_w, features=g_h, bias=g_b)
 
 
@@ -328,8 +330,7 @@ def collapsed_objective(
         prior=prior,
         xp=xp,
     )
-    value = evaluate_rows(problem, problem.classifier, problem.features, problem.bias)[0]
-    return problem.xp.asarray(value)  # NumPy reductions give scalars, not 0-d arrays
+    return _evaluate(problem)[0]
 
 
 def collapsed_gradients(
@@ -391,10 +392,7 @@ def collapsed_gradients(
         prior=prior,
         xp=xp,
     )
-    value, g_w, g_h, g_b = evaluate_rows(
-        problem, problem.classifier, problem.features, problem.bias, grad=True
-    )
-    value = problem.xp.asarray(value)
+    value, g_w, g_h, g_b = _evaluate(problem, grad=True)
     return CollapsedGradients(objective=value, classifier=g_w, means=g_h, bias=g_b)
 
 
@@ -485,6 +483,14 @@ def evaluate_rows(
     return value, g_w, g_h, g_b
 
 
+def _evaluate(problem: RowProblem, *, grad: bool = False) -> tuple[Array, ...]:
+    """`evaluate_rows` at the problem's own inputs, with a 0-d array as the value."""
+    value, *grads = evaluate_rows(
+        problem, problem.classifier, problem.features, problem.bias, grad=grad
+    )
+    return (problem.xp.asarray(value), *grads)  # NumPy reductions give scalars, not 0-d arrays
+
+
 # ---------------------------------------------------------------------------
 # validation and assembly
 
@@ -506,14 +512,11 @@ def full_problem(
     """Validate the full-sample inputs and build their row form."""
     if xp is None:
         xp = namespace(classifier=classifier, features=features, labels=labels, bias=bias)
-    lam_w, lam_h, lam_b, tau = _check_scalars(lambda_w, lambda_h, lambda_b, bias, logit_adjustment)
-    num_classes, dtype = _check_classifier(classifier, features, "features", xp)
-    if features.shape[1] != classifier.shape[1]:
-        msg = (
-            f"`features` must have as many columns as `classifier` ({classifier.shape[1]}); "
-            f"got shape {tuple(features.shape)}"
-        )
-        raise ValueError(msg)
+    shared = _check_shared(
+        classifier, features, "features", lambda_w, lambda_h, lambda_b, bias, logit_adjustment, xp
+    )
+    num_classes, dtype = shared.num_classes, shared.dtype
+    check_columns(features, "features", classifier.shape[1], "classifier", rows="samples")
     num_rows = features.shape[0]
     if num_rows == 0:
         msg = "`features` must hold at least one sample; got 0 rows"
@@ -521,32 +524,21 @@ def full_problem(
     check_batch(features, labels, num_classes, xp)
     device = array_device(features)
     targets = xp.arange(num_classes, dtype=labels.dtype, device=device)
-    onehot = xp.astype(labels[:, None] == targets[None, :], dtype)
-    row_weight = xp.full((num_rows,), 1.0 / num_rows, dtype=dtype, device=device)
-    weights = _vector(class_weights, "class_weights", num_classes, classifier, xp, dtype)
-    if weights is not None:
-        row_weight = row_weight * xp.take(weights, xp.astype(labels, xp.int64), axis=0)
-    offsets = None
-    if tau != 0.0:
-        hint = ""
-        if prior is None:
-            prior = xp.astype(segment_count(labels, num_classes, xp), dtype) / num_rows
-            hint = " (default: the label frequencies; pass `prior` when a class has no sample)"
-        prior = _vector(
-            prior, "prior", num_classes, classifier, xp, dtype, positive=True, hint=hint
-        )
-        offsets = tau * xp.log(prior)
-    return RowProblem(
-        xp=xp,
-        onehot=onehot,
-        row_weight=row_weight,
-        row_decay=xp.full((num_rows,), lam_h, dtype=dtype, device=device),
-        offsets=offsets,
-        lambda_w=lam_w,
-        lambda_b=lam_b,
-        classifier=_cast(classifier, dtype, xp),
-        features=_cast(features, dtype, xp),
-        bias=_check_bias(bias, num_classes, xp, dtype),
+
+    def label_frequencies() -> Array:
+        return xp.astype(segment_count(labels, num_classes, xp), dtype) / num_rows
+
+    return _assemble(
+        shared,
+        features,
+        onehot=xp.astype(labels[:, None] == targets[None, :], dtype),
+        row_weight=xp.full((num_rows,), 1.0 / num_rows, dtype=dtype, device=device),
+        row_decay=xp.full((num_rows,), shared.lambda_h, dtype=dtype, device=device),
+        row_class=labels,
+        class_weights=class_weights,
+        prior=prior,
+        default_prior=label_frequencies,
+        default_hint=" (default: the label frequencies; pass `prior` when a class has no sample)",
     )
 
 
@@ -567,8 +559,10 @@ def collapsed_problem(
     """Validate the class-collapsed inputs and build their row form."""
     if xp is None:
         xp = namespace(classifier=classifier, means=means, bias=bias)
-    lam_w, lam_h, lam_b, tau = _check_scalars(lambda_w, lambda_h, lambda_b, bias, logit_adjustment)
-    num_classes, dtype = _check_classifier(classifier, means, "means", xp)
+    shared = _check_shared(
+        classifier, means, "means", lambda_w, lambda_h, lambda_b, bias, logit_adjustment, xp
+    )
+    num_classes, dtype = shared.num_classes, shared.dtype
     if tuple(means.shape) != tuple(classifier.shape):
         msg = (
             f"`means` must have the shape of `classifier` {tuple(classifier.shape)}; "
@@ -581,74 +575,111 @@ def collapsed_problem(
     if total <= 0:
         msg = f"`counts` must have a positive total; got {to_host(counts_arr).tolist()}"
         raise ValueError(msg)
-    row_weight = counts_arr / total
-    weights = _vector(class_weights, "class_weights", num_classes, classifier, xp, dtype)
-    if weights is not None:
-        row_weight = row_weight * weights
-    offsets = None
-    if tau != 0.0:
-        hint = ""
-        if prior is None:
-            prior = counts_arr / total
-            hint = " (default: counts / N; pass `prior` when a count is 0)"
-        prior = _vector(
-            prior, "prior", num_classes, classifier, xp, dtype, positive=True, hint=hint
-        )
-        offsets = tau * xp.log(prior)
-    return RowProblem(
-        xp=xp,
+    return _assemble(
+        shared,
+        means,
         onehot=xp.eye(num_classes, dtype=dtype, device=array_device(means)),
-        row_weight=row_weight,
-        row_decay=lam_h * counts_arr,
-        offsets=offsets,
-        lambda_w=lam_w,
-        lambda_b=lam_b,
-        classifier=_cast(classifier, dtype, xp),
-        features=_cast(means, dtype, xp),
-        bias=_check_bias(bias, num_classes, xp, dtype),
+        row_weight=counts_arr / total,
+        row_decay=shared.lambda_h * counts_arr,
+        row_class=None,
+        class_weights=class_weights,
+        prior=prior,
+        default_prior=lambda: counts_arr / total,
+        default_hint=" (default: counts / N; pass `prior` when a count is 0)",
     )
 
 
-def _check_scalars(
-    lambda_w: Any, lambda_h: Any, lambda_b: Any, bias: Any, logit_adjustment: Any
-) -> tuple[float, float, float, float]:
-    lam_w = _nonnegative(lambda_w, "lambda_w")
-    lam_h = _nonnegative(lambda_h, "lambda_h")
-    lam_b = _nonnegative(lambda_b, "lambda_b")
+@dataclass(frozen=True)
+class _Shared:
+    """The validated inputs that both forms share."""
+
+    xp: ModuleType
+    classifier: Array
+    bias: Array | None
+    num_classes: int
+    dtype: Any  # working dtype: that of the classifier and the feature rows together
+    lambda_w: float
+    lambda_h: float
+    lambda_b: float
+    tau: float  # temperature of the logit adjustment, 0 without one
+
+
+def _check_shared(
+    classifier: Array,
+    rows: Array,
+    rows_name: str,
+    lambda_w: Any,
+    lambda_h: Any,
+    lambda_b: Any,
+    bias: Any,
+    logit_adjustment: Any,
+    xp: ModuleType,
+) -> _Shared:
+    """Check the weight decays, the logit adjustment and the classifier."""
+    lam_w = check_nonnegative(lambda_w, "lambda_w")
+    lam_h = check_nonnegative(lambda_h, "lambda_h")
+    lam_b = check_nonnegative(lambda_b, "lambda_b")
     if bias is None and lam_b != 0.0:
         msg = f"`lambda_b` acts on a bias; pass `bias` or leave `lambda_b` at 0; got {lambda_b!r}"
         raise ValueError(msg)
-    tau = 0.0 if logit_adjustment is None else _real(logit_adjustment, "logit_adjustment")
-    return lam_w, lam_h, lam_b, tau
+    tau = 0.0 if logit_adjustment is None else check_real(logit_adjustment, "logit_adjustment")
+    num_classes, dtype = _check_classifier(classifier, rows, rows_name, xp)
+    return _Shared(xp, classifier, bias, num_classes, dtype, lam_w, lam_h, lam_b, tau)
 
 
-def _real(value: Any, name: str) -> float:
-    if isinstance(value, (bool, str, bytes)):
-        msg = f"`{name}` must be a real number; got {value!r}"
-        raise TypeError(msg)
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        msg = f"`{name}` must be a real number; got {value!r}"
-        raise TypeError(msg) from None
-    if not math.isfinite(number):
-        msg = f"`{name}` must be finite; got {value!r}"
-        raise ValueError(msg)
-    return number
+def _assemble(
+    shared: _Shared,
+    rows: Array,
+    *,
+    onehot: Array,
+    row_weight: Array,
+    row_decay: Array,
+    row_class: Array | None,
+    class_weights: Any,
+    prior: Any,
+    default_prior: Callable[[], Array],
+    default_hint: str,
+) -> RowProblem:
+    """Apply the class weights and the logit adjustment, check the bias, build the problem.
 
-
-def _nonnegative(value: Any, name: str) -> float:
-    number = _real(value, name)
-    if number < 0:
-        msg = f"`{name}` must be >= 0; got {value!r}"
-        raise ValueError(msg)
-    return number
+    `row_class` holds the class of each row, None when row k is class k.
+    `default_prior` gives the prior when `prior` is None; `default_hint` then
+    says so in the message if that prior is not positive.
+    """
+    xp, dtype = shared.xp, shared.dtype
+    num_classes, classifier = shared.num_classes, shared.classifier
+    weights = _vector(class_weights, "class_weights", num_classes, classifier, xp, dtype)
+    if weights is not None:
+        if row_class is not None:
+            weights = xp.take(weights, xp.astype(row_class, xp.int64), axis=0)
+        row_weight = row_weight * weights
+    offsets = None
+    if shared.tau != 0.0:
+        hint = ""
+        if prior is None:
+            prior, hint = default_prior(), default_hint
+        prior = _vector(
+            prior, "prior", num_classes, classifier, xp, dtype, positive=True, hint=hint
+        )
+        offsets = shared.tau * xp.log(prior)
+    return RowProblem(
+        xp=xp,
+        onehot=onehot,
+        row_weight=row_weight,
+        row_decay=row_decay,
+        offsets=offsets,
+        lambda_w=shared.lambda_w,
+        lambda_b=shared.lambda_b,
+        classifier=_cast(classifier, dtype, xp),
+        features=_cast(rows, dtype, xp),
+        bias=_check_bias(shared.bias, num_classes, xp, dtype),
+    )
 
 
 def _check_classifier(
     classifier: Array, rows: Array, rows_name: str, xp: ModuleType
 ) -> tuple[int, Any]:
-    check_features(classifier, xp, name="classifier")
+    check_features(classifier, xp, name="classifier", rows="classes")
     check_features(rows, xp, name=rows_name)
     if classifier.shape[0] < 1 or classifier.shape[1] < 1:
         msg = f"`classifier` must have at least one row and column; got {tuple(classifier.shape)}"

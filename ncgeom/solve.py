@@ -10,14 +10,19 @@ starts run side by side as one batch. It runs on any array-API backend. See
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from ._array import array_device, namespace, segment_sum, to_host
+from ._array import array_device, resolve_namespace, segment_sum, to_host
+from ._validate import (
+    check_nonnegative,
+    check_positive,
+    check_positive_int,
+    check_weight_decay,
+)
 from .loss import RowProblem, collapsed_problem, evaluate_rows, full_problem
 
 __all__ = ["UFMSolution", "solve_ufm"]
@@ -204,32 +209,26 @@ def solve_ufm(
     """
     counts_host = _check_counts(counts)
     num_classes = counts_host.shape[0]
-    lam_w = _check_decay(lambda_w, "lambda_w")
-    lam_h = _check_decay(lambda_h, "lambda_h")
-    lam_b = _check_real(lambda_b, "lambda_b")
-    if lam_b < 0:
-        msg = f"`lambda_b` must be >= 0; got {lambda_b!r}"
-        raise ValueError(msg)
+    lam_w = check_weight_decay(lambda_w, "lambda_w")
+    lam_h = check_weight_decay(lambda_h, "lambda_h")
+    lam_b = check_nonnegative(lambda_b, "lambda_b")
     if not bias and lam_b != 0.0:
         msg = f"`lambda_b` acts on a bias; pass bias=True or leave it at 0; got {lambda_b!r}"
         raise ValueError(msg)
-    dim = _check_int(dim, "dim", 1)
+    dim = check_positive_int(dim, "dim")
     if form not in _FORMS:
         msg = f"`form` must be one of {_FORMS}; got {form!r}"
         raise ValueError(msg)
-    restarts = _check_int(restarts, "restarts", 1)
-    max_iter = _check_int(max_iter, "max_iter", 1)
-    xp = _resolve_namespace(xp)
+    restarts = check_positive_int(restarts, "restarts")
+    max_iter = check_positive_int(max_iter, "max_iter")
+    xp = resolve_namespace(xp)
     dtype = xp.float64 if dtype is None else dtype
     if not xp.isdtype(dtype, "real floating"):
         msg = f"`dtype` must be a real floating dtype; got {dtype}"
         raise TypeError(msg)
     if tol is None:
         tol = 1e-10 if dtype == xp.float64 else 1e-5
-    tol = _check_real(tol, "tol")
-    if tol <= 0:
-        msg = f"`tol` must be > 0; got {tol!r}"
-        raise ValueError(msg)
+    tol = check_positive(tol, "tol")
 
     problem, labels = _build_problem(
         counts_host,
@@ -598,47 +597,3 @@ def _check_counts(counts: Any) -> np.ndarray:
         msg = f"`counts` must be positive integers; got {host[k].item()!r} for class {k}"
         raise ValueError(msg)
     return values.astype(np.int64)
-
-
-def _check_real(value: Any, name: str) -> float:
-    if isinstance(value, (bool, str, bytes)):
-        msg = f"`{name}` must be a real number; got {value!r}"
-        raise TypeError(msg)
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        msg = f"`{name}` must be a real number; got {value!r}"
-        raise TypeError(msg) from None
-    if not math.isfinite(number):
-        msg = f"`{name}` must be finite; got {value!r}"
-        raise ValueError(msg)
-    return number
-
-
-def _check_decay(value: Any, name: str) -> float:
-    number = _check_real(value, name)
-    if number <= 0:
-        msg = (
-            f"`{name}` must be > 0; got {value!r}. Without weight decay on both the classifier "
-            "and the features the UFM+ objective has no minimiser: growing the unpenalised "
-            "factor while shrinking the other drives it towards its infimum 0, never reached."
-        )
-        raise ValueError(msg)
-    return number
-
-
-def _check_int(value: Any, name: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        msg = f"`{name}` must be an integer; got {value!r}"
-        raise TypeError(msg)
-    if value < low:
-        msg = f"`{name}` must be >= {low}; got {value}"
-        raise ValueError(msg)
-    return int(value)
-
-
-def _resolve_namespace(xp: ModuleType | None) -> ModuleType:
-    """The array-api-compat namespace of `xp` (NumPy when None)."""
-    if xp is None:
-        xp = np
-    return namespace(xp=xp.asarray(0.0))

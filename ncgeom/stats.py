@@ -29,7 +29,7 @@ from ._array import (
     segment_count,
     segment_sum,
 )
-from ._validate import check_batch, check_num_classes
+from ._validate import check_batch, check_num_classes, check_positive_int
 
 __all__ = ["ClassStats", "merge_stats"]
 
@@ -114,9 +114,7 @@ class ClassStats:
         [0, 0, 0, 0]
         """
         num_classes = check_num_classes(num_classes)
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            msg = f"`dim` must be a positive integer; got {dim!r}"
-            raise ValueError(msg)
+        dim = check_positive_int(dim, "dim")
         xp = resolve_namespace(xp)
         dtype = xp.float64 if dtype is None else dtype
         if not xp.isdtype(dtype, "real floating"):
@@ -439,10 +437,7 @@ def chunk_rows(
 ) -> int:
     """Rows per chunk: `chunk_size` if given, else about `CHUNK_BYTES` of features."""
     if chunk_size is not None:
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            msg = f"`chunk_size` must be a positive integer; got {chunk_size!r}"
-            raise ValueError(msg)
-        return chunk_size
+        return check_positive_int(chunk_size, "chunk_size")
     itemsize = 8 if dtype == xp.float64 else 4
     return max(1, min(max(num_rows, 1), CHUNK_BYTES // (itemsize * max(dim, 1))))
 

@@ -26,6 +26,7 @@ import array_api_compat as compat
 import numpy as np
 
 from ._array import to_host
+from ._validate import check_integer, check_weight_decay
 
 __all__ = [
     "UFMOptimum",
@@ -320,8 +321,8 @@ def ufm_relu_optimum(
     """
     _check_bias(bias)
     host_counts = _check_counts(counts)
-    lw = _check_lambda(lambda_w, "lambda_w")
-    lh = _check_lambda(lambda_h, "lambda_h")
+    lw = check_weight_decay(lambda_w, "lambda_w")
+    lh = check_weight_decay(lambda_h, "lambda_h")
     xp, device, dtype = _resolve_backend(counts, xp, device, dtype)
     k = host_counts.shape[0]
     n_total = int(host_counts.sum())
@@ -370,8 +371,8 @@ def collapse_threshold(counts: Any, lambda_w: float, lambda_h: float) -> float:
     362.903
     """
     host_counts = _check_counts(counts)
-    lw = _check_lambda(lambda_w, "lambda_w")
-    lh = _check_lambda(lambda_h, "lambda_h")
+    lw = check_weight_decay(lambda_w, "lambda_w")
+    lh = check_weight_decay(lambda_h, "lambda_h")
     return _collapse_count(int(host_counts.sum()), host_counts.shape[0], lw, lh)
 
 
@@ -450,8 +451,8 @@ def min_samples_to_survive(counts: Any, k: int, lambda_w: float, lambda_h: float
     if not 0 <= k < num_classes:
         msg = f"`k` must lie in [0, {num_classes}); got {k}"
         raise ValueError(msg)
-    lw = _check_lambda(lambda_w, "lambda_w")
-    lh = _check_lambda(lambda_h, "lambda_h")
+    lw = check_weight_decay(lambda_w, "lambda_w")
+    lh = check_weight_decay(lambda_h, "lambda_h")
     rest = int(host_counts.sum()) - int(host_counts[k])
     # Alive iff c m^2 + (2 c R - 1) m + c R^2 < 0 with c = K lw lh / (K-1):
     # the open interval between the roots, real iff 4 c R < 1. The lower
@@ -608,32 +609,8 @@ def _check_counts(counts: Any) -> np.ndarray:
     return host.astype(np.int64)
 
 
-def _check_lambda(value: Any, name: str) -> float:
-    if isinstance(value, bool):
-        msg = f"`{name}` must be a real number; got {value!r}"
-        raise TypeError(msg)
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        msg = f"`{name}` must be a real number; got {value!r}"
-        raise TypeError(msg) from None
-    if math.isnan(number) or math.isinf(number):
-        msg = f"`{name}` must be finite; got {value!r}"
-        raise ValueError(msg)
-    if number <= 0:
-        msg = (
-            f"`{name}` must be > 0; got {value!r}: without a positive penalty the "
-            "UFM+ objective has no minimiser (its infimum is only approached as the "
-            "norms grow without bound)"
-        )
-        raise ValueError(msg)
-    return number
-
-
 def _check_dim(dim: Any, num_alive: int) -> int:
-    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
-        msg = f"`dim` must be an integer; got {dim!r}"
-        raise TypeError(msg)
+    dim = check_integer(dim, "dim")
     needed = max(1, num_alive)
     if dim < needed:
         msg = (
@@ -643,7 +620,7 @@ def _check_dim(dim: Any, num_alive: int) -> int:
             else f"`dim` must be at least 1; got {dim}"
         )
         raise ValueError(msg)
-    return int(dim)
+    return dim
 
 
 def _check_bias(bias: Any) -> None:

@@ -29,6 +29,7 @@ import array_api_compat as compat
 import numpy as np
 
 from ._array import array_device, backend_name, namespace, to_host
+from ._validate import check_features, check_positive
 from .theory import UFMOptimum
 
 __all__ = [
@@ -314,7 +315,7 @@ def norm_comparison(
                 )
                 raise ValueError(msg)
             lambda_ratio = 1.0
-        ratio = _positive_float(lambda_ratio, "lambda_ratio")
+        ratio = check_positive(lambda_ratio, "lambda_ratio")
         scale = math.sqrt((k - 1) * ratio / k)
         target = xp.sqrt(scale * margins / xp.sqrt(n))
     measured = xp.sqrt(xp.sum(means * means, axis=1))
@@ -370,12 +371,7 @@ def _eye_rows(start: int, stop: int, k: int, like: Array, xp: ModuleType) -> Arr
 
 
 def _check_matrix(x: Array, name: str, xp: ModuleType) -> None:
-    if x.ndim != 2:
-        msg = f"`{name}` must be 2-D (classes, dim); got shape {tuple(x.shape)}"
-        raise ValueError(msg)
-    if not xp.isdtype(x.dtype, "real floating"):
-        msg = f"`{name}` must have a real floating dtype; got {x.dtype}"
-        raise TypeError(msg)
+    check_features(x, xp, name=name, rows="classes")
     if x.shape[0] < 2:
         msg = f"`{name}` must have a row for each of at least 2 classes; got {x.shape[0]}"
         raise ValueError(msg)
@@ -474,15 +470,3 @@ def _on(value: Any, name: str, like: Array, xp: ModuleType) -> Array:
 
 def _host(value: Any) -> np.ndarray:
     return to_host(value) if compat.is_array_api_obj(value) else np.asarray(value)
-
-
-def _positive_float(value: Any, name: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        msg = f"`{name}` must be a real number; got {value!r}"
-        raise TypeError(msg) from None
-    if not (math.isfinite(number) and number > 0):
-        msg = f"`{name}` must be finite and > 0; got {value!r}"
-        raise ValueError(msg)
-    return number

@@ -548,7 +548,12 @@ def _good() -> dict:
 @pytest.mark.parametrize(
     ("change", "error", "match"),
     [
-        ({"features": np.zeros((11, 3))}, ValueError, r"`features` must have as many columns"),
+        (
+            {"features": np.zeros((11, 3))},
+            ValueError,
+            r"`features` must have shape \(samples, 5\), as many columns as `classifier`; "
+            r"got \(11, 3\)",
+        ),
         ({"features": np.zeros(5)}, ValueError, r"`features` must be 2-D"),
         ({"labels": np.arange(11) % 5}, ValueError, r"`labels` must lie in \[0, 4\); got max 4"),
         ({"labels": -np.ones(11, dtype=int)}, ValueError, r"`labels` must lie in .* got min -1"),

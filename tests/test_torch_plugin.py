@@ -312,7 +312,7 @@ def test_tracker_bad_input() -> None:
         ValueError, match=r"must be given together; got lambda_w=0.1, lambda_h=None"
     ):
         tracker.report(lambda_w=0.1)
-    with pytest.raises(ValueError, match=r"`lambda_h` must be finite and > 0; got -1"):
+    with pytest.raises(ValueError, match=r"`lambda_h` must be > 0; got -1"):
         tracker.report(lambda_w=0.1, lambda_h=-1)
     with pytest.raises(ValueError, match=r"`num_classes` must be at least 2; got 1"):
         NCTracker(1)
@@ -453,12 +453,14 @@ def test_regularizer_warns_once_about_a_bias_and_rejects_bad_values() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         reg(layer, h)
-    with pytest.raises(ValueError, match=r"`lambda_w` must be finite and >= 0; got -0.1"):
+    with pytest.raises(ValueError, match=r"`lambda_w` must be >= 0; got -0.1"):
         UFMRegularizer(-0.1, 1e-3, 100)
     with pytest.raises(ValueError, match=r"`num_samples` must be a positive integer; got 0"):
         UFMRegularizer(1e-3, 1e-3, 0)
     with pytest.raises(
-        ValueError, match=r"`weight` must have shape \(num_classes, 6\); got \(4, 5\)"
+        ValueError,
+        match=r"`weight` must have shape \(num_classes, 6\), as many columns as `features`; "
+        r"got \(4, 5\)",
     ):
         ufm_penalty(torch.ones(4, 5), h, lambda_w=0.1, lambda_h=0.1, num_samples=10)
     with pytest.raises(TypeError, match=r"`classifier` must be a \(K, d\) tensor or a layer"):

@@ -2,33 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import warnings
-from typing import Any
 
 import torch
 from torch import nn
 
+from ncgeom._validate import check_columns, check_nonnegative, check_positive_int
+
 __all__ = ["UFMRegularizer", "classifier_weight", "ufm_penalty"]
-
-
-def _check_lambda(value: Any, name: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        msg = f"`{name}` must be a real number; got {value!r}"
-        raise TypeError(msg) from None
-    if not math.isfinite(number) or number < 0:
-        msg = f"`{name}` must be finite and >= 0; got {value!r}"
-        raise ValueError(msg)
-    return number
-
-
-def _check_count(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        msg = f"`{name}` must be a positive integer; got {value!r}"
-        raise ValueError(msg)
-    return value
 
 
 def warn_bias(where: str, stacklevel: int = 3) -> None:
@@ -114,18 +95,13 @@ def ufm_penalty(
     >>> round(float(ufm_penalty(w, h, lambda_w=0.1, lambda_h=0.01, num_samples=8)), 6)
     0.42
     """
-    lambda_w = _check_lambda(lambda_w, "lambda_w")
-    lambda_h = _check_lambda(lambda_h, "lambda_h")
-    num_samples = _check_count(num_samples, "num_samples")
+    lambda_w = check_nonnegative(lambda_w, "lambda_w")
+    lambda_h = check_nonnegative(lambda_h, "lambda_h")
+    num_samples = check_positive_int(num_samples, "num_samples")
     if features.ndim != 2:
         msg = f"`features` must be 2-D (batch, dim); got shape {tuple(features.shape)}"
         raise ValueError(msg)
-    if weight.ndim != 2 or weight.shape[1] != features.shape[1]:
-        msg = (
-            f"`weight` must have shape (num_classes, {features.shape[1]}); "
-            f"got {tuple(weight.shape)}"
-        )
-        raise ValueError(msg)
+    check_columns(weight, "weight", features.shape[1], "features", rows="num_classes")
     batch = features.shape[0]
     if batch == 0:
         msg = "`features` must hold at least one row; got an empty batch"
@@ -169,9 +145,9 @@ class UFMRegularizer(nn.Module):
 
     def __init__(self, lambda_w: float, lambda_h: float, num_samples: int) -> None:
         super().__init__()
-        self.lambda_w = _check_lambda(lambda_w, "lambda_w")
-        self.lambda_h = _check_lambda(lambda_h, "lambda_h")
-        self.num_samples = _check_count(num_samples, "num_samples")
+        self.lambda_w = check_nonnegative(lambda_w, "lambda_w")
+        self.lambda_h = check_nonnegative(lambda_h, "lambda_h")
+        self.num_samples = check_positive_int(num_samples, "num_samples")
         self._warned_bias = False
 
     def forward(
