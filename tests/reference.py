@@ -99,3 +99,49 @@ def ncc_agreement(x: np.ndarray, w: np.ndarray, mu: np.ndarray, b: np.ndarray | 
 
 def within_variance(x: np.ndarray, y: np.ndarray, k: int) -> float:
     return float(np.mean(np.sum((x - means(x, y, k)[y]) ** 2, axis=1)))
+
+
+# Published test vectors of the UFM+ optimum: counts, lambda_W, lambda_H,
+# margins M_k, squared feature norms ||h_k||^2, optimal value f*.
+PUBLISHED_VECTORS = [
+    (
+        [12, 8, 4, 2],
+        5e-3,
+        5e-3,
+        [4.492087624236, 4.281776858612, 3.917883220817, 3.546291678291],
+        [1.123021906059, 1.311021062007, 1.696493199144, 2.171651272723],
+        0.218510355000095,
+    ),
+    (
+        [30, 20, 3, 1],
+        2e-2,
+        2e-2,
+        [2.678841704153, 2.428722710734, 0.938269638593, 0.0],
+        [0.423562063809, 0.470320130561, 0.469134819296, 0.0],
+        0.730155472976704,
+    ),
+    (
+        [10, 10, 10],
+        1e-2,
+        1e-3,
+        [4.377637743726] * 3,
+        [3.574326250293] * 3,
+        0.132029675716503,
+    ),
+]
+
+
+def ufm_closed_form(counts, lambda_w: float, lambda_h: float):
+    """Margins M_k, squared feature norms and the optimal value f* of the UFM+ optimum."""
+    n = np.asarray(counts, dtype=np.float64)
+    k = n.shape[0]
+    total = n.sum()
+    c = total * np.sqrt(lambda_w * lambda_h * (k - 1) / k) / np.sqrt(n)
+    arg = (k - 1) * (1 / c - 1)
+    margins = np.where(arg > 1, np.log(np.maximum(arg, 1.0)), 0.0)
+    norms2 = np.sqrt((k - 1) / k * lambda_w / (lambda_h * n)) * margins
+    value = np.sum(
+        n / total * np.log1p((k - 1) * np.exp(-margins))
+        + np.sqrt(lambda_w * lambda_h * n * (k - 1) / k) * margins
+    )
+    return margins, norms2, float(value)

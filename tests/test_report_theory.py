@@ -8,18 +8,10 @@ import pytest
 from ncgeom import ClassStats, nc_report
 from ncgeom.theory import ufm_relu_optimum
 
+from reference import ufm_closed_form
+
 COUNTS = np.array([30, 20, 3, 1])
 LW = LH = 2e-2
-
-
-def _predicted(counts, lw, lh):
-    """Margins and squared feature norms of THEORY.md, written out here."""
-    k, n = len(counts), counts.sum()
-    c = n * np.sqrt(lw * lh * (k - 1) / k) / np.sqrt(counts)
-    arg = (k - 1) * (1 / c - 1)
-    margins = np.where(arg > 1, np.log(np.where(arg > 1, arg, 1)), 0.0)
-    sq_norms = np.sqrt((k - 1) / k * lw / (lh * counts)) * margins
-    return margins, sq_norms
 
 
 def _nf(a):
@@ -28,7 +20,7 @@ def _nf(a):
 
 def _instance(seed=0, noise=0.05):
     rng = np.random.default_rng(seed)
-    margins, sq_norms = _predicted(COUNTS, LW, LH)
+    margins, sq_norms = ufm_closed_form(COUNTS, LW, LH)[:2]
     k, d = len(COUNTS), 6
     means = np.zeros((k, d))
     means[np.arange(k), np.arange(k)] = np.sqrt(sq_norms)

@@ -19,6 +19,9 @@ from hypothesis import strategies as st
 from ncgeom import solve
 from ncgeom.solve import UFMSolution, solve_ufm
 
+from reference import PUBLISHED_VECTORS as VECTORS
+from reference import ufm_closed_form
+
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 
@@ -26,25 +29,9 @@ HAS_TORCH = importlib.util.find_spec("torch") is not None
 # independent closed form (bias-free, lambda_w, lambda_h > 0)
 
 
-def closed_form(counts, lambda_w, lambda_h):
-    """Margins M_k, squared feature norms and the optimal value f*."""
-    n = np.asarray(counts, dtype=np.float64)
-    k = n.shape[0]
-    total = n.sum()
-    c = total * np.sqrt(lambda_w * lambda_h * (k - 1) / k) / np.sqrt(n)
-    arg = (k - 1) * (1 / c - 1)
-    margins = np.where(arg > 1, np.log(np.maximum(arg, 1.0)), 0.0)
-    norms2 = np.sqrt((k - 1) / k * lambda_w / (lambda_h * n)) * margins
-    value = np.sum(
-        n / total * np.log1p((k - 1) * np.exp(-margins))
-        + np.sqrt(lambda_w * lambda_h * n * (k - 1) / k) * margins
-    )
-    return margins, norms2, float(value)
-
-
 def check_geometry(sol: UFMSolution, counts, lambda_w, lambda_h, tol: float = 1e-4) -> None:
     """Orthogonal non-negative means with the predicted norms, logits and classifier."""
-    margins, norms2, _ = closed_form(counts, lambda_w, lambda_h)
+    margins, norms2, _ = ufm_closed_form(counts, lambda_w, lambda_h)
     n = np.asarray(counts, dtype=np.float64)
     k = n.shape[0]
     W = np.asarray(array_api_compat.to_device(sol.classifier, "cpu"))
@@ -92,37 +79,10 @@ def kkt_residual(sol: UFMSolution, lambda_w, lambda_h) -> float:
 # ---------------------------------------------------------------------------
 # published test vectors
 
-VECTORS = [
-    (
-        [12, 8, 4, 2],
-        5e-3,
-        5e-3,
-        [4.492087624236, 4.281776858612, 3.917883220817, 3.546291678291],
-        [1.123021906059, 1.311021062007, 1.696493199144, 2.171651272723],
-        0.218510355000095,
-    ),
-    (
-        [30, 20, 3, 1],
-        2e-2,
-        2e-2,
-        [2.678841704153, 2.428722710734, 0.938269638593, 0.0],
-        [0.423562063809, 0.470320130561, 0.469134819296, 0.0],
-        0.730155472976704,
-    ),
-    (
-        [10, 10, 10],
-        1e-2,
-        1e-3,
-        [4.377637743726] * 3,
-        [3.574326250293] * 3,
-        0.132029675716503,
-    ),
-]
-
 
 def test_reference_reproduces_the_published_vectors():
     for counts, lw, lh, margins, norms2, value in VECTORS:
-        m, h2, f = closed_form(counts, lw, lh)
+        m, h2, f = ufm_closed_form(counts, lw, lh)
         np.testing.assert_allclose(m, margins, rtol=0, atol=1e-11)
         np.testing.assert_allclose(h2, norms2, rtol=0, atol=1e-11)
         assert f == pytest.approx(value, rel=1e-13)
@@ -183,7 +143,7 @@ def configurations(draw, max_classes=10, max_count=200, max_extra_dims=2):
     counts = draw(st.lists(st.integers(1, max_count), min_size=k, max_size=k))
     lambda_w = 10 ** draw(st.floats(-5, -1))
     lambda_h = 10 ** draw(st.floats(-5, -1))
-    alive = int(np.count_nonzero(closed_form(counts, lambda_w, lambda_h)[0]))
+    alive = int(np.count_nonzero(ufm_closed_form(counts, lambda_w, lambda_h)[0]))
     dim = max(alive, 1) + draw(st.integers(0, max_extra_dims))
     seed = draw(st.integers(0, 2**32 - 1))
     return counts, lambda_w, lambda_h, dim, seed
@@ -194,9 +154,9 @@ SETTINGS = {"deadline": None, "derandomize": True, "suppress_health_check": [Hea
 
 @settings(max_examples=100, **SETTINGS)
 @given(configurations())
-def test_collapsed_solver_reaches_the_closed_form(config):
+def test_collapsed_solver_reaches_the_ufm_closed_form(config):
     counts, lw, lh, dim, seed = config
-    _, _, value = closed_form(counts, lw, lh)
+    _, _, value = ufm_closed_form(counts, lw, lh)
     sol = solve_ufm(counts, lw, lh, dim, seed=seed, frame_start=False)
     assert sol.converged
     assert min(sol.restart_objectives) >= value - 1e-9
@@ -208,7 +168,7 @@ def test_collapsed_solver_reaches_the_closed_form(config):
 @given(configurations(max_classes=5, max_count=20))
 def test_full_solver_reaches_the_closed_form_with_nc1(config):
     counts, lw, lh, dim, seed = config
-    _, _, value = closed_form(counts, lw, lh)
+    _, _, value = ufm_closed_form(counts, lw, lh)
     sol = solve_ufm(counts, lw, lh, dim, form="full", seed=seed, frame_start=False, restarts=4)
     assert sol.converged
     assert min(sol.restart_objectives) >= value - 1e-9
@@ -225,7 +185,7 @@ def test_full_solver_reaches_the_closed_form_with_nc1(config):
 @given(configurations(max_classes=6, max_count=100), st.sampled_from([0.0, 1e-3, 1e-1]))
 def test_bias_never_hurts_and_satisfies_kkt(config, lambda_b):
     counts, lw, lh, dim, seed = config
-    _, _, value = closed_form(counts, lw, lh)
+    _, _, value = ufm_closed_form(counts, lw, lh)
     sol = solve_ufm(counts, lw, lh, dim, bias=True, lambda_b=lambda_b, seed=seed)
     assert sol.converged
     assert sol.kkt_residual <= 1e-10
@@ -272,7 +232,7 @@ def test_class_near_its_collapse_threshold(gap):
     # objective is flattest in its direction.
     counts = [50, 20, 5, 2]
     lam = math.sqrt(5 * (1 - gap) * 3 / (77**2 * 4))
-    margins, _, value = closed_form(counts, lam, lam)
+    margins, _, value = ufm_closed_form(counts, lam, lam)
     assert (margins[2] > 0) == (gap > 0)
     sol = solve_ufm(counts, lam, lam, 4, seed=0, frame_start=False)
     assert sol.converged
@@ -392,7 +352,7 @@ def test_module_all_is_sorted_and_public():
 @given(configurations(max_extra_dims=12))
 def test_slow_collapsed_sweep(config):
     counts, lw, lh, dim, seed = config
-    _, _, value = closed_form(counts, lw, lh)
+    _, _, value = ufm_closed_form(counts, lw, lh)
     sol = solve_ufm(counts, lw, lh, dim, seed=seed, frame_start=False)
     assert sol.converged
     assert min(sol.restart_objectives) >= value - 1e-9
@@ -405,7 +365,7 @@ def test_slow_collapsed_sweep(config):
 @given(configurations(max_classes=10, max_count=200))
 def test_slow_full_sweep(config):
     counts, lw, lh, dim, seed = config
-    _, _, value = closed_form(counts, lw, lh)
+    _, _, value = ufm_closed_form(counts, lw, lh)
     sol = solve_ufm(counts, lw, lh, dim, form="full", seed=seed, frame_start=False)
     assert sol.converged
     assert min(sol.restart_objectives) >= value - 1e-9
@@ -423,7 +383,7 @@ def test_slow_full_sweep(config):
 @given(configurations(), st.sampled_from([0.0, 1e-4, 1e-2, 1.0]))
 def test_slow_bias_sweep(config, lambda_b):
     counts, lw, lh, dim, seed = config
-    _, _, value = closed_form(counts, lw, lh)
+    _, _, value = ufm_closed_form(counts, lw, lh)
     sol = solve_ufm(counts, lw, lh, dim, bias=True, lambda_b=lambda_b, seed=seed)
     assert sol.converged
     assert sol.objective <= value + 1e-9

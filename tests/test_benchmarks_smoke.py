@@ -1,0 +1,134 @@
+"""Smoke test of the benchmark package: every case runs once at the small size.
+
+Only the structure of the results is checked, never the timings.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import CASES, FLOORS, SCHEMA_VERSION, format_table, run_benchmarks  # noqa: E402
+from benchmarks.__main__ import main  # noqa: E402
+from benchmarks.machine import machine_info  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def numpy_result() -> dict:
+    return run_benchmarks("numpy", "small", repeat=1)
+
+
+def _check_time_entry(entry: dict) -> None:
+    assert entry["time"]["median"] > 0
+    assert len(entry["time"]["times"]) == 1
+    assert entry["comparisons"], entry["case"]
+    for comp in entry["comparisons"]:
+        assert comp["floor"] in FLOORS
+        assert comp["operation"] == FLOORS[comp["floor"]]
+        assert comp["floor_median"] > 0
+        assert comp["ratio"] == pytest.approx(entry["time"]["median"] / comp["floor_median"])
+        # Targets hold only at the ci (CPU) and large (GPU) sizes.
+        assert comp["target"] is None
+        assert comp["meets"] is None
+
+
+def test_every_case_runs_or_says_why(numpy_result: dict) -> None:
+    ran = [entry["case"] for entry in numpy_result["cases"]]
+    skipped = [item["case"] for item in numpy_result["skipped"]]
+    assert sorted(ran + skipped) == sorted(CASES)
+    for item in numpy_result["skipped"]:
+        assert item["reason"]
+    # The core cases never depend on optional modules.
+    core = {"report", "report_classifier", "update_gram", "update_nogram", "memory"}
+    assert core | {"class_sums", "cdnv", "pair_metrics"} <= set(ran)
+
+
+def test_result_structure(numpy_result: dict) -> None:
+    assert numpy_result["schema"] == SCHEMA_VERSION
+    config = numpy_result["config"]
+    assert config["backend"] == "numpy"
+    assert config["size"] == "small"
+    assert config["repeat"] == 1
+    assert config["gpu"] is False
+    machine = numpy_result["machine"]
+    for key in ("date", "cpu", "cpu_count", "python", "versions", "blas", "load_average"):
+        assert key in machine
+    assert "numpy" in machine["versions"]
+    for entry in numpy_result["cases"]:
+        assert entry["description"] == CASES[entry["case"]].description
+        if CASES[entry["case"]].timed:
+            _check_time_entry(entry)
+        else:
+            assert entry["time"] is None
+        if CASES[entry["case"]].memory:
+            memory = entry["memory"]
+            assert memory["peak_extra_bytes"] >= 0
+            assert memory["input_bytes"] > 0
+            assert memory["tracker"] == "tracemalloc"
+    json.dumps(numpy_result)  # JSON-ready as it is
+
+
+def test_memory_case_measures_the_report(numpy_result: dict) -> None:
+    (entry,) = [e for e in numpy_result["cases"] if e["case"] == "memory"]
+    num, dim, _ = entry["params"]["N"], entry["params"]["d"], entry["params"]["K"]
+    # Features (float32) and labels (int64) are the input.
+    assert entry["memory"]["input_bytes"] == num * dim * 4 + num * 8
+    assert entry["memory"]["peak_extra_bytes"] > 0
+
+
+def test_table_lists_every_case(numpy_result: dict) -> None:
+    table = format_table(numpy_result)
+    for entry in numpy_result["cases"]:
+        assert entry["case"] in table
+    assert "X @ V" in table
+
+
+def test_strict_backend_runs_the_core_cases() -> None:
+    pytest.importorskip("array_api_strict")
+    result = run_benchmarks(
+        "array-api-strict", "small", repeat=1, cases=["report", "update_gram", "class_sums"]
+    )
+    assert [e["case"] for e in result["cases"]] == ["report", "update_gram", "class_sums"]
+    (sums,) = [e for e in result["cases"] if e["case"] == "class_sums"]
+    # No native scatter-add in the strict namespace: compared with the read only.
+    assert [c["floor"] for c in sums["comparisons"]] == ["read"]
+
+
+def test_command_line_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "bench.json"
+    status = main(
+        ["--size", "small", "--repeat", "1", "--cases", "class_sums,memory", "--json", str(out)]
+    )
+    assert status == 0
+    result = json.loads(out.read_text())
+    assert [e["case"] for e in result["cases"]] == ["memory", "class_sums"]
+    assert "class_sums" in capsys.readouterr().out
+
+
+def test_command_line_rejects_unknown_case(capsys: pytest.CaptureFixture) -> None:
+    assert main(["--size", "small", "--cases", "nope"]) == 2
+    assert "unknown case" in capsys.readouterr().err
+
+
+def test_unknown_backend_and_size_are_errors() -> None:
+    with pytest.raises(ValueError, match="backend"):
+        run_benchmarks("jax", "small")
+    with pytest.raises(ValueError, match="size"):
+        run_benchmarks("numpy", "huge")
+
+
+def test_machine_info_reports_blas() -> None:
+    info = machine_info("numpy")
+    assert info["blas"]["source"] in (
+        "threadpoolctl",
+        "openblas_get_corename",
+        "numpy.show_config",
+        "unknown",
+    )
