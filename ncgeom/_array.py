@@ -18,7 +18,9 @@ __all__ = [
     "accumulation_dtype",
     "array_device",
     "backend_name",
+    "has_native_segment_sum",
     "namespace",
+    "on_host",
     "resolve_namespace",
     "segment_count",
     "segment_sum",
@@ -134,6 +136,24 @@ def segment_count(labels: Array, num_segments: int, xp: ModuleType) -> Array:
         return _cupy().bincount(labels, minlength=num_segments).astype("int64")
     bounds = _segment_bounds(xp.sort(labels), num_segments, xp)
     return xp.astype(bounds[1:] - bounds[:-1], xp.int64)
+
+
+def on_host(xp: ModuleType, device: Any = None) -> bool:
+    """Whether arrays of `xp` on `device` live in host (CPU) memory."""
+    if compat.is_cupy_namespace(xp):
+        return False
+    if compat.is_torch_namespace(xp):
+        return device is None or getattr(device, "type", str(device)) == "cpu"
+    return True
+
+
+def has_native_segment_sum(xp: ModuleType) -> bool:
+    """Whether `segment_sum` has a compiled path on `xp` (no temporaries of the input's size)."""
+    return bool(
+        compat.is_torch_namespace(xp)
+        or compat.is_numpy_namespace(xp)
+        or compat.is_cupy_namespace(xp)
+    )
 
 
 def segment_sum(values: Array, labels: Array, num_segments: int, xp: ModuleType) -> Array:

@@ -521,7 +521,9 @@ def ncc_agreement(
     means = xp.where(missing[:, None], xp.zeros_like(means), means)
     offsets = xp.sum(means * means, axis=1)
     offsets = xp.where(missing, xp.full_like(offsets, xp.inf), offsets)
-    rows = chunk_rows(num, max(dim, classifier.shape[0]), dtype, xp, chunk_size)
+    rows = chunk_rows(
+        num, max(dim, classifier.shape[0]), dtype, xp, chunk_size, array_device(features)
+    )
     matches = xp.zeros((), dtype=xp.int64, device=array_device(features))
     for part_rows in row_chunks(num, rows):
         x = xp.astype(features[part_rows, ...], dtype)

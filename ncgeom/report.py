@@ -266,7 +266,7 @@ def _scan_features(
     check_batch(features, labels, num_classes, xp, check_finite=check_finite)
     dtype = accumulation_dtype(xp, features.dtype)
     num, dim = features.shape
-    rows = chunk_rows(num, dim, dtype, xp, chunk_size)
+    rows = chunk_rows(num, dim, dtype, xp, chunk_size, array_device(features))
 
     counts, shift = class_means(features, labels, num_classes, dtype, xp, rows)
     zeros = xp.zeros_like(shift)
@@ -293,7 +293,7 @@ def _scan_features(
         # the centred means lie in span(V), so NCC needs only the projection.
         scores = sq_means - 2 * ((along + xp.take(shift_along, y, axis=0)) @ centred_along.T)
         nearest = xp.take(index, xp.argmin(scores, axis=1))
-        logits = xp.astype(x, dtype) @ classifier.T
+        logits = xp.astype(x, dtype, copy=False) @ classifier.T
         if bias is not None:
             logits = logits + xp.astype(bias, dtype)
         agree = xp.argmax(logits, axis=1) == nearest

@@ -24,7 +24,9 @@ from typing import Any
 from ._array import (
     accumulation_dtype,
     array_device,
+    has_native_segment_sum,
     namespace,
+    on_host,
     resolve_namespace,
     segment_count,
     segment_sum,
@@ -35,8 +37,13 @@ __all__ = ["ClassStats", "merge_stats"]
 
 Array = Any
 
-#: Bytes of shifted features materialised at once (rows are processed in chunks).
+#: Bytes of shifted features materialised at once on a GPU (rows are processed
+#: in chunks): large, so that each chunk is a few large kernel launches.
 CHUNK_BYTES = 32 * 2**20
+#: The same on the CPU: small enough that a chunk's deviations stay in cache
+#: between the operations that read them, and that its buffer is reused by the
+#: allocator instead of being mapped (and zeroed) afresh for every chunk.
+HOST_CHUNK_BYTES = 2 * 2**20
 
 
 @dataclass(frozen=True, eq=False)
@@ -227,12 +234,23 @@ class ClassStats:
         *,
         fresh: bool = False,
     ) -> ClassStats:
-        rows = chunk_rows(features.shape[0], self.dim, self.dtype, xp, chunk_size)
-        counts, batch_means = class_means(features, labels, self.num_classes, self.dtype, xp, rows)
-        # A class seen for the first time takes its mean in this batch as shift;
-        # its running statistics are all zero, so replacing its shift is exact.
+        rows = chunk_rows(
+            features.shape[0], self.dim, self.dtype, xp, chunk_size, array_device(features)
+        )
+        counts = segment_count(labels, self.num_classes, xp)
         new = (self.counts == 0) & (counts > 0)
-        shift = xp.where(new[:, None], batch_means, self.shift)
+        # On the host, asking whether a class is new costs nothing and saves a
+        # pass; on a GPU the pass is cheap and the question would synchronise.
+        if fresh or not on_host(xp, self.device) or bool(xp.any(new)):
+            counts, batch_means = class_means(
+                features, labels, self.num_classes, self.dtype, xp, rows
+            )
+            # A class seen for the first time takes its mean in this batch as shift;
+            # its running statistics are all zero, so replacing its shift is exact.
+            shift = xp.where(new[:, None], batch_means, self.shift)
+        else:
+            # Every class of the batch has a shift already: no pass for means.
+            shift = self.shift
         # On fresh statistics every shift is this batch's exact class mean: the
         # class sums of the deviations are rounding errors and are skipped.
         sums, sqnorms, gram, _ = shifted_moments(
@@ -433,13 +451,20 @@ def merge_stats(*stats: ClassStats) -> ClassStats:
 
 
 def chunk_rows(
-    num_rows: int, dim: int, dtype: Any, xp: ModuleType, chunk_size: int | None = None
+    num_rows: int,
+    dim: int,
+    dtype: Any,
+    xp: ModuleType,
+    chunk_size: int | None = None,
+    device: Any = None,
 ) -> int:
-    """Rows per chunk: `chunk_size` if given, else about `CHUNK_BYTES` of features."""
+    """Rows per chunk: `chunk_size` if given, else about `HOST_CHUNK_BYTES` (CPU)
+    or `CHUNK_BYTES` (GPU) of features."""
     if chunk_size is not None:
         return check_positive_int(chunk_size, "chunk_size")
     itemsize = 8 if dtype == xp.float64 else 4
-    return max(1, min(max(num_rows, 1), CHUNK_BYTES // (itemsize * max(dim, 1))))
+    budget = HOST_CHUNK_BYTES if on_host(xp, device) else CHUNK_BYTES
+    return max(1, min(max(num_rows, 1), budget // (itemsize * max(dim, 1))))
 
 
 def row_chunks(num_rows: int, rows: int) -> list[slice]:
@@ -453,6 +478,10 @@ def class_means(
     """Counts (K,) and class means (K, d) of a batch; zero rows for absent classes."""
     counts = segment_count(labels, num_classes, xp)
     total = None
+    if features.dtype == dtype and has_native_segment_sum(xp):
+        # No cast, so no temporary of the chunk's size: chunks only bound the
+        # length of each float accumulation, and few calls save per-call costs.
+        rows = max(rows, CHUNK_BYTES // (4 * max(1, features.shape[1])))
     for part_rows in row_chunks(features.shape[0], rows):
         chunk = xp.astype(features[part_rows, ...], dtype, copy=False)
         part = segment_sum(chunk, labels[part_rows], num_classes, xp)
@@ -486,10 +515,13 @@ def shifted_moments(
     sqnorms = xp.zeros(num_classes, dtype=dtype, device=array_device(shift))
     gram_sum = xp.zeros((dim, dim), dtype=dtype, device=array_device(shift)) if gram else None
     extra = None
+    # One chunk-sized temporary: gather -shift, then add the features in place
+    # (x + (-s) rounds exactly like x - s).
+    neg_shift = -shift
     for part_rows in row_chunks(features.shape[0], rows):
         y = labels[part_rows]
-        dev = xp.astype(features[part_rows, ...], dtype, copy=False)
-        dev = dev - xp.take(shift, y, axis=0)
+        dev = xp.take(neg_shift, y, axis=0)
+        dev += xp.astype(features[part_rows, ...], dtype, copy=False)
         if class_sums:
             sums = sums + segment_sum(dev, y, num_classes, xp)
         sqnorms = sqnorms + segment_sum(xp.vecdot(dev, dev), y, num_classes, xp)
