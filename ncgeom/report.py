@@ -263,12 +263,17 @@ def _scan_features(
         else:
             num_classes = 0
     num_classes = check_num_classes(num_classes)
-    check_batch(features, labels, num_classes, xp, check_finite=check_finite)
+    check_batch(features, labels, num_classes, xp, check_finite=False)
     dtype = accumulation_dtype(xp, features.dtype)
     num, dim = features.shape
     rows = chunk_rows(num, dim, dtype, xp, chunk_size, array_device(features))
 
     counts, shift = class_means(features, labels, num_classes, dtype, xp, rows)
+    # NaN and Inf reach the class means, so the means (K numbers) stand in for a
+    # scan of every feature; the scan runs only to locate bad rows (or to clear
+    # a mean that overflowed from finite values).
+    if check_finite and not bool(to_host(xp.all(xp.isfinite(shift)))):
+        check_batch(features, labels, num_classes, xp, check_finite=True)
     zeros = xp.zeros_like(shift)
     first = m.populated(
         ClassStats(counts, shift, zeros, zeros[:, 0], None), global_mean, warn=True
