@@ -1,0 +1,571 @@
+"""Benchmark cases, their sizes, their floors and the targets they are held to.
+
+Every case is built on one backend from one data set (made on the device, not
+timed) and returns the call to time plus the floor operations it is compared
+with; the runner times them interleaved in the same rounds.
+
+Sizes
+-----
+``small``
+    Seconds in all; a smoke test of every case.
+``ci``
+    The CPU targets: float32, N=200,000, d=512, K=100 for the report and the
+    streaming update (batches of 8192); N=262,144, d=256, K=32,768 for class
+    sums; pair metrics at K=4096, d=256; the UFM optimum at K=100,000.
+``large``
+    The GPU targets: N=1,000,000, d=2048, K=1000 (update batches of 65,536);
+    class sums and pair metrics at K=32,768, d=4096; the UFM optimum at
+    K=100,000.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .backends import BenchBackend
+
+__all__ = [
+    "CASES",
+    "FLOORS",
+    "SIZES",
+    "Case",
+    "CaseSkipped",
+    "Prepared",
+    "Size",
+    "memory_target",
+    "time_target",
+]
+
+Array = Any
+
+
+@dataclass(frozen=True)
+class Size:
+    """Problem sizes of one ``--size``.
+
+    Attributes
+    ----------
+    features : (N, d, K)
+        In-memory features for the report, the streaming update and memory.
+    batch : int
+        Rows per `ClassStats.update` call in the streaming cases.
+    segments : (N, d, K)
+        Rows, width and segments of the class-sum case.
+    classes : (K, d)
+        Class means for the pair metrics (built from 4 samples per class).
+    ufm_classes : int
+        K for the closed-form UFM optimum.
+    solver : (K, d)
+        Classes and dimension of one solver iteration / one gradient.
+    repeat : int
+        Default number of timed rounds.
+    """
+
+    features: tuple[int, int, int]
+    batch: int
+    segments: tuple[int, int, int]
+    classes: tuple[int, int]
+    ufm_classes: int
+    solver: tuple[int, int]
+    repeat: int
+
+
+SIZES: dict[str, Size] = {
+    "small": Size(
+        features=(4096, 64, 10),
+        batch=1024,
+        segments=(8192, 32, 1024),
+        classes=(512, 64),
+        ufm_classes=10_000,
+        solver=(50, 64),
+        repeat=3,
+    ),
+    "ci": Size(
+        features=(200_000, 512, 100),
+        batch=8192,
+        segments=(262_144, 256, 32_768),
+        classes=(4096, 256),
+        ufm_classes=100_000,
+        solver=(500, 512),
+        repeat=5,
+    ),
+    "large": Size(
+        features=(1_000_000, 2048, 1000),
+        batch=65_536,
+        segments=(262_144, 4096, 32_768),
+        classes=(32_768, 4096),
+        ufm_classes=100_000,
+        solver=(10_000, 4096),
+        repeat=5,
+    ),
+}
+
+#: Floor operations and how each is printed.
+FLOORS: dict[str, str] = {
+    "read": "X.sum(axis=0)",
+    "matmul": "X @ V",
+    "gram": "X.T @ X",
+    "scatter": "scatter-add X into K rows",
+    "means_gram": "M @ M.T",
+    "sort": "sort(counts)",
+}
+
+# Targets hold for the (device kind, size) they were set for: the CPU ones at
+# the ``ci`` sizes, the GPU ones at the ``large`` sizes.
+_TIME_TARGETS: dict[tuple[str, str], dict[tuple[str, str], float]] = {
+    ("cpu", "ci"): {
+        ("report", "matmul"): 2.0,
+        ("update_gram", "gram"): 1.5,
+        ("class_sums", "read"): 5.0,
+    },
+    ("gpu", "large"): {
+        ("report", "matmul"): 1.5,
+        ("update_gram", "gram"): 1.3,
+        ("class_sums", "scatter"): 2.0,
+    },
+}
+# Memory targets: ("ratio", r) = peak extra <= r x input; ("bytes", b) = <= b.
+_MEMORY_TARGETS: dict[tuple[str, str], dict[str, tuple[str, float]]] = {
+    ("cpu", "ci"): {"memory": ("ratio", 0.25)},
+    ("gpu", "large"): {"memory": ("ratio", 0.25), "cdnv": ("bytes", 2.0 * 2**30)},
+}
+
+
+def time_target(case: str, floor: str, gpu: bool, size: str) -> float | None:
+    """The largest accepted ``time / floor`` ratio, or None where none is set."""
+    return _TIME_TARGETS.get(("gpu" if gpu else "cpu", size), {}).get((case, floor))
+
+
+def memory_target(case: str, gpu: bool, size: str) -> tuple[str, float] | None:
+    """``("ratio", r)`` or ``("bytes", b)`` for the case's peak extra memory."""
+    return _MEMORY_TARGETS.get(("gpu" if gpu else "cpu", size), {}).get(case)
+
+
+class CaseSkipped(Exception):
+    """A case cannot run here (a module it needs is missing); carries the reason."""
+
+
+@dataclass
+class Prepared:
+    """A built case: the call to time and the floors it is compared with.
+
+    Attributes
+    ----------
+    run : callable
+        The measured call (its result is dropped).
+    floors : dict
+        Floor name (a key of `FLOORS`) to the floor call on the same data.
+    input_bytes : int
+        Size of the case's input arrays, the denominator of memory ratios.
+    params : dict
+        Problem sizes, recorded in the JSON.
+    """
+
+    run: Callable[[], Any]
+    floors: dict[str, Callable[[], Any]]
+    input_bytes: int
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Case:
+    """A benchmark case.
+
+    Attributes
+    ----------
+    name : str
+    description : str
+    data : str
+        The data set it is built from (cases on one data set share it).
+    build : callable
+        ``build(context) -> Prepared``; raises `CaseSkipped` when it cannot run.
+    timed : bool
+        Time it against its floors.
+    memory : bool
+        Also measure the peak extra memory of one call.
+    """
+
+    name: str
+    description: str
+    data: str
+    build: Callable[[Context], Prepared]
+    timed: bool = True
+    memory: bool = False
+
+
+class Context:
+    """Backend, sizes and the data set in use (one held at a time).
+
+    Parameters
+    ----------
+    backend : BenchBackend
+    size : Size
+    seed : int
+        Seed of every random array.
+    """
+
+    def __init__(self, backend: BenchBackend, size: Size, seed: int = 0) -> None:
+        self.backend = backend
+        self.size = size
+        self.seed = seed
+        self._key: str | None = None
+        self._data: dict[str, Any] = {}
+
+    def data(self, key: str) -> dict[str, Any]:
+        """The data set `key`, made on first use; the previous one is dropped."""
+        if key != self._key:
+            self._data = {}  # free the previous data set before making the next
+            self._key = key
+            self._data = _MAKERS[key](self)
+        return self._data
+
+    def release(self) -> None:
+        """Drop the data set in use."""
+        self._key, self._data = None, {}
+
+
+# ----------------------------------------------------------------------------- data
+def nbytes(x: Array, xp: Any) -> int:
+    """Bytes of an array's elements, on any backend."""
+    if xp.isdtype(x.dtype, "real floating"):
+        bits = xp.finfo(x.dtype).bits
+    else:
+        bits = xp.iinfo(x.dtype).bits
+    return math.prod(int(n) for n in x.shape) * bits // 8
+
+
+def _labelled(
+    ctx: Context, num: int, dim: int, classes: int, spread: float
+) -> tuple[Array, Array]:
+    """Labels uniform in [0, K) and features ``spread * centre[label] + noise``."""
+    be, xp = ctx.backend, ctx.backend.xp
+    labels = be.integers(classes, num, ctx.seed)
+    # In place: at the large size each (N, d) temporary is 8 GB of GPU memory.
+    features = xp.take(be.normal((classes, dim), ctx.seed + 1), labels, axis=0)
+    features *= spread
+    features += be.normal((num, dim), ctx.seed + 2)
+    return features, labels
+
+
+def _features_data(ctx: Context) -> dict[str, Any]:
+    num, dim, classes = ctx.size.features
+    be = ctx.backend
+    x, y = _labelled(ctx, num, dim, classes, 3.0)
+    return {
+        "x": x,
+        "y": y,
+        "v": be.normal((dim, min(dim, classes - 1)), ctx.seed + 3),
+        "w": be.normal((classes, dim), ctx.seed + 4),
+        "shape": (num, dim, classes),
+    }
+
+
+def _segments_data(ctx: Context) -> dict[str, Any]:
+    num, dim, classes = ctx.size.segments
+    be = ctx.backend
+    return {
+        "x": be.normal((num, dim), ctx.seed + 5),
+        "y": be.integers(classes, num, ctx.seed + 6),
+        "shape": (num, dim, classes),
+    }
+
+
+def _classes_data(ctx: Context) -> dict[str, Any]:
+    from ncgeom import ClassStats
+
+    classes, dim = ctx.size.classes
+    xp = ctx.backend.xp
+    per_class = 4
+    labels = xp.arange(per_class * classes, device=ctx.backend.device) % classes
+    noise = ctx.backend.normal((per_class * classes, dim), ctx.seed + 7)
+    centres = ctx.backend.normal((classes, dim), ctx.seed + 8)
+    features = xp.take(centres, labels, axis=0)
+    features *= 3.0
+    features += noise
+    stats = ClassStats.from_features(features, labels, classes, gram=False)
+    return {"stats": stats, "means": stats.means, "shape": (classes, dim)}
+
+
+def _counts_data(ctx: Context) -> dict[str, Any]:
+    import numpy as np
+
+    rng = np.random.default_rng(ctx.seed + 9)
+    # Long-tailed counts: a few large classes, many small ones.
+    counts = np.maximum(1, (5000 * rng.pareto(1.2, ctx.size.ufm_classes))).astype(np.int64)
+    return {"counts": counts, "shape": (ctx.size.ufm_classes,)}
+
+
+def _solver_data(ctx: Context) -> dict[str, Any]:
+    import numpy as np
+
+    classes, dim = ctx.size.solver
+    be, xp = ctx.backend, ctx.backend.xp
+    rng = np.random.default_rng(ctx.seed + 10)
+    counts = np.maximum(1, (500 * rng.pareto(1.2, classes))).astype(np.int64)
+    return {
+        "counts": counts,
+        "counts_xp": xp.astype(be.from_numpy(counts), xp.float32),
+        "w": be.normal((classes, dim), ctx.seed + 11),
+        "h": xp.abs(be.normal((classes, dim), ctx.seed + 12)),
+        "shape": (classes, dim),
+    }
+
+
+_MAKERS: dict[str, Callable[[Context], dict[str, Any]]] = {
+    "features": _features_data,
+    "segments": _segments_data,
+    "classes": _classes_data,
+    "counts": _counts_data,
+    "solver": _solver_data,
+}
+
+
+# ----------------------------------------------------------------------------- floors
+def _feature_floors(ctx: Context, data: dict[str, Any], names: tuple[str, ...]) -> dict:
+    be = ctx.backend
+    x, y = data["x"], data["y"]
+    calls = {
+        "read": lambda: be.read(x),
+        "matmul": lambda: x @ data["v"],
+        "gram": lambda: x.T @ x,
+        "scatter": lambda: be.scatter_add(x, y, data["shape"][2]),
+    }
+    return {name: calls[name] for name in names if name != "scatter" or be.has_scatter_add}
+
+
+def _input_bytes(ctx: Context, *arrays: Array) -> int:
+    return sum(nbytes(a, ctx.backend.xp) for a in arrays)
+
+
+def _params(data: dict[str, Any], names: str) -> dict[str, int]:
+    return dict(zip(names.split(","), data["shape"], strict=True))
+
+
+# ----------------------------------------------------------------------------- cases
+def _report(ctx: Context, classifier: bool) -> Prepared:
+    from ncgeom import nc_report
+
+    data = ctx.data("features")
+    x, y, w = data["x"], data["y"], data["w"]
+    if classifier:
+        run: Callable[[], Any] = lambda: nc_report((x, y), w)  # noqa: E731
+    else:
+        run = lambda: nc_report((x, y))  # noqa: E731
+    return Prepared(
+        run,
+        _feature_floors(ctx, data, ("matmul",)),
+        _input_bytes(ctx, x, y),
+        _params(data, "N,d,K"),
+    )
+
+
+def _update(ctx: Context, gram: bool) -> Prepared:
+    from ncgeom import ClassStats
+
+    data = ctx.data("features")
+    be, xp = ctx.backend, ctx.backend.xp
+    x, y = data["x"], data["y"]
+    num, dim, classes = data["shape"]
+    batch = ctx.size.batch
+
+    def run() -> Any:
+        stats = ClassStats.empty(
+            classes, dim, gram=gram, xp=xp, device=be.device, dtype=xp.float32
+        )
+        for lo in range(0, num, batch):
+            stats = stats.update(x[lo : lo + batch, ...], y[lo : lo + batch])
+        return stats
+
+    floors = ("gram",) if gram else ("read",)
+    params = {**_params(data, "N,d,K"), "batch": batch}
+    return Prepared(run, _feature_floors(ctx, data, floors), _input_bytes(ctx, x, y), params)
+
+
+def _class_sums(ctx: Context) -> Prepared:
+    from ncgeom._array import segment_sum
+
+    data = ctx.data("segments")
+    xp = ctx.backend.xp
+    x, y = data["x"], data["y"]
+    classes = data["shape"][2]
+    return Prepared(
+        lambda: segment_sum(x, y, classes, xp),
+        _feature_floors(ctx, data, ("read", "scatter")),
+        _input_bytes(ctx, x, y),
+        _params(data, "N,d,K"),
+    )
+
+
+def _pairs(ctx: Context, names: tuple[str, ...]) -> Prepared:
+    from ncgeom import metrics
+
+    data = ctx.data("classes")
+    stats, means = data["stats"], data["means"]
+    functions = [getattr(metrics, name) for name in names]
+
+    def run() -> list[Any]:
+        return [f(stats) for f in functions]
+
+    return Prepared(
+        run,
+        {"means_gram": lambda: means @ means.T},
+        _input_bytes(ctx, means),
+        _params(data, "K,d"),
+    )
+
+
+def _require(module: str, attribute: str) -> Any:
+    """``module.attribute``, or `CaseSkipped` saying which is missing."""
+    try:
+        found = importlib.import_module(module)
+    except ImportError:
+        msg = f"{module} is not available"
+        raise CaseSkipped(msg) from None
+    if not hasattr(found, attribute):
+        msg = f"{module}.{attribute} is not available"
+        raise CaseSkipped(msg)
+    return getattr(found, attribute)
+
+
+def _ufm_optimum(ctx: Context) -> Prepared:
+    optimum = _require("ncgeom.theory", "ufm_relu_optimum")
+    data = ctx.data("counts")
+    be, xp = ctx.backend, ctx.backend.xp
+    counts = be.from_numpy(data["counts"])
+
+    def run() -> Any:
+        return optimum(counts, 5e-4, 1e-4, xp=xp, device=be.device)
+
+    _probe(run, "ncgeom.theory.ufm_relu_optimum")
+    return Prepared(
+        run,
+        {"sort": lambda: xp.sort(counts)},
+        _input_bytes(ctx, counts),
+        {"K": data["shape"][0]},
+    )
+
+
+def _solver_iteration(ctx: Context) -> Prepared:
+    solve = _require("ncgeom.solve", "solve_ufm")
+    data = ctx.data("solver")
+    be, xp = ctx.backend, ctx.backend.xp
+    classes, dim = data["shape"]
+    counts, w = data["counts"], data["w"]
+
+    def run() -> Any:
+        return solve(
+            counts, 5e-4, 1e-4, dim, max_iter=1, restarts=1, seed=0, xp=xp, device=be.device
+        )
+
+    _probe(run, "ncgeom.solve.solve_ufm")
+    return Prepared(
+        run, {"means_gram": lambda: w @ w.T}, _input_bytes(ctx, w), {"K": classes, "d": dim}
+    )
+
+
+def _collapsed_gradients(ctx: Context) -> Prepared:
+    gradients = _require("ncgeom.loss", "collapsed_gradients")
+    data = ctx.data("solver")
+    w, h, counts = data["w"], data["h"], data["counts_xp"]
+    classes, dim = data["shape"]
+
+    def run() -> Any:
+        return gradients(w, h, counts, 5e-4, 1e-4)
+
+    _probe(run, "ncgeom.loss.collapsed_gradients")
+    return Prepared(
+        run,
+        {"means_gram": lambda: w @ w.T},
+        _input_bytes(ctx, w, h),
+        {"K": classes, "d": dim},
+    )
+
+
+def _probe(run: Callable[[], Any], what: str) -> None:
+    """Call once; a signature this benchmark does not know skips the case."""
+    try:
+        run()
+    except TypeError as exc:
+        msg = f"{what} has another signature than expected ({exc})"
+        raise CaseSkipped(msg) from None
+
+
+CASES: dict[str, Case] = {
+    case.name: case
+    for case in (
+        Case(
+            "report",
+            "nc_report((X, y)) from in-memory features (two chunked passes)",
+            "features",
+            lambda ctx: _report(ctx, classifier=False),
+        ),
+        Case(
+            "report_classifier",
+            "nc_report((X, y), W): adds the classifier metrics and NCC agreement (X @ W.T)",
+            "features",
+            lambda ctx: _report(ctx, classifier=True),
+        ),
+        Case(
+            "update_gram",
+            "ClassStats.empty(...).update(batch) over all batches, with the Gram",
+            "features",
+            lambda ctx: _update(ctx, gram=True),
+        ),
+        Case(
+            "update_nogram",
+            "ClassStats.empty(...).update(batch) over all batches, without the Gram",
+            "features",
+            lambda ctx: _update(ctx, gram=False),
+        ),
+        Case(
+            "memory",
+            "peak extra memory of nc_report((X, y)) over the size of X and y",
+            "features",
+            lambda ctx: _report(ctx, classifier=False),
+            timed=False,
+            memory=True,
+        ),
+        Case(
+            "class_sums",
+            "ncgeom._array.segment_sum(X, y, K): the class-wise scatter-add",
+            "segments",
+            _class_sums,
+        ),
+        Case(
+            "cdnv",
+            "metrics.cdnv(stats) at large K (pairs in row blocks)",
+            "classes",
+            lambda ctx: _pairs(ctx, ("cdnv",)),
+            memory=True,
+        ),
+        Case(
+            "pair_metrics",
+            "metrics.etf_error, equiangularity, orthogonality_error at large K",
+            "classes",
+            lambda ctx: _pairs(ctx, ("etf_error", "equiangularity", "orthogonality_error")),
+        ),
+        Case(
+            "ufm_optimum",
+            "theory.ufm_relu_optimum(counts, ...) (per-class values, O(K) memory)",
+            "counts",
+            _ufm_optimum,
+            memory=True,
+        ),
+        Case(
+            "solver_iteration",
+            "solve.solve_ufm(..., max_iter=1): one iteration of the numerical solver",
+            "solver",
+            _solver_iteration,
+        ),
+        Case(
+            "collapsed_gradients",
+            "loss.collapsed_gradients(W, H, counts, ...): the work of one solver iteration",
+            "solver",
+            _collapsed_gradients,
+        ),
+    )
+}

@@ -1,0 +1,347 @@
+"""Run benchmark cases against floors timed in the same rounds; format results.
+
+Each case is warmed up, then timed in `repeat` rounds; every round also times
+the case's floors right after it, so a machine whose load changes during the
+run moves case and floor together. On GPU backends the device is synchronised
+before the clock is read at both ends of every call.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict
+from typing import Any
+
+from .backends import BenchBackend, make_backend
+from .cases import (
+    CASES,
+    FLOORS,
+    SIZES,
+    CaseSkipped,
+    Context,
+    Prepared,
+    memory_target,
+    time_target,
+)
+from .machine import load_average, machine_info
+
+__all__ = ["SCHEMA_VERSION", "format_table", "run_benchmarks", "time_rounds"]
+
+#: Version of the layout of the result dictionary (and the JSON file).
+SCHEMA_VERSION = 1
+
+
+def time_rounds(
+    calls: dict[str, Callable[[], Any]], sync: Callable[[], None], repeat: int
+) -> dict[str, list[float]]:
+    """Seconds of each call in each of `repeat` rounds, after one warm-up round.
+
+    Parameters
+    ----------
+    calls : dict
+        Name to a call without arguments; all are timed once per round, in
+        order, so that they see the same machine state.
+    sync : callable
+        Waits for the device; called before the clock is read at both ends.
+    repeat : int
+        Timed rounds (>= 1).
+
+    Returns
+    -------
+    dict
+        Name to the list of its `repeat` timings, in seconds.
+    """
+    if repeat < 1:
+        msg = f"`repeat` must be at least 1; got {repeat}"
+        raise ValueError(msg)
+    for call in calls.values():
+        call()
+    sync()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeat):
+        gc.collect()
+        for name, call in calls.items():
+            sync()
+            start = time.perf_counter()
+            call()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def _summary(times: Sequence[float]) -> dict[str, Any]:
+    return {"median": statistics.median(times), "min": min(times), "times": list(times)}
+
+
+def _timed(
+    name: str, prepared: Prepared, backend: BenchBackend, size: str, repeat: int
+) -> dict[str, Any]:
+    calls = {"case": prepared.run}
+    calls.update({f"floor:{floor}": call for floor, call in prepared.floors.items()})
+    times = time_rounds(calls, backend.sync, repeat)
+    case_time = _summary(times["case"])
+    comparisons = []
+    for floor in prepared.floors:
+        floor_time = _summary(times[f"floor:{floor}"])
+        ratio = case_time["median"] / floor_time["median"]
+        target = time_target(name, floor, backend.gpu, size)
+        comparisons.append(
+            {
+                "floor": floor,
+                "operation": FLOORS[floor],
+                **{f"floor_{k}": v for k, v in floor_time.items()},
+                "ratio": ratio,
+                "target": target,
+                "meets": None if target is None else ratio <= target,
+            }
+        )
+    return {"time": case_time, "comparisons": comparisons}
+
+
+def _memory(
+    name: str, prepared: Prepared, backend: BenchBackend, size: str, warm: bool
+) -> dict[str, Any] | None:
+    if backend.memory_tracker is None:
+        return None
+    if not warm:
+        prepared.run()  # warm-up: library handles and workspaces are not the case's
+    gc.collect()
+    peak = backend.peak_extra_bytes(prepared.run)
+    if peak is None:
+        return None
+    ratio = peak / prepared.input_bytes
+    target = memory_target(name, backend.gpu, size)
+    meets = None
+    if target is not None:
+        kind, bound = target
+        meets = (ratio if kind == "ratio" else peak) <= bound
+    return {
+        "peak_extra_bytes": int(peak),
+        "input_bytes": int(prepared.input_bytes),
+        "ratio": ratio,
+        "target": None if target is None else {"kind": target[0], "value": target[1]},
+        "meets": meets,
+        "tracker": backend.memory_tracker,
+    }
+
+
+def _select(cases: Iterable[str] | None) -> list[str]:
+    if cases is None:
+        return list(CASES)
+    wanted = [c.strip() for c in cases if c.strip()]
+    unknown = [c for c in wanted if c not in CASES]
+    if unknown:
+        msg = f"unknown case(s) {unknown}; known: {', '.join(CASES)}"
+        raise ValueError(msg)
+    # Keep the declared order: cases on one data set run together.
+    return [c for c in CASES if c in wanted]
+
+
+def run_benchmarks(
+    backend: str = "numpy",
+    size: str = "ci",
+    *,
+    repeat: int | None = None,
+    cases: Iterable[str] | None = None,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run benchmark cases on one backend and size.
+
+    Parameters
+    ----------
+    backend : {"numpy", "torch", "cupy", "array-api-strict"}
+        Array library; torch uses CUDA when a GPU is present.
+    size : {"small", "ci", "large"}
+        Problem sizes (see `benchmarks.cases`).
+    repeat : int, optional
+        Timed rounds per case; default depends on `size`.
+    cases : iterable of str, optional
+        Names of the cases to run (default: all), run in declared order.
+    seed : int
+        Seed of the random data.
+    progress : callable, optional
+        Called with a line of text as each case finishes.
+
+    Returns
+    -------
+    dict
+        JSON-ready: ``schema``, ``machine`` (see `benchmarks.machine`),
+        ``config``, ``cases`` (one entry per case run, with its median time,
+        its comparisons with floors and, for memory cases, its peak extra
+        memory), ``skipped`` (case and reason) and ``load_average_end``.
+
+    Raises
+    ------
+    benchmarks.backends.BackendUnavailable
+        If the backend cannot run here.
+    ValueError
+        For an unknown size or case.
+    """
+    if size not in SIZES:
+        msg = f"`size` must be one of {tuple(SIZES)}; got {size!r}"
+        raise ValueError(msg)
+    names = _select(cases)
+    bench = make_backend(backend)
+    sizes = SIZES[size]
+    repeat = sizes.repeat if repeat is None else repeat
+    context = Context(bench, sizes, seed)
+    results: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    machine = machine_info(backend)
+    for name in names:
+        case = CASES[name]
+        if not case.timed and bench.memory_tracker is None:
+            reason = f"no allocation statistics for {backend} on {bench.device}"
+            skipped.append({"case": name, "reason": reason})
+            if progress is not None:
+                progress(f"{name}: skipped ({reason})")
+            continue
+        try:
+            prepared = case.build(context)
+        except CaseSkipped as exc:
+            skipped.append({"case": name, "reason": str(exc)})
+            if progress is not None:
+                progress(f"{name}: skipped ({exc})")
+            continue
+        entry: dict[str, Any] = {
+            "case": name,
+            "description": case.description,
+            "data": case.data,
+            "params": prepared.params,
+            "time": None,
+            "comparisons": [],
+            "memory": None,
+        }
+        if case.timed:
+            entry.update(_timed(name, prepared, bench, size, repeat))
+        if case.memory:
+            entry["memory"] = _memory(name, prepared, bench, size, warm=case.timed)
+        results.append(entry)
+        if progress is not None:
+            progress(_progress_line(entry))
+        del prepared
+    context.release()
+    return {
+        "schema": SCHEMA_VERSION,
+        "machine": machine,
+        "config": {
+            "backend": backend,
+            "device": str(bench.device) if bench.device is not None else "cpu",
+            "gpu": bench.gpu,
+            "size": size,
+            "repeat": repeat,
+            "seed": seed,
+            "dtype": "float32",
+            "cases": names,
+            "sizes": asdict(sizes),
+            "memory_tracker": bench.memory_tracker,
+        },
+        "cases": results,
+        "skipped": skipped,
+        "load_average_end": load_average(),
+    }
+
+
+# ----------------------------------------------------------------------------- text
+def _seconds(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def _mib(value: float) -> str:
+    return f"{value / 2**20:.1f} MiB"
+
+
+def _verdict(target: Any, meets: bool | None) -> str:
+    if target is None:
+        return ""
+    return "ok" if meets else "MISSED"
+
+
+def _progress_line(entry: dict[str, Any]) -> str:
+    parts = [entry["case"]]
+    if entry["time"] is not None:
+        parts.append(f"{_seconds(entry['time']['median'])} s")
+        for comp in entry["comparisons"]:
+            parts.append(f"{comp['ratio']:.3g}x {comp['operation']}")
+    if entry["memory"] is not None:
+        parts.append(f"peak extra {_mib(entry['memory']['peak_extra_bytes'])}")
+    return ": ".join(parts[:2]) + ("; " + "; ".join(parts[2:]) if len(parts) > 2 else "")
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A plain-text table of a `run_benchmarks` result.
+
+    One line per (case, floor): the case's median time, the floor operation,
+    the floor's median time, their ratio and the target where one is set;
+    memory cases get a line with the peak extra memory and its ratio to the
+    input size.
+    """
+    config, machine = result["config"], result["machine"]
+    blas = machine["blas"]["libraries"]
+    kernel = ", ".join(
+        str(lib.get("kernel") or lib.get("architecture") or lib.get("name") or "?")
+        + (f", {lib['num_threads']} threads" if lib.get("num_threads") else "")
+        + (f", {lib['threads']} threads" if lib.get("threads") else "")
+        for lib in blas
+    )
+    gpu = machine.get("gpu")
+    lines = [
+        f"ncgeom benchmarks: backend {config['backend']} ({config['device']}), "
+        f"size {config['size']}, {config['repeat']} timed rounds after a warm-up",
+        f"machine: {machine['cpu']}, {machine['cpu_usable']} usable cores"
+        + (f"; GPU {gpu['name']}" if gpu else "")
+        + f"; BLAS kernel {kernel or '?'} ({machine['blas']['source']})",
+        "versions: " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()),
+        f"date {machine['date']}; load average {machine['load_average']} at start, "
+        f"{result['load_average_end']} at end",
+    ]
+    loads = [load for load in (machine["load_average"], result["load_average_end"]) if load]
+    if any(load[0] > machine["cpu_usable"] for load in loads):
+        lines.append(
+            "warning: the 1-minute load average exceeded the usable cores: other work "
+            "shared the CPU, so the times (and, less, the ratios) are noisy"
+        )
+    lines.append("")
+    head = (
+        f"{'case':<20} {'median s':>10}  {'floor':<26} {'floor s':>10} {'ratio':>8}  "
+        f"{'target':<8} {'met':<6}"
+    )
+    lines += [head, "-" * len(head)]
+    for entry in result["cases"]:
+        first = True
+        if entry["time"] is not None:
+            for comp in entry["comparisons"] or [None]:
+                name = entry["case"] if first else ""
+                median = _seconds(entry["time"]["median"]) if first else ""
+                first = False
+                if comp is None:
+                    lines.append(f"{name:<20} {median:>10}")
+                    continue
+                target = "" if comp["target"] is None else f"<= {comp['target']:g}"
+                lines.append(
+                    f"{name:<20} {median:>10}  {comp['operation']:<26} "
+                    f"{_seconds(comp['floor_median']):>10} {comp['ratio']:>8.3g}  "
+                    f"{target:<8} {_verdict(comp['target'], comp['meets'])}"
+                )
+        memory = entry["memory"]
+        if memory is not None:
+            name = entry["case"] if first else ""
+            target = memory["target"]
+            if target is None:
+                shown = ""
+            elif target["kind"] == "ratio":
+                shown = f"<= {target['value']:g}"
+            else:
+                shown = f"<= {_mib(target['value'])}"
+            lines.append(
+                f"{name:<20} {_mib(memory['peak_extra_bytes']):>10}  "
+                f"{'peak extra memory / input':<26} {_mib(memory['input_bytes']):>10} "
+                f"{memory['ratio']:>8.3g}  {shown:<8} {_verdict(target, memory['meets'])}"
+            )
+    for item in result["skipped"]:
+        lines.append(f"{item['case']:<20} skipped: {item['reason']}")
+    return "\n".join(line.rstrip() for line in lines)
