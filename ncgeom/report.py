@@ -9,7 +9,14 @@ from typing import Any, ClassVar
 
 from . import metrics as m
 from . import theory_metrics as tm
-from ._array import accumulation_dtype, array_device, backend_name, namespace, to_host
+from ._array import (
+    accumulation_dtype,
+    array_device,
+    backend_name,
+    namespace,
+    segment_count,
+    to_host,
+)
 from ._validate import check_batch, check_num_classes
 from .stats import ClassStats, chunk_rows, class_means, shifted_moments
 from .theory import UFMOptimum
@@ -268,7 +275,8 @@ def _scan_features(
     num, dim = features.shape
     rows = chunk_rows(num, dim, dtype, xp, chunk_size, array_device(features))
 
-    counts, shift = class_means(features, labels, num_classes, dtype, xp, rows)
+    counts = segment_count(labels, num_classes, xp)
+    shift = class_means(features, labels, counts, dtype, xp, rows)
     # NaN and Inf reach the class means, so the means (K numbers) stand in for a
     # scan of every feature; the scan runs only to locate bad rows (or to clear
     # a mean that overflowed from finite values).

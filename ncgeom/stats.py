@@ -248,9 +248,7 @@ class ClassStats:
         # On the host, asking whether a class is new costs nothing and saves a
         # pass; on a GPU the pass is cheap and the question would synchronise.
         if fresh or not on_host(xp, self.device) or bool(xp.any(new)):
-            counts, batch_means = class_means(
-                features, labels, self.num_classes, self.dtype, xp, rows
-            )
+            batch_means = class_means(features, labels, counts, self.dtype, xp, rows)
             # A class seen for the first time takes its mean in this batch as shift;
             # its running statistics are all zero, so replacing its shift is exact.
             shift = xp.where(new[:, None], batch_means, self.shift)
@@ -485,10 +483,10 @@ def row_chunks(num_rows: int, rows: int) -> list[slice]:
 
 
 def class_means(
-    features: Array, labels: Array, num_classes: int, dtype: Any, xp: ModuleType, rows: int
-) -> tuple[Array, Array]:
-    """Counts (K,) and class means (K, d) of a batch; zero rows for absent classes."""
-    counts = segment_count(labels, num_classes, xp)
+    features: Array, labels: Array, counts: Array, dtype: Any, xp: ModuleType, rows: int
+) -> Array:
+    """Class means (K, d) of a batch with known class `counts`; zero rows for absent classes."""
+    num_classes = counts.shape[0]
     total = None
     if features.dtype == dtype and has_native_segment_sum(xp):
         # No cast, so no temporary of the chunk's size: chunks only bound the
@@ -498,7 +496,7 @@ def class_means(
         chunk = xp.astype(features[part_rows, ...], dtype, copy=False)
         part = segment_sum(chunk, labels[part_rows], num_classes, xp)
         total = part if total is None else total + part
-    return counts, total / xp.astype(xp.clip(counts, min=1), dtype)[:, None]
+    return total / xp.astype(xp.clip(counts, min=1), dtype)[:, None]
 
 
 def shifted_moments(
