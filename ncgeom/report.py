@@ -318,7 +318,8 @@ def _scan_features(
         features, labels, shift, xp, rows, gram=False, class_sums=False, visit=visit
     )
     stats = ClassStats(counts, shift, zeros, sqnorms, None)
-    view = m.populated(stats, global_mean, warn=False)
+    # Same counts and shift as the first view, and zero offsets: reuse it.
+    view = dataclasses.replace(first, stats=stats)
     nc1 = m.nc1_from_scatter(extra[0], weights, xp.sum(view.counts))
     agreement = None
     if classifier is not None:
