@@ -18,6 +18,7 @@ __all__ = [
     "accumulation_dtype",
     "array_device",
     "backend_name",
+    "gather_rows",
     "has_native_segment_sum",
     "namespace",
     "on_host",
@@ -123,17 +124,41 @@ def to_host(x: Array) -> np.ndarray:
     try:
         return np.asarray(x)
     except (TypeError, ValueError, RuntimeError):
-        return np.from_dlpack(compat.to_device(x, "cpu"))
+        # Arrays off the host: DLPack's standard request for a host copy.
+        return np.from_dlpack(x, device="cpu")
+
+
+def gather_rows(table: Array, index: Array, xp: ModuleType) -> Array:
+    """``table[index]`` along the first axis, for a valid non-negative integer `index`.
+
+    On torch a bare ``index_select``: the namespace's ``take`` also wraps
+    negative indices, two more kernels per call that a validated index does
+    not need.
+    """
+    if compat.is_torch_namespace(xp):
+        return table.index_select(0, index)
+    return xp.take(table, index, axis=0)
 
 
 def segment_count(labels: Array, num_segments: int, xp: ModuleType) -> Array:
-    """Number of occurrences of each label in ``range(num_segments)`` (int64)."""
+    """Number of occurrences of each label in ``range(num_segments)`` (int64).
+
+    On torch and CuPy a scatter-add of ones, not ``bincount``: their bincount
+    reads the largest label back to the host to size its output, which would
+    stall the device queue once per batch.
+    """
     if compat.is_torch_namespace(xp):
-        return labels.bincount(minlength=num_segments)
+        out = xp.zeros(num_segments, dtype=xp.int64, device=labels.device)
+        ones = xp.ones(1, dtype=xp.int64, device=labels.device).expand(labels.shape[0])
+        return out.index_add_(0, labels.to(dtype=xp.int64), ones)
     if compat.is_numpy_namespace(xp):
         return np.bincount(np.asarray(labels), minlength=num_segments).astype(np.int64)
     if compat.is_cupy_namespace(xp):
-        return _cupy().bincount(labels, minlength=num_segments).astype("int64")
+        cupy = _cupy()
+        # CUDA's integer atomicAdd covers uint64 (not int64); counts fit either.
+        out = cupy.zeros(num_segments, dtype=cupy.uint64)
+        cupy.add.at(out, labels, cupy.ones(labels.shape[0], dtype=cupy.uint64))
+        return out.astype(cupy.int64)
     bounds = _segment_bounds(xp.sort(labels), num_segments, xp)
     return xp.astype(bounds[1:] - bounds[:-1], xp.int64)
 

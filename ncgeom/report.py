@@ -13,6 +13,7 @@ from ._array import (
     accumulation_dtype,
     array_device,
     backend_name,
+    gather_rows,
     namespace,
     segment_count,
     to_host,
@@ -294,8 +295,14 @@ def _scan_features(
     basis, weights = m.between_basis(first.centred, xp)
     shift_along = shift @ basis  # (K, r)
     centred_along = first.centred @ basis  # (K', r)
-    sq_means = xp.sum(first.means * first.means, axis=1)
-    index = xp.asarray(first.index, dtype=xp.int64, device=array_device(features))
+    sq_means = xp.vecdot(first.means, first.means)
+    device = array_device(features)
+    # Positions among the populated classes -> class ids (built on the device
+    # when every class is populated: no upload).
+    if first.excluded:
+        index = xp.asarray(first.index, dtype=xp.int64, device=device)
+    else:
+        index = xp.arange(num_classes, dtype=xp.int64, device=device)
 
     def visit(x: Array, dev: Array, y: Array) -> tuple[Array, ...]:
         along = dev @ basis
@@ -304,8 +311,8 @@ def _scan_features(
             return out
         # ||x - mu_k||^2 = ||mu_k||^2 - 2 x.mu_G - 2 (xV).(mu_k - mu_G)V + ||x||^2:
         # the centred means lie in span(V), so NCC needs only the projection.
-        scores = sq_means - 2 * ((along + xp.take(shift_along, y, axis=0)) @ centred_along.T)
-        nearest = xp.take(index, xp.argmin(scores, axis=1))
+        scores = sq_means - 2 * ((along + gather_rows(shift_along, y, xp)) @ centred_along.T)
+        nearest = gather_rows(index, xp.argmin(scores, axis=1), xp)
         logits = xp.astype(x, dtype, copy=False) @ classifier.T
         if bias is not None:
             logits = logits + xp.astype(bias, dtype)

@@ -24,6 +24,7 @@ from typing import Any
 from ._array import (
     accumulation_dtype,
     array_device,
+    gather_rows,
     has_native_segment_sum,
     namespace,
     on_host,
@@ -406,9 +407,9 @@ class ClassStats:
     def class_variances(self) -> Array:
         """``v_k = (1/n_k) sum_i ||x_i - mu_k||^2`` (K,); NaN for empty classes."""
         xp = self.xp
-        n = xp.astype(self.counts, self.dtype)
-        offsets = self.offsets
-        spread = self.sqnorms / xp.clip(n, min=1) - xp.sum(offsets * offsets, axis=1)
+        n = xp.clip(xp.astype(self.counts, self.dtype), min=1)
+        # ||offset_k||^2 = ||sums_k||^2 / n_k^2: no (K, d) temporary.
+        spread = self.sqnorms / n - xp.vecdot(self.sums, self.sums) / (n * n)
         return xp.where(self.counts > 0, xp.clip(spread, min=0), xp.nan)
 
     def within_scatter(self) -> Array:
@@ -530,7 +531,7 @@ def shifted_moments(
     neg_shift = -shift
     for part_rows in row_chunks(features.shape[0], rows):
         y = labels[part_rows]
-        dev = xp.take(neg_shift, y, axis=0)
+        dev = gather_rows(neg_shift, y, xp)
         dev += xp.astype(features[part_rows, ...], dtype, copy=False)
         if class_sums:
             sums = sums + segment_sum(dev, y, num_classes, xp)

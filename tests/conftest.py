@@ -64,6 +64,10 @@ def _make(name: str) -> Backend:
         import array_api_strict as xp
 
         return Backend(name, xp)
+    if name == "array_api_strict_device1":
+        import array_api_strict as xp
+
+        return Backend(name, xp, xp.Device("device1"))
     if name == "torch":
         import array_api_compat.torch as xp
 
@@ -82,6 +86,7 @@ def _make(name: str) -> Backend:
 BACKENDS = [
     pytest.param("numpy"),
     pytest.param("array_api_strict"),
+    pytest.param("array_api_strict_device1"),
     pytest.param(
         "torch",
         marks=pytest.mark.skipif(
