@@ -108,7 +108,7 @@ def populated(stats: ClassStats, global_mean: str = "samples", *, warn: bool = T
     counts = xp.astype(take(stats.counts), stats.dtype)
     means = take(stats.shift + stats.offsets)
     if global_mean == "samples":
-        centre = xp.sum(counts[:, None] * means, axis=0) / xp.sum(counts)
+        centre = (counts @ means) / xp.sum(counts)
     else:
         centre = xp.mean(means, axis=0)
     host = tuple(int(n) for n in host_counts)
@@ -238,7 +238,7 @@ def _cdnv(view: Classes, chunk_rows: int | None = None) -> Array:
     xp = view.xp
     centred = view.centred
     variances = view.take(view.stats.class_variances)
-    sq = xp.sum(centred * centred, axis=1)
+    sq = xp.vecdot(centred, centred)
 
     def block(lo: int, hi: int, mask: Array) -> Array:
         gram = centred[lo:hi, ...] @ centred[lo:, ...].T
@@ -346,8 +346,8 @@ def etf_error(
 
 
 def _etf_error(view: Classes, chunk_rows: int | None = None) -> Array:
-    xp, (num, dim) = view.xp, view.centred.shape
-    centred = view.centred
+    xp, centred = view.xp, view.centred
+    num, dim = centred.shape
     device = view.stats.device
     # ||Mc Mc^T||_F = ||Mc^T Mc||_F: take the smaller of the two Grams.
     small = centred.T @ centred if num > dim else centred @ centred.T
@@ -519,7 +519,7 @@ def ncc_agreement(
     means = xp.astype(means, dtype)
     missing = xp.any(xp.isnan(means), axis=1)
     means = xp.where(missing[:, None], xp.zeros_like(means), means)
-    offsets = xp.sum(means * means, axis=1)
+    offsets = xp.vecdot(means, means)
     offsets = xp.where(missing, xp.full_like(offsets, xp.inf), offsets)
     rows = chunk_rows(
         num, max(dim, classifier.shape[0]), dtype, xp, chunk_size, array_device(features)

@@ -318,7 +318,7 @@ def norm_comparison(
         ratio = check_positive(lambda_ratio, "lambda_ratio")
         scale = math.sqrt((k - 1) * ratio / k)
         target = xp.sqrt(scale * margins / xp.sqrt(n))
-    measured = xp.sqrt(xp.sum(means * means, axis=1))
+    measured = xp.linalg.vector_norm(means, axis=1)
     if normalize:
         measured = measured / _nan_if_zero(xp.sqrt(xp.sum(measured * measured)), xp)
         target = target / _nan_if_zero(xp.sqrt(xp.sum(target * target)), xp)
