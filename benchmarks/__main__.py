@@ -32,6 +32,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random data")
     parser.add_argument(
+        "--chunk-mib",
+        type=float,
+        default=None,
+        metavar="MIB",
+        help="MiB of features per chunk, on every device (default: ncgeom's own choice)",
+    )
+    parser.add_argument(
         "--check", action="store_true", help="exit with status 1 when a target is missed"
     )
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
@@ -53,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             repeat=args.repeat,
             cases=cases,
             seed=args.seed,
+            chunk_mib=args.chunk_mib,
             progress=lambda line: print(line, file=sys.stderr, flush=True),
         )
     except BackendUnavailable as exc:

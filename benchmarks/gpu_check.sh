@@ -3,6 +3,8 @@
 #   1. the test suite with the GPU tests:  pytest -q -m "gpu or not slow"
 #   2. python -m benchmarks --backend torch --size large
 #   3. python -m benchmarks --backend cupy  --size large
+#   4. the streaming and report cases on torch again with 128 MiB chunks
+#      (default 32 MiB), to see whether larger chunks pay on this card
 # Each step has its own time limit (below), so a slow step cannot eat the
 # others' time. Results (JSON, logs, nvidia-smi) go to $OUT when it is set,
 # else to $TMPDIR/ncgeom-gpu-check. The exit status is 0 when every step passed.
@@ -64,26 +66,33 @@ import torch
 print("cuda available:", torch.cuda.is_available())
 EOF
 
-step "tests: pytest -q -m 'gpu or not slow' (limit 200 s)"
+step "tests: pytest -q -m 'gpu or not slow' (limit 150 s)"
 # shellcheck disable=SC2086
-timeout -k 10 200 "$py" -m pytest -q -m "gpu or not slow" -p no:cacheprovider \
+timeout -k 10 150 "$py" -m pytest -q -m "gpu or not slow" -p no:cacheprovider \
     ${PYTEST_ARGS:-} >"$out/pytest.log" 2>&1
 rc=$?
 tail -n 25 "$out/pytest.log"
 echo "pytest exit status $rc"
 [ "$rc" -eq 0 ] || status=1
 
-for backend in torch cupy; do
-    name="bench-$backend-$size"
-    step "benchmarks: --backend $backend --size $size (limit 120 s)"
-    timeout -k 10 120 "$py" -m benchmarks --backend "$backend" --size "$size" \
-        --repeat "$repeat" --json "$out/$name.json" >"$out/$name.txt" 2>"$out/$name.log"
-    rc=$?
+# bench NAME LIMIT ARGS...: one benchmark run, its table shown, its files in $out.
+bench() {
+    local name="$1" limit="$2"
+    shift 2
+    step "benchmarks: $* (limit $limit s)"
+    timeout -k 10 "$limit" "$py" -m benchmarks --size "$size" --repeat "$repeat" "$@" \
+        --json "$out/$name.json" >"$out/$name.txt" 2>"$out/$name.log"
+    local rc=$?
     cat "$out/$name.txt"
     tail -n 5 "$out/$name.log"
-    echo "benchmark ($backend) exit status $rc"
+    echo "benchmark $name exit status $rc"
     [ "$rc" -eq 0 ] || status=1
-done
+}
+
+bench "bench-torch-$size" 120 --backend torch
+bench "bench-cupy-$size" 120 --backend cupy
+bench "bench-torch-$size-chunk128" 60 --backend torch --chunk-mib 128 \
+    --cases report,report_classifier,update_gram,update_nogram
 
 step "done, status $status"
 exit "$status"

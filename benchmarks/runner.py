@@ -8,12 +8,15 @@ before the clock is read at both ends of every call.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import statistics
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict
 from typing import Any
+
+import ncgeom.stats as stats_module
 
 from .backends import BenchBackend, make_backend
 from .cases import (
@@ -28,7 +31,7 @@ from .cases import (
 )
 from .machine import load_average, machine_info
 
-__all__ = ["SCHEMA_VERSION", "format_table", "run_benchmarks", "time_rounds"]
+__all__ = ["SCHEMA_VERSION", "chunk_budget", "format_table", "run_benchmarks", "time_rounds"]
 
 #: Version of the layout of the result dictionary (and the JSON file).
 SCHEMA_VERSION = 1
@@ -147,6 +150,7 @@ def run_benchmarks(
     repeat: int | None = None,
     cases: Iterable[str] | None = None,
     seed: int = 0,
+    chunk_mib: float | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run benchmark cases on one backend and size.
@@ -163,6 +167,10 @@ def run_benchmarks(
         Names of the cases to run (default: all), run in declared order.
     seed : int
         Seed of the random data.
+    chunk_mib : float, optional
+        Bytes of features per chunk (MiB) for this run, on every device, in
+        place of ncgeom's defaults (`ncgeom.stats.CHUNK_BYTES` and
+        `HOST_CHUNK_BYTES`).
     progress : callable, optional
         Called with a line of text as each case finishes.
 
@@ -189,9 +197,63 @@ def run_benchmarks(
     sizes = SIZES[size]
     repeat = sizes.repeat if repeat is None else repeat
     context = Context(bench, sizes, seed)
+    machine = machine_info(backend)
+    with chunk_budget(chunk_mib) as chunk_bytes:
+        results, skipped = _run_cases(names, context, bench, backend, size, repeat, progress)
+    context.release()
+    return {
+        "schema": SCHEMA_VERSION,
+        "machine": machine,
+        "config": {
+            "backend": backend,
+            "device": str(bench.device) if bench.device is not None else "cpu",
+            "gpu": bench.gpu,
+            "size": size,
+            "repeat": repeat,
+            "seed": seed,
+            "dtype": "float32",
+            "cases": names,
+            "sizes": asdict(sizes),
+            "chunk_bytes": chunk_bytes,
+            "memory_tracker": bench.memory_tracker,
+        },
+        "cases": results,
+        "skipped": skipped,
+        "load_average_end": load_average(),
+    }
+
+
+@contextlib.contextmanager
+def chunk_budget(chunk_mib: float | None) -> Iterator[dict[str, int]]:
+    """Set ncgeom's chunk sizes (bytes of features per chunk) for a block of code.
+
+    Yields the budgets in force, ``{"device": ..., "host": ...}``; None keeps
+    the defaults. The defaults are restored on exit.
+    """
+    saved = stats_module.CHUNK_BYTES, stats_module.HOST_CHUNK_BYTES
+    if chunk_mib is not None:
+        if not chunk_mib > 0:
+            msg = f"`chunk_mib` must be positive; got {chunk_mib}"
+            raise ValueError(msg)
+        budget = max(1, int(chunk_mib * 2**20))
+        stats_module.CHUNK_BYTES = stats_module.HOST_CHUNK_BYTES = budget
+    try:
+        yield {"device": stats_module.CHUNK_BYTES, "host": stats_module.HOST_CHUNK_BYTES}
+    finally:
+        stats_module.CHUNK_BYTES, stats_module.HOST_CHUNK_BYTES = saved
+
+
+def _run_cases(
+    names: list[str],
+    context: Context,
+    bench: BenchBackend,
+    backend: str,
+    size: str,
+    repeat: int,
+    progress: Callable[[str], None] | None,
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     results: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
-    machine = machine_info(backend)
     for name in names:
         case = CASES[name]
         if not case.timed and bench.memory_tracker is None:
@@ -224,26 +286,7 @@ def run_benchmarks(
         if progress is not None:
             progress(_progress_line(entry))
         del prepared
-    context.release()
-    return {
-        "schema": SCHEMA_VERSION,
-        "machine": machine,
-        "config": {
-            "backend": backend,
-            "device": str(bench.device) if bench.device is not None else "cpu",
-            "gpu": bench.gpu,
-            "size": size,
-            "repeat": repeat,
-            "seed": seed,
-            "dtype": "float32",
-            "cases": names,
-            "sizes": asdict(sizes),
-            "memory_tracker": bench.memory_tracker,
-        },
-        "cases": results,
-        "skipped": skipped,
-        "load_average_end": load_average(),
-    }
+    return results, skipped
 
 
 # ----------------------------------------------------------------------------- text

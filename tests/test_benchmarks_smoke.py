@@ -132,3 +132,23 @@ def test_machine_info_reports_blas() -> None:
         "numpy.show_config",
         "unknown",
     )
+
+
+def test_chunk_budget_applies_for_the_run_only() -> None:
+    import ncgeom.stats as stats_module
+
+    defaults = stats_module.CHUNK_BYTES, stats_module.HOST_CHUNK_BYTES
+    seen = []
+    result = run_benchmarks(
+        "numpy",
+        "small",
+        repeat=1,
+        cases=["report"],
+        chunk_mib=0.25,
+        progress=lambda _: seen.append(stats_module.HOST_CHUNK_BYTES),
+    )
+    assert seen == [2**18]
+    assert result["config"]["chunk_bytes"] == {"device": 2**18, "host": 2**18}
+    assert (stats_module.CHUNK_BYTES, stats_module.HOST_CHUNK_BYTES) == defaults
+    with pytest.raises(ValueError, match="`chunk_mib` must be positive; got 0"):
+        run_benchmarks("numpy", "small", repeat=1, cases=["report"], chunk_mib=0)
