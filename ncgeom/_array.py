@@ -22,6 +22,7 @@ __all__ = [
     "has_native_segment_sum",
     "namespace",
     "on_host",
+    "quiet_invalid",
     "resolve_namespace",
     "segment_count",
     "segment_sum",
@@ -126,6 +127,12 @@ def to_host(x: Array) -> np.ndarray:
     except (TypeError, ValueError, RuntimeError):
         # Arrays off the host: DLPack's standard request for a host copy.
         return np.from_dlpack(x, device="cpu")
+
+
+def quiet_invalid() -> np.errstate:
+    """Silence NumPy's "invalid value" warnings (NaN made from Inf) in a block
+    whose results are checked for NaN afterwards. Other libraries do not warn."""
+    return np.errstate(invalid="ignore")
 
 
 def gather_rows(table: Array, index: Array, xp: ModuleType) -> Array:

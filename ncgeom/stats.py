@@ -15,6 +15,7 @@ identity), then adds: counts, sums and Grams merge in any order.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from ._array import (
     has_native_segment_sum,
     namespace,
     on_host,
+    quiet_invalid,
     resolve_namespace,
     segment_count,
     segment_sum,
@@ -179,7 +181,8 @@ class ClassStats:
         """
         xp = namespace(features=features, labels=labels)
         num_classes = check_num_classes(num_classes)
-        check_batch(features, labels, num_classes, xp, check_finite=check_finite)
+        scan = check_finite and not on_host(xp, array_device(features))
+        check_batch(features, labels, num_classes, xp, check_finite=scan)
         start = cls.empty(
             num_classes,
             features.shape[1],
@@ -190,7 +193,9 @@ class ClassStats:
         )
         if features.shape[0] == 0:
             return start
-        return start._add_batch(features, labels, xp, chunk_size, fresh=True)
+        return start._add_batch(
+            features, labels, xp, chunk_size, fresh=True, check_after=check_finite and not scan
+        )
 
     def update(
         self,
@@ -215,7 +220,8 @@ class ClassStats:
         [1, 2]
         """
         xp = namespace(stats=self.shift, features=features, labels=labels)
-        check_batch(features, labels, self.num_classes, xp, check_finite=check_finite)
+        scan = check_finite and not on_host(xp, self.device)
+        check_batch(features, labels, self.num_classes, xp, check_finite=scan)
         if features.shape[1] != self.dim:
             msg = (
                 f"`features` must have {self.dim} columns like the statistics; "
@@ -224,7 +230,9 @@ class ClassStats:
             raise ValueError(msg)
         if features.shape[0] == 0:
             return self
-        return self._add_batch(features, labels, xp, chunk_size)
+        return self._add_batch(
+            features, labels, xp, chunk_size, check_after=check_finite and not scan
+        )
 
     def _add_batch(
         self,
@@ -234,7 +242,13 @@ class ClassStats:
         chunk_size: int | None,
         *,
         fresh: bool = False,
+        check_after: bool = False,
     ) -> ClassStats:
+        """Add a validated batch. With `check_after`, NaN and Inf are looked for
+        in the batch's squared norms (K numbers, which they reach) instead of in
+        the features beforehand: on the host that saves a pass over the batch;
+        on a device it would cost a second host read, so there the callers scan
+        first."""
         rows = chunk_rows(
             features.shape[0],
             self.dim,
@@ -258,9 +272,13 @@ class ClassStats:
             shift = self.shift
         # On fresh statistics every shift is this batch's exact class mean: the
         # class sums of the deviations are rounding errors and are skipped.
-        sums, sqnorms, gram, _ = shifted_moments(
-            features, labels, shift, xp, rows, gram=self.gram is not None, class_sums=not fresh
-        )
+        with quiet_invalid() if check_after else contextlib.nullcontext():
+            sums, sqnorms, gram, _ = shifted_moments(
+                features, labels, shift, xp, rows, gram=self.gram is not None, class_sums=not fresh
+            )
+        if check_after and not bool(xp.all(xp.isfinite(sqnorms))):
+            # Locate the bad rows and raise; finite rows whose squares overflowed pass.
+            check_batch(features, labels, self.num_classes, xp, check_finite=True)
         batch = ClassStats(counts, shift, sums, sqnorms, gram)
         return ClassStats(self.counts, shift, self.sums, self.sqnorms, self.gram)._plus(batch)
 
