@@ -3,7 +3,8 @@
 On a GPU, kernels run asynchronously: the host queues work and moves on. A
 call that needs a value on the host (``item``, ``bool(t)``, ``t.cpu()``), whose
 output size depends on the data (``nonzero``, boolean-mask indexing,
-``bincount``, which reads the largest label), or that copies host data into a
+``bincount``, which reads the largest label), that reads a solver's status
+flag (``linalg.eigh`` and the other factorisations), or that copies host data into a
 device tensor (``torch.asarray([...])``, indexing with a Python list) makes the
 host wait until the queue drains. `HostSyncAudit` is a `TorchFunctionMode`
 that records each such call with the number of elements involved, so tests on
@@ -52,6 +53,24 @@ DATA_SHAPED = frozenset(
         "bincount",
         "equal",
         "allclose",
+    }
+)
+#: Factorisations that read their solver's status flag back to raise on failure
+#: (torch documents each: "synchronizes that device with the CPU").
+CHECKED = frozenset(
+    {
+        "linalg_eigh",
+        "linalg_eigvalsh",
+        "linalg_eig",
+        "linalg_eigvals",
+        "linalg_svd",
+        "linalg_svdvals",
+        "linalg_cholesky",
+        "linalg_inv",
+        "linalg_solve",
+        "linalg_lstsq",
+        "linalg_pinv",
+        "linalg_matrix_rank",
     }
 )
 #: Calls that build a tensor from host data when their first argument is not a tensor.
@@ -153,6 +172,8 @@ def _classify(name: str, args: tuple, kwargs: dict) -> Sync | None:
     # A data-shaped call moves one number, the size of its output.
     if name in DATA_SHAPED:
         return Sync("data-shaped", name, 1)
+    if name in CHECKED:
+        return Sync("checked", name, 1)
     if name == "repeat_interleave" and "output_size" not in kwargs:
         return Sync("data-shaped", name, 1)
     if name in UPLOADS and first is not None and not isinstance(first, torch.Tensor):

@@ -121,9 +121,10 @@ def test_report_reads_do_not_depend_on_the_chunks(with_classifier: bool) -> None
     one = _report_syncs(N, **kwargs)
     many = _report_syncs(64, **kwargs)
     assert many.kinds() == one.kinds()
-    # Label range, finiteness of the means, the counts, then the one transfer of
-    # every metric (13 scalars and 4 per-class vectors at most).
-    assert one.kinds() == [("read", "cpu")] * 4
+    # Label range, finiteness of the means, the counts, the eigensolver's status
+    # (the basis of the centred means), then the one transfer of every metric
+    # (13 scalars and 4 per-class vectors at most).
+    assert one.kinds() == [("read", "cpu")] * 3 + [("checked", "linalg_eigh"), ("read", "cpu")]
     assert one.largest() <= 13 + 4 * K
     assert many.largest() < N  # never a feature-sized read
 
@@ -137,7 +138,7 @@ def test_report_from_statistics_reads_the_counts_and_the_results_only() -> None:
     stats = ClassStats.from_features(x, y, K)
     with HostSyncAudit() as audit:
         nc_report(stats)
-    assert audit.kinds() == [("read", "cpu")] * 2
+    assert audit.kinds() == [("read", "cpu"), ("checked", "linalg_eigh"), ("read", "cpu")]
 
 
 @pytest.mark.parametrize(
