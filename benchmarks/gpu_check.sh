@@ -3,8 +3,8 @@
 #   1. the test suite with the GPU tests:  pytest -q -m "gpu or not slow"
 #   2. python -m benchmarks --backend torch --size large
 #   3. python -m benchmarks --backend cupy  --size large
-#   4. the streaming and report cases on torch again with 128 MiB chunks
-#      (default 32 MiB), to see whether larger chunks pay on this card
+#   4. the streaming and report cases on torch again with 128 and 512 MiB
+#      chunks (default 32 MiB), to see whether larger chunks pay on this card
 # Each step has its own time limit (below), so a slow step cannot eat the
 # others' time. Results (JSON, logs, nvidia-smi) go to $OUT when it is set,
 # else to $TMPDIR/ncgeom-gpu-check. The exit status is 0 when every step passed.
@@ -17,6 +17,9 @@
 #   BENCH_REPEAT  timed rounds per benchmark case (default: 5)
 #   BENCH_SIZE    benchmark size (default: large; "small" for a dry run)
 #   PYTEST_ARGS   extra pytest arguments (e.g. "-x")
+#   BUNDLE        1: pack every result file into $OUT/gpu-check.tar.gz at the
+#                 end and remove the loose files (for transports that limit
+#                 the number of files); default 0
 #   INSTALL       1: editable offline install of ncgeom first (registers its
 #                 entry points); 0: none; auto (default): 1 where nvidia-smi
 #                 exists (a lent GPU machine starts bare), else 0
@@ -91,8 +94,15 @@ bench() {
 
 bench "bench-torch-$size" 120 --backend torch
 bench "bench-cupy-$size" 120 --backend cupy
-bench "bench-torch-$size-chunk128" 60 --backend torch --chunk-mib 128 \
-    --cases report,report_classifier,update_gram,update_nogram
+for mib in 128 512; do
+    bench "bench-torch-$size-chunk$mib" 40 --backend torch --chunk-mib "$mib" \
+        --cases report,report_classifier,update_gram,update_nogram
+done
 
 step "done, status $status"
+if [ "${BUNDLE:-0}" = 1 ]; then
+    packed="$(mktemp "${TMPDIR:-/tmp}/gpu-check.XXXXXX")"
+    tar -czf "$packed" -C "$out" . && find "$out" -mindepth 1 -delete &&
+        mv "$packed" "$out/gpu-check.tar.gz" && echo "results packed into $out/gpu-check.tar.gz"
+fi
 exit "$status"
