@@ -56,7 +56,7 @@ def default_counts(full: int, num_classes: int, ratio: float = 0.1) -> list[int]
     Examples
     --------
     >>> default_counts(178, 10)
-    [178, 138, 107, 83, 64, 49, 38, 30, 23, 18]
+    [178, 138, 107, 83, 64, 50, 38, 30, 23, 18]
     """
     steps = np.arange(num_classes) / max(num_classes - 1, 1)
     return [max(1, round(full * ratio**s)) for s in steps]
