@@ -125,8 +125,12 @@ def to_host(x: Array) -> np.ndarray:
     try:
         return np.asarray(x)
     except (TypeError, ValueError, RuntimeError):
+        pass
+    try:
         # Arrays off the host: DLPack's standard request for a host copy.
         return np.from_dlpack(x, device="cpu")
+    except TypeError:  # NumPy before 2.1 takes no `device`
+        return np.from_dlpack(compat.to_device(x, "cpu"))
 
 
 def quiet_invalid() -> np.errstate:
