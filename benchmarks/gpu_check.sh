@@ -5,6 +5,8 @@
 #   3. python -m benchmarks --backend cupy  --size large
 #   4. the streaming and report cases on torch again with 128 and 512 MiB
 #      chunks (default 32 MiB), to see whether larger chunks pay on this card
+#   5. python -m benchmarks.profile --size large: the kernels that take the
+#      time of the report, update and class-sums cases
 # Each step has its own time limit (below), so a slow step cannot eat the
 # others' time. Results (JSON, logs, nvidia-smi) go to $OUT when it is set,
 # else to $TMPDIR/ncgeom-gpu-check. The exit status is 0 when every step passed.
@@ -69,9 +71,9 @@ import torch
 print("cuda available:", torch.cuda.is_available())
 EOF
 
-step "tests: pytest -q -m 'gpu or not slow' (limit 150 s)"
+step "tests: pytest -q -m 'gpu or not slow' (limit 120 s)"
 # shellcheck disable=SC2086
-timeout -k 10 150 "$py" -m pytest -q -m "gpu or not slow" -p no:cacheprovider \
+timeout -k 10 120 "$py" -m pytest -q -m "gpu or not slow" -p no:cacheprovider \
     ${PYTEST_ARGS:-} >"$out/pytest.log" 2>&1
 rc=$?
 tail -n 25 "$out/pytest.log"
@@ -98,6 +100,13 @@ for mib in 128 512; do
     bench "bench-torch-$size-chunk$mib" 40 --backend torch --chunk-mib "$mib" \
         --cases report,report_classifier,update_gram,update_nogram
 done
+
+step "profile: python -m benchmarks.profile --size $size (limit 40 s)"
+timeout -k 10 40 "$py" -m benchmarks.profile --size "$size" >"$out/profile-torch-$size.txt" 2>&1
+rc=$?
+grep "^==" "$out/profile-torch-$size.txt"  # the tables are in the file
+echo "profile exit status $rc"
+[ "$rc" -eq 0 ] || status=1
 
 step "done, status $status"
 if [ "${BUNDLE:-0}" = 1 ]; then

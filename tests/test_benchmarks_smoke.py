@@ -152,3 +152,18 @@ def test_chunk_budget_applies_for_the_run_only() -> None:
     assert (stats_module.CHUNK_BYTES, stats_module.HOST_CHUNK_BYTES) == defaults
     with pytest.raises(ValueError, match="`chunk_mib` must be positive; got 0"):
         run_benchmarks("numpy", "small", repeat=1, cases=["report"], chunk_mib=0)
+
+
+def test_profile_names_each_case_its_floors_and_its_operations() -> None:
+    pytest.importorskip("torch")
+    from benchmarks.profile import main, profile_cases
+
+    text = profile_cases("small", ["report", "class_sums"], rows=3)
+    assert "== report:" in text and "floors: X @ V" in text
+    assert "== class_sums:" in text and "X.sum(axis=0)" in text
+    assert "aten::" in text  # the profiler's operation table
+    with pytest.raises(ValueError, match=r"unknown cases \['nope'\]"):
+        profile_cases("small", ["nope"])
+    with pytest.raises(ValueError, match="`rows` must be at least 1; got 0"):
+        profile_cases("small", ["report"], rows=0)
+    assert main(["--size", "small", "--cases", "nope"]) == 2
