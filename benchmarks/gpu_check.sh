@@ -94,8 +94,8 @@ bench() {
     [ "$rc" -eq 0 ] || status=1
 }
 
-bench "bench-torch-$size" 120 --backend torch
-bench "bench-cupy-$size" 120 --backend cupy
+bench "bench-torch-$size" 110 --backend torch
+bench "bench-cupy-$size" 110 --backend cupy
 for mib in 128 512; do
     bench "bench-torch-$size-chunk$mib" 40 --backend torch --chunk-mib "$mib" \
         --cases report,report_classifier,update_gram,update_nogram
