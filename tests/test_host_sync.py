@@ -239,3 +239,21 @@ def test_cuda_synchronisations_do_not_grow_with_the_chunks() -> None:
         case(64)()  # warm-up: first calls load kernels
         assert _cuda_syncs(case(N)) == _cuda_syncs(case(64)), case.__name__
     assert 1 <= _cuda_syncs(update(64)) <= 2  # the batch check's one read
+
+
+def test_a_training_step_with_the_tap_and_the_regulariser_never_waits() -> None:
+    from torch import nn
+    from torch.nn import functional as F
+
+    from ncgeom_torch import FeatureTap, UFMRegularizer
+
+    gen = torch.Generator().manual_seed(2)
+    net = nn.Sequential(nn.Linear(D, 16), nn.ReLU(), nn.Linear(16, K, bias=False))
+    reg = UFMRegularizer(lambda_w=5e-3, lambda_h=5e-3, num_samples=N)
+    x, y = torch.randn(64, D, generator=gen), torch.randint(0, K, (64,), generator=gen)
+    with HostSyncAudit() as audit:
+        with FeatureTap(net, net[2], detach=False) as tap:
+            loss = F.cross_entropy(net(x), y) + reg(net[2], tap.features)
+        loss.backward()
+    assert audit.syncs == []
+    assert audit.kernels["matmul"] + audit.kernels["linear"] >= 2  # the audit saw the step
