@@ -7,11 +7,15 @@ import numbers
 from types import ModuleType
 from typing import Any
 
+import array_api_compat as compat
+import numpy as np
+
 from ._array import to_host
 
 __all__ = [
     "check_batch",
     "check_columns",
+    "check_counts",
     "check_features",
     "check_integer",
     "check_labels",
@@ -177,3 +181,42 @@ def check_batch(
 
 def _first_row(mask: Array, xp: ModuleType) -> int:
     return int(to_host(xp.argmax(xp.astype(mask, xp.int32))))
+
+
+def check_counts(counts: Any) -> np.ndarray:
+    """Class counts as a host int64 vector: positive integers, at least two classes.
+
+    Accepts sequences, NumPy arrays and arrays of any array-API library (one
+    host transfer). A non-numeric value is a TypeError; a wrong shape or value
+    a ValueError.
+    """
+    if isinstance(counts, (str, bytes)):
+        msg = f"`counts` must be a sequence of positive integers; got {counts!r}"
+        raise TypeError(msg)
+    try:
+        host = to_host(counts) if compat.is_array_api_obj(counts) else np.asarray(counts)
+    except (TypeError, ValueError) as err:
+        msg = f"`counts` must be a sequence of positive integers; got {counts!r}"
+        raise TypeError(msg) from err
+    if host.dtype == np.bool_ or not (
+        np.issubdtype(host.dtype, np.integer) or np.issubdtype(host.dtype, np.floating)
+    ):
+        msg = f"`counts` must hold integers; got dtype {host.dtype} from {counts!r}"
+        raise TypeError(msg)
+    if host.ndim != 1:
+        msg = f"`counts` must be 1-D (one count per class); got shape {host.shape}"
+        raise ValueError(msg)
+    if host.shape[0] < 2:
+        msg = f"`counts` must describe at least 2 classes; got {host.shape[0]}"
+        raise ValueError(msg)
+    if np.issubdtype(host.dtype, np.floating):
+        whole = np.isfinite(host) & (host == np.round(host))
+        if not whole.all():
+            i = int(np.flatnonzero(~whole)[0])
+            msg = f"`counts` must be positive integers; got {host[i].item()!r} at index {i}"
+            raise ValueError(msg)
+    if (host < 1).any():
+        i = int(np.flatnonzero(host < 1)[0])
+        msg = f"`counts` must be positive integers (>= 1); got {host[i].item()!r} at index {i}"
+        raise ValueError(msg)
+    return host.astype(np.int64)

@@ -18,6 +18,7 @@ import numpy as np
 
 from ._array import array_device, resolve_namespace, segment_sum, to_host
 from ._validate import (
+    check_counts,
     check_nonnegative,
     check_positive,
     check_positive_int,
@@ -207,7 +208,7 @@ def solve_ufm(
     >>> round(sol.objective, 9)
     0.132029676
     """
-    counts_host = _check_counts(counts)
+    counts_host = check_counts(counts)
     num_classes = counts_host.shape[0]
     lam_w = check_weight_decay(lambda_w, "lambda_w")
     lam_h = check_weight_decay(lambda_h, "lambda_h")
@@ -569,31 +570,3 @@ def _starts(
         return None if a is None else xp.asarray(a, dtype=dtype, device=device)
 
     return put(w), put(h), put(b)
-
-
-# ---------------------------------------------------------------------------
-# input checks
-
-
-def _check_counts(counts: Any) -> np.ndarray:
-    try:
-        host = np.asarray(counts if isinstance(counts, (list, tuple, range)) else to_host(counts))
-    except (TypeError, ValueError):
-        msg = f"`counts` must be a sequence of positive integers; got {counts!r}"
-        raise ValueError(msg) from None
-    if host.ndim != 1:
-        msg = f"`counts` must be 1-D (one count per class); got shape {host.shape}"
-        raise ValueError(msg)
-    if host.shape[0] < 2:
-        msg = f"`counts` must describe at least 2 classes; got {host.shape[0]}"
-        raise ValueError(msg)
-    if host.dtype == bool or not np.issubdtype(host.dtype, np.number):
-        msg = f"`counts` must be positive integers; got {host.tolist()}"
-        raise ValueError(msg)
-    values = host.astype(np.float64)
-    bad = ~np.isfinite(values) | (values < 1) | (values != np.round(values))
-    if bad.any():
-        k = int(np.argmax(bad))
-        msg = f"`counts` must be positive integers; got {host[k].item()!r} for class {k}"
-        raise ValueError(msg)
-    return values.astype(np.int64)

@@ -26,7 +26,7 @@ import array_api_compat as compat
 import numpy as np
 
 from ._array import to_host
-from ._validate import check_integer, check_weight_decay
+from ._validate import check_counts, check_integer, check_weight_decay
 
 __all__ = [
     "UFMOptimum",
@@ -320,7 +320,7 @@ def ufm_relu_optimum(
     dtype('float32')
     """
     _check_bias(bias)
-    host_counts = _check_counts(counts)
+    host_counts = check_counts(counts)
     lw = check_weight_decay(lambda_w, "lambda_w")
     lh = check_weight_decay(lambda_h, "lambda_h")
     xp, device, dtype = _resolve_backend(counts, xp, device, dtype)
@@ -370,7 +370,7 @@ def collapse_threshold(counts: Any, lambda_w: float, lambda_h: float) -> float:
     >>> round(collapse_threshold([5000, 2000, 500, 100, 20], 5e-3, 1e-3), 3)
     362.903
     """
-    host_counts = _check_counts(counts)
+    host_counts = check_counts(counts)
     lw = check_weight_decay(lambda_w, "lambda_w")
     lh = check_weight_decay(lambda_h, "lambda_h")
     return _collapse_count(int(host_counts.sum()), host_counts.shape[0], lw, lh)
@@ -406,7 +406,7 @@ def critical_regularization(
     >>> critical_regularization([30, 20, 3, 1]).round(6).tolist()
     [0.007716, 0.005144, 0.000772, 0.000257]
     """
-    host_counts = _check_counts(counts)
+    host_counts = check_counts(counts)
     xp, device, dtype = _resolve_backend(counts, xp, device, dtype)
     k = host_counts.shape[0]
     n_total = float(host_counts.sum())
@@ -443,7 +443,7 @@ def min_samples_to_survive(counts: Any, k: int, lambda_w: float, lambda_h: float
     >>> min_samples_to_survive([5000, 2000, 500, 100, 20], 4, 5e-3, 1e-3)
     401
     """
-    host_counts = _check_counts(counts)
+    host_counts = check_counts(counts)
     num_classes = host_counts.shape[0]
     if isinstance(k, bool) or not isinstance(k, numbers.Integral):
         msg = f"`k` must be an integer class index; got {k!r}"
@@ -573,40 +573,6 @@ def _excess(
             excess[i] = float(value)
             alive[i] = value > 0
     return excess, alive
-
-
-def _check_counts(counts: Any) -> np.ndarray:
-    """Counts as a host int64 vector; positive integers, at least two classes."""
-    if isinstance(counts, (str, bytes)):
-        msg = f"`counts` must be a sequence of positive integers; got {counts!r}"
-        raise TypeError(msg)
-    try:
-        host = to_host(counts) if compat.is_array_api_obj(counts) else np.asarray(counts)
-    except (TypeError, ValueError) as err:
-        msg = f"`counts` must be a sequence of positive integers; got {counts!r}"
-        raise TypeError(msg) from err
-    if host.dtype == np.bool_ or not (
-        np.issubdtype(host.dtype, np.integer) or np.issubdtype(host.dtype, np.floating)
-    ):
-        msg = f"`counts` must hold integers; got dtype {host.dtype} from {counts!r}"
-        raise TypeError(msg)
-    if host.ndim != 1:
-        msg = f"`counts` must be 1-D (one count per class); got shape {host.shape}"
-        raise ValueError(msg)
-    if host.shape[0] < 2:
-        msg = f"`counts` must describe at least 2 classes; got {host.shape[0]}"
-        raise ValueError(msg)
-    if np.issubdtype(host.dtype, np.floating):
-        whole = np.isfinite(host) & (host == np.round(host))
-        if not whole.all():
-            i = int(np.flatnonzero(~whole)[0])
-            msg = f"`counts` must be positive integers; got {host[i].item()!r} at index {i}"
-            raise ValueError(msg)
-    if (host < 1).any():
-        i = int(np.flatnonzero(host < 1)[0])
-        msg = f"`counts` must be positive integers (>= 1); got {host[i].item()!r} at index {i}"
-        raise ValueError(msg)
-    return host.astype(np.int64)
 
 
 def _check_dim(dim: Any, num_alive: int) -> int:

@@ -298,15 +298,20 @@ def test_float32_default_tolerance():
 @pytest.mark.parametrize(
     ("args", "kwargs", "error", "match"),
     [
-        (([3, 0, 2], 1e-2, 1e-2, 3), {}, ValueError, r"`counts` must be positive integers; got 0"),
+        (
+            ([3, 0, 2], 1e-2, 1e-2, 3),
+            {},
+            ValueError,
+            r"`counts` must be positive integers \(>= 1\); got 0 at index 1",
+        ),
         (
             ([3, 2.5], 1e-2, 1e-2, 3),
             {},
             ValueError,
-            r"`counts` must be positive integers; got 2.5",
+            r"`counts` must be positive integers; got 2\.5 at index 1",
         ),
         (([3, -1], 1e-2, 1e-2, 3), {}, ValueError, r"`counts` must be positive integers"),
-        ((["a", "b"], 1e-2, 1e-2, 3), {}, ValueError, r"`counts` must be positive integers"),
+        ((["a", "b"], 1e-2, 1e-2, 3), {}, TypeError, r"`counts` must hold integers"),
         (
             ([5], 1e-2, 1e-2, 3),
             {},
