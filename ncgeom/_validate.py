@@ -17,6 +17,7 @@ __all__ = [
     "check_columns",
     "check_counts",
     "check_features",
+    "check_float_dtype",
     "check_integer",
     "check_labels",
     "check_nonnegative",
@@ -220,3 +221,17 @@ def check_counts(counts: Any) -> np.ndarray:
         msg = f"`counts` must be positive integers (>= 1); got {host[i].item()!r} at index {i}"
         raise ValueError(msg)
     return host.astype(np.int64)
+
+
+def check_float_dtype(dtype: Any, xp: ModuleType) -> Any:
+    """`dtype` if it is a real floating dtype of `xp`; float64 for None; else TypeError."""
+    if dtype is None:
+        return xp.float64
+    try:
+        floating = xp.isdtype(dtype, "real floating")
+    except (TypeError, ValueError, AttributeError):
+        floating = False
+    if not floating:
+        msg = f"`dtype` must be a real floating dtype of {xp.__name__}; got {dtype!r}"
+        raise TypeError(msg)
+    return dtype

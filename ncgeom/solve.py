@@ -19,6 +19,7 @@ import numpy as np
 from ._array import array_device, resolve_namespace, segment_sum, to_host
 from ._validate import (
     check_counts,
+    check_float_dtype,
     check_nonnegative,
     check_positive,
     check_positive_int,
@@ -223,10 +224,7 @@ def solve_ufm(
     restarts = check_positive_int(restarts, "restarts")
     max_iter = check_positive_int(max_iter, "max_iter")
     xp = resolve_namespace(xp)
-    dtype = xp.float64 if dtype is None else dtype
-    if not xp.isdtype(dtype, "real floating"):
-        msg = f"`dtype` must be a real floating dtype; got {dtype}"
-        raise TypeError(msg)
+    dtype = check_float_dtype(dtype, xp)
     if tol is None:
         tol = 1e-10 if dtype == xp.float64 else 1e-5
     tol = check_positive(tol, "tol")

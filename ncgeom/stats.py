@@ -34,7 +34,7 @@ from ._array import (
     segment_count,
     segment_sum,
 )
-from ._validate import check_batch, check_num_classes, check_positive_int
+from ._validate import check_batch, check_float_dtype, check_num_classes, check_positive_int
 
 __all__ = ["ClassStats", "merge_stats"]
 
@@ -126,11 +126,7 @@ class ClassStats:
         num_classes = check_num_classes(num_classes)
         dim = check_positive_int(dim, "dim")
         xp = resolve_namespace(xp)
-        dtype = xp.float64 if dtype is None else dtype
-        if not xp.isdtype(dtype, "real floating"):
-            msg = f"`dtype` must be a real floating dtype; got {dtype}"
-            raise TypeError(msg)
-        dtype = accumulation_dtype(xp, dtype)
+        dtype = accumulation_dtype(xp, check_float_dtype(dtype, xp))
         zeros = functools.partial(xp.zeros, dtype=dtype, device=device)
         return cls(
             counts=xp.zeros(num_classes, dtype=xp.int64, device=device),

@@ -26,7 +26,7 @@ import array_api_compat as compat
 import numpy as np
 
 from ._array import to_host
-from ._validate import check_counts, check_integer, check_weight_decay
+from ._validate import check_counts, check_float_dtype, check_integer, check_weight_decay
 
 __all__ = [
     "UFMOptimum",
@@ -618,13 +618,4 @@ def _resolve_backend(
         except (AttributeError, TypeError) as err:
             msg = f"`xp` must be an array-API namespace; got {xp!r}"
             raise TypeError(msg) from err
-    if dtype is None:
-        dtype = xp.float64
-    try:
-        floating = xp.isdtype(dtype, "real floating")
-    except (TypeError, ValueError, AttributeError):
-        floating = False
-    if not floating:
-        msg = f"`dtype` must be a real floating dtype of {xp.__name__}; got {dtype!r}"
-        raise TypeError(msg)
-    return xp, device, dtype
+    return xp, device, check_float_dtype(dtype, xp)

@@ -207,3 +207,12 @@ def test_update_checks_dimension_and_chunk_size():
         ClassStats.from_features(GOOD_X, GOOD_Y, 2, chunk_size=0)
     with pytest.raises(ValueError, match="`dim` must be a positive integer; got 0"):
         ClassStats.empty(2, 0)
+
+
+def test_a_non_floating_dtype_is_refused_by_name():
+    from ncgeom.solve import solve_ufm
+
+    with pytest.raises(TypeError, match=r"`dtype` must be a real floating dtype of .*; got"):
+        ClassStats.empty(2, 3, dtype=np.int64)
+    with pytest.raises(TypeError, match=r"`dtype` must be a real floating dtype of .*; got"):
+        solve_ufm([3, 2], 1e-2, 1e-2, 3, dtype=np.int32)
