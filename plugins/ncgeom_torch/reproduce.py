@@ -1,0 +1,867 @@
+"""``ncgeom reproduce``: the theorem's predictions tested in trained networks, offline.
+
+Networks with ReLU penultimate features and a bias-free last layer are
+trained on imbalanced subsets of two offline data sets (scikit-learn's
+digits with an MLP, MNIST-1D with a small 1-D CNN; see
+`ncgeom_torch.reproduce_data`) by SGD with momentum on the UFM+ objective
+
+    f = (1/N) sum_i CE(W h_i, y_i) + (lambda_W/2)||W||_F^2 + (lambda_H/2) sum_i ||h_i||^2,
+
+the objective whose global minimiser `ncgeom.theory.ufm_relu_optimum`
+describes (the feature penalty sums over all N samples; a mini-batch of B
+samples carries it scaled by N/B, see `ncgeom_torch.ufm_penalty`). The
+backbone's own weights are not decayed, so training minimises exactly f
+over the network's parameters. The feature penalty is ramped in linearly
+over the first `RunSpec.warmup` fraction of the epochs (see the docs for the
+controlled experiment that shows why).
+
+Experiments:
+
+(a) NC1, NC2_H, NC2_WWT, NC3_WH, orthogonality and the gap to f* over epochs,
+    for each imbalance profile; a plain weight-decay run (no feature penalty)
+    beside them.
+(b) Measured against predicted Gram of the class means, per-class norms and
+    margins, for the most imbalanced run.
+(c) The minority-collapse threshold: a sweep of lambda = lambda_W = lambda_H
+    across the predicted critical value of the minority classes.
+(d) The UFM itself: `ncgeom.solve.solve_ufm` on free features at the same
+    counts and lambdas, against the closed form.
+
+A controlled experiment repeats the most imbalanced run without the ramp,
+everything else equal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from ncgeom._json import jsonable
+from ncgeom._progress import Progress
+from ncgeom.cli import Command
+
+from .reproduce_data import build_model, imbalance_counts, load_pool, training_subset
+
+__all__ = [
+    "PRESETS",
+    "Preset",
+    "RunSpec",
+    "command",
+    "run_reproduce",
+    "sweep_agreement",
+    "train_run",
+]
+
+#: Fraction of the largest alive norm below which a class counts as collapsed.
+COLLAPSE_FLOOR = 0.05
+#: Factor in lambda_W * lambda_H away from a class's critical value beyond which
+#: the prediction for that class is "clear" (and the 80% criterion applies).
+CLEAR_FACTOR = 4.0
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run.
+
+    Attributes
+    ----------
+    name : str
+        Label in the report, e.g. ``"digits step rho=10"``.
+    dataset : {"digits", "mnist1d"}
+    profile : {"balanced", "step", "longtail"}
+    ratio : float
+        Imbalance ratio rho (1 when balanced).
+    counts : tuple of int
+        Training samples per class.
+    lambda_w, lambda_h : float
+        Regularisation of the UFM+ objective. In the ``plain`` setting
+        `lambda_w` is the SGD weight decay of every parameter and
+        `lambda_h` is 0 (no feature penalty).
+    setting : {"ufm", "plain"}
+        ``ufm``: cross-entropy + the UFM+ regulariser; ``plain``: cross-entropy
+        + weight decay on all parameters.
+    epochs, batch_size : int
+        Passes over the training set, and samples a step (0: full batch).
+    lr : float
+        Peak learning rate (SGD, momentum 0.9, cosine decay to 0).
+    warmup : float
+        Fraction of the epochs over which the feature penalty ramps from 0 to
+        `lambda_h` (0: on from the first step).
+    width : int
+        Feature dimension d.
+    evals : int
+        Evaluations over training (evenly spaced, plus the first epoch).
+    seed : int
+        Seed of the initialisation, the subset and the batch order.
+    """
+
+    name: str
+    dataset: str
+    profile: str
+    ratio: float
+    counts: tuple[int, ...]
+    lambda_w: float
+    lambda_h: float
+    setting: str = "ufm"
+    epochs: int = 1500
+    batch_size: int = 0
+    lr: float = 0.2
+    warmup: float = 0.3
+    width: int = 128
+    evals: int = 15
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Settings of one preset of ``ncgeom reproduce``.
+
+    Attributes
+    ----------
+    name : str
+    digits_head, mnist1d_head : int
+        Samples of the largest class.
+    digits_profiles, mnist1d_profiles : tuple of (profile, ratio)
+        Imbalance profiles trained for experiment (a) (empty: skip the data set).
+    digits_lambda, mnist1d_lambdas : float, (float, float)
+        lambda_W = lambda_H of the digits runs; (lambda_W, lambda_H) of MNIST-1D.
+    digits_epochs, mnist1d_epochs : int
+    mnist1d_batch : int
+    width : int
+    plain_weight_decay : float
+        Weight decay of the plain run (0: no plain run).
+    controlled : bool
+        Repeat the most imbalanced digits run without the penalty ramp.
+    sweep_head, sweep_ratio : int, float
+        Counts of the threshold sweep: a step profile on digits.
+    sweep_factors : tuple of float
+        Sweep points, as multiples of the critical lambda of the minority classes.
+    sweep_epochs : int
+    seeds : int
+        Seeds of each run and sweep point (seed, seed + 1, ...).
+    """
+
+    name: str
+    digits_head: int = 170
+    digits_profiles: tuple[tuple[str, float], ...] = (
+        ("balanced", 1.0),
+        ("step", 10.0),
+        ("step", 100.0),
+        ("longtail", 10.0),
+        ("longtail", 100.0),
+    )
+    digits_lambda: float = 5e-4
+    digits_epochs: int = 1500
+    mnist1d_head: int = 500
+    mnist1d_profiles: tuple[tuple[str, float], ...] = (("step", 10.0),)
+    mnist1d_lambdas: tuple[float, float] = (5e-3, 1e-5)
+    mnist1d_epochs: int = 60
+    mnist1d_batch: int = 128
+    width: int = 128
+    plain_weight_decay: float = 5e-4
+    controlled: bool = True
+    sweep_head: int = 170
+    sweep_ratio: float = 10.0
+    sweep_factors: tuple[float, ...] = (0.35, 0.5, 0.75, 1.25, 2.0, 2.8)
+    sweep_epochs: int = 1000
+    seeds: int = 1
+    evals: int = 15
+
+
+PRESETS: dict[str, Preset] = {
+    "quick": Preset("quick"),
+    "full": Preset(
+        "full",
+        digits_epochs=4000,
+        mnist1d_head=2000,
+        mnist1d_profiles=(
+            ("balanced", 1.0),
+            ("step", 10.0),
+            ("step", 100.0),
+            ("longtail", 10.0),
+            ("longtail", 100.0),
+        ),
+        mnist1d_epochs=100,
+        sweep_factors=(0.25, 0.35, 0.5, 0.6, 0.75, 0.9, 1.1, 1.25, 1.6, 2.0, 2.8),
+        sweep_epochs=3000,
+        seeds=3,
+        evals=20,
+    ),
+}
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _schedule_epochs(epochs: int, evals: int) -> set[int]:
+    step = max(1, epochs // max(evals, 1))
+    return {1, epochs, *range(step, epochs + 1, step)}
+
+
+def train_run(
+    spec: RunSpec,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    device: str = "cpu",
+    tick: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Train one network and measure its geometry against the closed form.
+
+    Parameters
+    ----------
+    spec : RunSpec
+    x, y : ndarray
+        Training inputs (N, D) and labels (N,), with ``bincount(y) == spec.counts``.
+    device : str
+        Torch device.
+    tick : callable, optional
+        Called with the number of epochs done after every epoch.
+
+    Returns
+    -------
+    dict
+        The run's entry of ``report.json``: the spec, ``epochs``,
+        ``train_accuracy``, ``objective`` (the UFM+ objective on the whole
+        training set; the plain run's own objective there), ``optimum`` (f*;
+        None for the plain run), the final metrics, per-class norms and
+        margins, ``history`` and ``seconds``.
+
+    Examples
+    --------
+    >>> from ncgeom_torch.reproduce_data import imbalance_counts, load_pool, training_subset
+    >>> counts = tuple(imbalance_counts(20, "step", 4))
+    >>> x, y = training_subset(*load_pool("digits", 20), counts)
+    >>> spec = RunSpec("tiny", "digits", "step", 4.0, counts, 1e-3, 1e-3, epochs=5, width=16)
+    >>> run = train_run(spec, x, y)
+    >>> run["epochs"], len(run["history"]) > 1
+    (5, True)
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from ncgeom.theory import ufm_relu_optimum
+
+    from .regularizer import ufm_penalty
+
+    _check_spec(spec)
+    if np.bincount(y, minlength=len(spec.counts)).tolist() != list(spec.counts):
+        msg = f"`y` must hold spec.counts {list(spec.counts)} samples a class"
+        raise ValueError(msg)
+    torch.manual_seed(spec.seed)
+    dev = torch.device(device)
+    inputs = torch.as_tensor(x, device=dev)
+    labels = torch.as_tensor(y, device=dev)
+    num = len(y)
+    model = build_model(spec.dataset, spec.width, len(spec.counts)).to(dev)
+    body, classifier = model[0], model[1]
+    plain = spec.setting == "plain"
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=spec.lr,
+        momentum=0.9,
+        weight_decay=spec.lambda_w if plain else 0.0,
+    )
+    batch = num if spec.batch_size <= 0 else min(spec.batch_size, num)
+    steps_per_epoch = math.ceil(num / batch)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, spec.epochs * steps_per_epoch)
+    generator = torch.Generator().manual_seed(spec.seed)
+    theory = None if plain else ufm_relu_optimum(spec.counts, spec.lambda_w, spec.lambda_h)
+    evaluate_at = _schedule_epochs(spec.epochs, spec.evals)
+    history: list[dict[str, Any]] = []
+    warm_epochs = spec.warmup * spec.epochs
+    started = time.perf_counter()
+    for epoch in range(1, spec.epochs + 1):
+        ramp = 1.0 if warm_epochs <= 0 else min(1.0, (epoch - 1) / warm_epochs)
+        order = torch.randperm(num, generator=generator).to(dev) if batch < num else None
+        for start in range(0, num, batch):
+            rows = None if order is None else order[start : start + batch]
+            xb = inputs if rows is None else inputs[rows]
+            yb = labels if rows is None else labels[rows]
+            features = body(xb)
+            loss = F.cross_entropy(classifier(features), yb)
+            if not plain:
+                loss = loss + ufm_penalty(
+                    classifier.weight,
+                    features,
+                    lambda_w=spec.lambda_w,
+                    lambda_h=spec.lambda_h * ramp,
+                    num_samples=num,
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+        if epoch in evaluate_at:
+            history.append({"epoch": epoch, **_evaluate(spec, model, inputs, labels, theory)})
+        if tick is not None:
+            tick(epoch)
+    final = history[-1]
+    return {
+        "name": spec.name,
+        "dataset": spec.dataset,
+        "model": "mlp" if spec.dataset == "digits" else "cnn1d",
+        "profile": spec.profile,
+        "ratio": spec.ratio,
+        "setting": spec.setting,
+        "seed": spec.seed,
+        "counts": list(spec.counts),
+        "lambda_w": spec.lambda_w,
+        "lambda_h": spec.lambda_h,
+        "epochs": spec.epochs,
+        "batch_size": batch,
+        "lr": spec.lr,
+        "warmup": spec.warmup,
+        "width": spec.width,
+        "optimum": None if theory is None else float(theory.objective),
+        "predicted_alive": None if theory is None else theory.alive.tolist(),
+        "predicted_norms": None if theory is None else theory.feature_norms.tolist(),
+        "predicted_margins": None if theory is None else theory.margins.tolist(),
+        **{key: value for key, value in final.items() if key != "epoch"},
+        "history": history,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _evaluate(spec: RunSpec, model: Any, inputs: Any, labels: Any, theory: Any) -> dict[str, Any]:
+    """Metrics of the whole training set (eval pass, no gradients)."""
+    import torch
+    import torch.nn.functional as F
+
+    from .tracker import NCTracker
+
+    body, classifier = model[0], model[1]
+    with torch.no_grad():
+        features = torch.cat([body(chunk) for chunk in torch.split(inputs, 4096)])
+        logits = classifier(features)
+        cross_entropy = float(F.cross_entropy(logits, labels))
+        accuracy = float((logits.argmax(dim=1) == labels).double().mean())
+        weight = classifier.weight.double()
+        feats = features.double()
+        if spec.setting == "plain":
+            params = sum(float(p.double().pow(2).sum()) for p in model.parameters())
+            objective = cross_entropy + 0.5 * spec.lambda_w * params
+        else:
+            objective = (
+                cross_entropy
+                + 0.5 * spec.lambda_w * float(weight.pow(2).sum())
+                + 0.5 * spec.lambda_h * float(feats.pow(2).sum())
+            )
+        # per-class mean of the logits of the true class minus the best other one
+        true = logits.gather(1, labels[:, None])[:, 0]
+        other = logits.scatter(1, labels[:, None], float("-inf")).amax(dim=1)
+    tracker = NCTracker(len(spec.counts), dtype=torch.float64)
+    tracker.observe(features, labels)
+    lambdas = {} if theory is None else {"lambda_w": spec.lambda_w, "lambda_h": spec.lambda_h}
+    with warnings.catch_warnings():
+        # collapsed (zero) class means are an expected outcome here, not a misuse:
+        # the metrics they leave undefined are None in the report
+        warnings.simplefilter("ignore", UserWarning)
+        report = tracker.report(classifier, **lambdas).to_dict()
+    means = tracker.stats.means.double()
+    counts = torch.as_tensor(spec.counts, device=labels.device)
+    margin = torch.zeros(len(spec.counts), dtype=torch.float64, device=labels.device)
+    margin.index_add_(0, labels, (true - other).double())
+    return {
+        "train_accuracy": accuracy,
+        "cross_entropy": cross_entropy,
+        "objective": objective,
+        "gap": None if theory is None else objective / float(theory.objective) - 1.0,
+        "nc1": report.get("nc1"),
+        "gof_error": report.get("gof_error"),
+        "classifier_gram_error": report.get("classifier_gram_error"),
+        "logit_structure_error": report.get("logit_structure_error"),
+        "orthogonality_error": report.get("orthogonality_error"),
+        "etf_error": report.get("etf_error"),
+        "scaled_alignment_error": report.get("scaled_alignment_error"),
+        "measured_norms": means.norm(dim=1).tolist(),
+        "measured_margins": (margin / counts).tolist(),
+        "feature_gram": (means @ means.T).tolist(),
+    }
+
+
+def _check_spec(spec: RunSpec) -> None:
+    if spec.setting not in ("ufm", "plain"):
+        msg = f"`setting` must be 'ufm' or 'plain'; got {spec.setting!r}"
+        raise ValueError(msg)
+    for name in ("epochs", "width", "evals"):
+        value = getattr(spec, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            msg = f"`{name}` must be a positive integer; got {value!r}"
+            raise ValueError(msg)
+    if isinstance(spec.batch_size, bool) or not isinstance(spec.batch_size, int):
+        msg = f"`batch_size` must be an integer (0: full batch); got {spec.batch_size!r}"
+        raise ValueError(msg)
+    positive = ("lr", "lambda_w") if spec.setting == "plain" else ("lr", "lambda_w", "lambda_h")
+    for name in positive:
+        value = getattr(spec, name)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            msg = f"`{name}` must be a finite number > 0; got {value!r}"
+            raise ValueError(msg)
+    if not 0 <= spec.warmup < 1:
+        msg = f"`warmup` must lie in [0, 1); got {spec.warmup!r}"
+        raise ValueError(msg)
+
+
+# --------------------------------------------------------------------------- threshold sweep
+
+
+def sweep_agreement(
+    points: list[dict[str, Any]],
+    *,
+    clear_factor: float = CLEAR_FACTOR,
+    floor: float = COLLAPSE_FLOOR,
+) -> dict[str, Any]:
+    """How often the measured norms agree with the predicted alive/collapsed classes.
+
+    For each sweep point the reference is the largest measured norm among the
+    classes predicted alive (at points where no class is predicted alive, the
+    largest measured norm of the whole sweep). A class predicted to collapse
+    agrees when its measured mean norm is below ``floor * reference``; a class
+    predicted alive agrees when its norm is at least that. A (point, class)
+    pair is *clear* when ``lambda_w * lambda_h`` is at least `clear_factor`
+    times away from the class's critical product (either side), *near*
+    otherwise.
+
+    Parameters
+    ----------
+    points : list of dict
+        Sweep points with ``lambda_w``, ``lambda_h``, ``counts``,
+        ``predicted_alive`` and ``measured_norms``.
+    clear_factor, floor : float
+
+    Returns
+    -------
+    dict
+        ``clear`` and ``near``: ``pairs``, ``agree``, ``fraction`` (None
+        without pairs); ``pairs``: per pair ``point``, ``class``, ``ratio``
+        (product over critical), ``predicted_alive``, ``measured_fraction``
+        (norm over reference), ``agree``, ``clear``.
+
+    Examples
+    --------
+    >>> point = {"lambda_w": 0.1, "lambda_h": 0.1, "counts": [30, 20, 3, 1],
+    ...          "predicted_alive": [True, True, False, False],
+    ...          "measured_norms": [1.0, 1.2, 0.01, 0.3]}
+    >>> result = sweep_agreement([point])
+    >>> result["clear"]["pairs"], result["clear"]["agree"]
+    (4, 3)
+    """
+    from ncgeom.theory import critical_regularization
+
+    if not points:
+        msg = "`points` must hold at least one sweep point; got none"
+        raise ValueError(msg)
+    overall = max(max(p["measured_norms"]) for p in points)
+    pairs: list[dict[str, Any]] = []
+    for index, point in enumerate(points):
+        product = point["lambda_w"] * point["lambda_h"]
+        critical = np.asarray(critical_regularization(point["counts"]))
+        alive = [bool(a) for a in point["predicted_alive"]]
+        norms = [float(v) for v in point["measured_norms"]]
+        alive_norms = [v for v, a in zip(norms, alive, strict=True) if a]
+        reference = max(alive_norms) if alive_norms else overall
+        for k, (norm, predicted) in enumerate(zip(norms, alive, strict=True)):
+            ratio = product / float(critical[k])
+            fraction = norm / reference if reference > 0 else 0.0
+            agree = fraction >= floor if predicted else fraction < floor
+            clear = ratio >= clear_factor or ratio <= 1.0 / clear_factor
+            pairs.append(
+                {
+                    "point": index,
+                    "class": k,
+                    "ratio": ratio,
+                    "predicted_alive": predicted,
+                    "measured_fraction": fraction,
+                    "agree": bool(agree),
+                    "clear": bool(clear),
+                }
+            )
+
+    def tally(selected: list[dict[str, Any]]) -> dict[str, Any]:
+        agree = sum(p["agree"] for p in selected)
+        return {
+            "pairs": len(selected),
+            "agree": agree,
+            "fraction": agree / len(selected) if selected else None,
+        }
+
+    return {
+        "clear_factor": clear_factor,
+        "floor": floor,
+        "clear": tally([p for p in pairs if p["clear"]]),
+        "near": tally([p for p in pairs if not p["clear"]]),
+        "pairs": pairs,
+    }
+
+
+# --------------------------------------------------------------------------- UFM check
+
+
+def ufm_check(
+    counts: list[int], lambda_w: float, lambda_h: float, seed: int = 0
+) -> dict[str, Any]:
+    """Gradient-based minimisation of the UFM+ on free features, against the closed form.
+
+    Examples
+    --------
+    >>> check = ufm_check([30, 20, 3, 1], 2e-2, 2e-2)
+    >>> check["objective_gap"] < 1e-6, check["alive_agree"]
+    (True, True)
+    """
+    from ncgeom.solve import solve_ufm
+    from ncgeom.theory import ufm_relu_optimum
+
+    started = time.perf_counter()
+    opt = ufm_relu_optimum(counts, lambda_w, lambda_h)
+    solution = solve_ufm(counts, lambda_w, lambda_h, len(counts), seed=seed)
+    norms = np.linalg.norm(np.asarray(solution.means, dtype=np.float64), axis=1)
+    predicted = np.asarray(opt.feature_norms, dtype=np.float64)
+    scale = float(predicted.max()) if predicted.max() > 0 else 1.0
+    alive_solved = norms > 1e-6 * scale
+    return {
+        "counts": list(counts),
+        "lambda_w": lambda_w,
+        "lambda_h": lambda_h,
+        "objective": float(solution.objective),
+        "optimum": float(opt.objective),
+        "objective_gap": float(solution.objective) / float(opt.objective) - 1.0,
+        "norm_error": float(np.abs(norms - predicted).max() / scale),
+        "alive_agree": bool(np.array_equal(alive_solved, np.asarray(opt.alive))),
+        "converged": bool(solution.converged),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+# --------------------------------------------------------------------------- the suite
+
+
+def _plan(preset: Preset, seed: int) -> list[tuple[str, RunSpec]]:
+    """Every training run of a preset, in order: (experiment, spec)."""
+    plan: list[tuple[str, RunSpec]] = []
+    lam = preset.digits_lambda
+    most: RunSpec | None = None
+    for s in range(seed, seed + preset.seeds):
+        for profile, ratio in preset.digits_profiles:
+            counts = tuple(imbalance_counts(preset.digits_head, profile, ratio))
+            spec = RunSpec(
+                _name("digits", profile, ratio),
+                "digits",
+                profile,
+                ratio,
+                counts,
+                lam,
+                lam,
+                epochs=preset.digits_epochs,
+                width=preset.width,
+                evals=preset.evals,
+                seed=s,
+            )
+            plan.append(("a", spec))
+            if s == seed and (most is None or _imbalance(counts) > _imbalance(most.counts)):
+                most = spec
+        lw, lh = preset.mnist1d_lambdas
+        for profile, ratio in preset.mnist1d_profiles:
+            counts = tuple(imbalance_counts(preset.mnist1d_head, profile, ratio))
+            spec = RunSpec(
+                _name("mnist1d", profile, ratio),
+                "mnist1d",
+                profile,
+                ratio,
+                counts,
+                lw,
+                lh,
+                epochs=preset.mnist1d_epochs,
+                batch_size=preset.mnist1d_batch,
+                lr=0.1,
+                width=preset.width,
+                evals=preset.evals,
+                seed=s,
+            )
+            plan.append(("a", spec))
+    if most is not None and preset.plain_weight_decay > 0:
+        plan.append(
+            (
+                "plain",
+                replace(
+                    most,
+                    name=most.name + " plain weight decay",
+                    setting="plain",
+                    lambda_w=preset.plain_weight_decay,
+                    lambda_h=0.0,
+                    warmup=0.0,
+                ),
+            )
+        )
+    if most is not None and preset.controlled:
+        plan.append(("controlled", replace(most, name=most.name + " no ramp", warmup=0.0)))
+    counts = tuple(imbalance_counts(preset.sweep_head, "step", preset.sweep_ratio))
+    critical = _minority_lambda(counts)
+    for s in range(seed, seed + preset.seeds):
+        for factor in preset.sweep_factors:
+            lam_k = critical * factor
+            spec = RunSpec(
+                f"sweep lambda={lam_k:.3g}",
+                "digits",
+                "step",
+                preset.sweep_ratio,
+                counts,
+                lam_k,
+                lam_k,
+                epochs=preset.sweep_epochs,
+                width=preset.width,
+                evals=5,
+                seed=s,
+            )
+            plan.append(("sweep", spec))
+    return plan
+
+
+def _minority_lambda(counts: tuple[int, ...]) -> float:
+    """lambda = lambda_W = lambda_H at which the rarest class reaches its threshold."""
+    from ncgeom.theory import critical_regularization
+
+    return math.sqrt(float(np.min(np.asarray(critical_regularization(list(counts))))))
+
+
+def _imbalance(counts: tuple[int, ...]) -> float:
+    return max(counts) / min(counts) + 1e-3 * sum(c == min(counts) for c in counts)
+
+
+def _name(dataset: str, profile: str, ratio: float) -> str:
+    return (
+        f"{dataset} {profile}" if profile == "balanced" else f"{dataset} {profile} rho={ratio:g}"
+    )
+
+
+class _Reporter:
+    """Progress over all runs: a bar on a terminal, else a log line every 5%."""
+
+    def __init__(self, total: int, stream: TextIO | None = None, enabled: bool = True) -> None:
+        self.total = max(total, 1)
+        self.stream = sys.stderr if stream is None else stream
+        self.enabled = enabled
+        self.bar = Progress(self.total, self.stream) if enabled else None
+        self.done = 0
+        self.logged = -1
+        self.label = ""
+        self.started = time.perf_counter()
+
+    def start(self, label: str) -> None:
+        self.label = label
+
+    def advance(self, amount: int = 1) -> None:
+        self.done += amount
+        if not self.enabled or self.bar is None:
+            return
+        if self.bar.active:
+            self.bar.update(self.done, self.label)
+            return
+        percent = 100 * self.done // self.total
+        if percent // 5 > self.logged:
+            self.logged = percent // 5
+            elapsed = time.perf_counter() - self.started
+            self.stream.write(f"[{percent:3d}%] {elapsed:6.0f} s  {self.label}\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_reproduce(
+    preset: str | Preset = "quick",
+    *,
+    out: str | Path = "ncgeom-reproduce",
+    seed: int = 0,
+    device: str = "cpu",
+    plots: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run every experiment of a preset and write ``report.json``, ``report.md`` and figures.
+
+    Parameters
+    ----------
+    preset : {"quick", "full"} or Preset
+    out : str or Path
+        Output folder (created if needed).
+    seed : int
+        First seed; the full preset also uses the next ones.
+    device : str
+        Torch device, e.g. ``"cuda"``.
+    plots : bool
+        Write the PNG figures (needs matplotlib).
+    progress : bool
+        Show progress on stderr.
+
+    Returns
+    -------
+    dict
+        The content of ``report.json``: ``preset``, ``seed``, ``device``,
+        ``runs``, ``threshold_sweep``, ``sweep_agreement``, ``ufm``,
+        ``controlled``, ``seconds``, ``files``.
+
+    Examples
+    --------
+    >>> tiny = Preset("tiny", digits_head=12, digits_profiles=(("step", 4.0),),
+    ...               digits_epochs=3, mnist1d_profiles=(), width=16, controlled=False,
+    ...               plain_weight_decay=0, sweep_head=12, sweep_factors=(0.5,), sweep_epochs=3)
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     summary = run_reproduce(tiny, out=tmp, plots=False, progress=False)
+    >>> len(summary["runs"]), len(summary["threshold_sweep"])
+    (1, 1)
+    """
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            msg = f"`preset` must be one of {tuple(PRESETS)}; got {preset!r}"
+            raise ValueError(msg)
+        preset = PRESETS[preset]
+    if not isinstance(preset, Preset):
+        msg = f"`preset` must be a preset name or a Preset; got {type(preset).__name__}"
+        raise TypeError(msg)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        msg = f"`seed` must be a non-negative integer; got {seed!r}"
+        raise ValueError(msg)
+    import torch
+
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        msg = f"`device` must be a torch device such as 'cpu' or 'cuda'; got {device!r}"
+        raise ValueError(msg) from err
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        msg = f"`device` {device!r} asks for CUDA, which this torch build does not see"
+        raise ValueError(msg)
+
+    plan = _plan(preset, seed)
+    pools: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    reporter = _Reporter(sum(spec.epochs for _, spec in plan), enabled=progress)
+    started = time.perf_counter()
+    results: dict[str, list[dict[str, Any]]] = {
+        "a": [],
+        "plain": [],
+        "controlled": [],
+        "sweep": [],
+    }
+    for experiment, spec in plan:
+        if spec.dataset not in pools:
+            head = preset.mnist1d_head if spec.dataset == "mnist1d" else max(spec.counts)
+            pools[spec.dataset] = load_pool(spec.dataset, head, seed=seed)
+        x, y = training_subset(*pools[spec.dataset], spec.counts, seed=spec.seed)
+        reporter.start(spec.name)
+        done = reporter.done
+        run = train_run(spec, x, y, device=device, tick=lambda e, d=done: _tick(reporter, d, e))
+        run["experiment"] = experiment
+        results[experiment].append(run)
+    reporter.close()
+
+    sweep = [_sweep_point(run) for run in results["sweep"]]
+    agreement = sweep_agreement(sweep) if sweep else None
+    checks = []
+    seen: set[tuple[Any, ...]] = set()
+    for run in results["a"]:
+        key = (tuple(run["counts"]), run["lambda_w"], run["lambda_h"])
+        if key not in seen:
+            seen.add(key)
+            checks.append({"run": run["name"], **ufm_check(*key[:1], *key[1:], seed=seed)})
+    summary: dict[str, Any] = {
+        "preset": preset.name,
+        "seed": seed,
+        "device": device,
+        "torch": torch.__version__,
+        "runs": results["a"] + results["plain"] + results["controlled"],
+        "threshold_sweep": sweep,
+        "sweep_agreement": agreement,
+        "ufm": checks,
+        "seconds": time.perf_counter() - started,
+    }
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / "report.json", out / "report.md"]
+    if plots:
+        from .reproduce_plots import write_figures
+
+        files += write_figures(out, summary)
+    summary["files"] = [str(path) for path in files]
+    from .reproduce_report import markdown
+
+    files[0].write_text(json.dumps(jsonable(summary), indent=1) + "\n")
+    files[1].write_text(markdown(summary))
+    return summary
+
+
+def _tick(reporter: _Reporter, base: int, epoch: int) -> None:
+    reporter.advance(base + epoch - reporter.done)
+
+
+def _sweep_point(run: dict[str, Any]) -> dict[str, Any]:
+    from ncgeom.theory import critical_regularization
+
+    return {
+        "lambda_w": run["lambda_w"],
+        "lambda_h": run["lambda_h"],
+        "counts": run["counts"],
+        "seed": run["seed"],
+        "critical_products": np.asarray(critical_regularization(run["counts"])).tolist(),
+        "predicted_alive": run["predicted_alive"],
+        "measured_norms": run["measured_norms"],
+        "predicted_norms": run["predicted_norms"],
+        "train_accuracy": run["train_accuracy"],
+        "objective": run["objective"],
+        "optimum": run["optimum"],
+        "epochs": run["epochs"],
+    }
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--preset",
+        choices=tuple(PRESETS),
+        default="quick",
+        help="quick: minutes on a laptop CPU; full: more seeds, longer training",
+    )
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    parser.add_argument("--out", default="ncgeom-reproduce", help="output folder")
+    parser.add_argument("--seed", type=int, default=0, help="first seed")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+
+
+def _run(args: argparse.Namespace) -> int:
+    summary = run_reproduce(
+        args.preset,
+        out=args.out,
+        seed=args.seed,
+        device=args.device,
+        plots=not args.no_plots,
+    )
+    agreement = summary["sweep_agreement"]
+    if agreement is not None and agreement["clear"]["fraction"] is not None:
+        print(
+            f"threshold sweep: {agreement['clear']['agree']}/{agreement['clear']['pairs']} "
+            f"clear (point, class) pairs agree with the prediction"
+        )
+    print(f"{len(summary['runs'])} runs in {summary['seconds']:.0f} s")
+    print("wrote " + ", ".join(summary["files"]))
+    return 0
+
+
+#: The ``ncgeom reproduce`` subcommand (entry point ``ncgeom.commands: reproduce``).
+command = Command(
+    "train networks on imbalanced data offline and test the theorem's predictions",
+    _add_arguments,
+    _run,
+)
