@@ -18,6 +18,7 @@ __all__ = [
     "accumulation_dtype",
     "array_device",
     "backend_name",
+    "detach",
     "gather_rows",
     "has_native_segment_sum",
     "namespace",
@@ -93,6 +94,14 @@ def resolve_namespace(xp: ModuleType | None) -> ModuleType:
 def array_device(x: Array) -> Any:
     """The device an array lives on."""
     return compat.device(x)
+
+
+def detach(x: Array) -> Array:
+    """`x` without its autograd history (a torch tensor that requires grad);
+    any other array as it is. Statistics never keep a training step's graph."""
+    if compat.is_torch_array(x) and x.requires_grad:
+        return x.detach()
+    return x
 
 
 def backend_name(xp: ModuleType) -> str:

@@ -10,19 +10,21 @@ device.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from ._array import array_device, namespace, to_host
-from ._validate import check_features
+from ._array import array_device, detach, namespace, to_host
+from ._validate import check_features, check_positive_int
 from .stats import ClassStats, chunk_rows, row_chunks
 
 __all__ = [
     "GLOBAL_MEANS",
     "NCCAgreement",
+    "NearestCentre",
+    "PAIR_METRICS",
     "cdnv",
     "equiangularity",
     "equinorm",
@@ -30,6 +32,7 @@ __all__ = [
     "nc1",
     "ncc_agreement",
     "orthogonality_error",
+    "pair_metrics",
     "scaled_alignment_error",
     "self_duality_error",
 ]
@@ -39,22 +42,25 @@ Array = Any
 #: Accepted values of the `global_mean` option.
 GLOBAL_MEANS = ("samples", "classes")
 
-#: Entries of a (rows, K) block of a pair matrix computed at once.
-PAIR_BLOCK_ELEMENTS = 2**22
-
 
 @dataclass(frozen=True)
 class Classes:
-    """The populated classes of a `ClassStats`, as every metric sees them."""
+    """The populated classes of a `ClassStats`, as every metric sees them.
+
+    Means, centre and variances are in units of the statistics' `scale`, so
+    their squares stay in range: every metric here is scale-invariant.
+    """
 
     xp: ModuleType
-    stats: ClassStats
+    stats: ClassStats | None
     index: tuple[int, ...]
     excluded: tuple[int, ...]
     host_counts: tuple[int, ...]  # (K,) all classes, on the host
     counts: Array  # (K',) float
     means: Array  # (K', d)
     global_mean: Array  # (d,)
+    variances: Array | None  # (K',)
+    device: Any = None
 
     @property
     def size(self) -> int:
@@ -66,7 +72,42 @@ class Classes:
 
     def take(self, rows: Array) -> Array:
         """Rows of a (K, ...) array that belong to the populated classes."""
-        return _take_rows(rows, self.index, self.excluded, self.xp, self.stats.device)
+        return _take_rows(rows, self.index, self.excluded, self.xp, self.device)
+
+    def flags(self) -> dict[str, Array]:
+        """0-d boolean arrays (no host read) that mark degenerate geometry.
+
+        ``between``: the centred means are zero or below rounding (dead
+        features, all class means equal): every metric of the between-class
+        spread is undefined. ``means``: every class mean is zero.
+        """
+        xp = self.xp
+        eps = xp.finfo(self.means.dtype).eps
+        largest_mean = xp.max(xp.vecdot(self.means, self.means))
+        largest_centred = xp.max(xp.vecdot(self.centred, self.centred))
+        return {
+            "between": largest_centred <= (16 * eps) ** 2 * largest_mean,
+            "means": largest_mean == 0,
+        }
+
+
+#: Why a metric is undefined, by flag of `Classes.flags` (and of `pair_metrics`).
+DEGENERATE_REASONS = {
+    "between": "the class means coincide (between-class spread zero or below rounding)",
+    "means": "every class mean is zero (dead features)",
+    "coincident": "two class means coincide (their distance is below rounding)",
+}
+#: The flags that make each metric undefined.
+DEGENERATE_METRICS = {
+    "nc1": ("between",),
+    "cdnv": ("between", "coincident"),
+    "etf_error": ("between",),
+    "equinorm": ("between",),
+    "equiangularity": ("between",),
+    "orthogonality_error": ("means",),
+    "self_duality_error": ("between",),
+    "scaled_alignment_error": ("means",),
+}
 
 
 def _take_rows(
@@ -77,18 +118,46 @@ def _take_rows(
     return xp.take(rows, xp.asarray(index, dtype=xp.int64, device=device), axis=0)
 
 
-def populated(stats: ClassStats, global_mean: str = "samples", *, warn: bool = True) -> Classes:
-    """Restrict statistics to classes with samples (one host read of the counts)."""
-    if not isinstance(stats, ClassStats):
-        msg = f"`stats` must be a ClassStats; got {type(stats).__name__}"
-        raise TypeError(msg)
+def check_global_mean(global_mean: str) -> str:
+    """`global_mean` must be one of `GLOBAL_MEANS`."""
     if global_mean not in GLOBAL_MEANS:
         msg = f"`global_mean` must be one of {GLOBAL_MEANS}; got {global_mean!r}"
         raise ValueError(msg)
-    xp = stats.xp
-    host_counts = to_host(stats.counts)
-    index = tuple(int(k) for k in range(stats.num_classes) if host_counts[k] > 0)
-    excluded = tuple(int(k) for k in range(stats.num_classes) if host_counts[k] == 0)
+    return global_mean
+
+
+def class_view(
+    counts: Array,
+    means: Array,
+    variances: Array | None = None,
+    global_mean: str = "samples",
+    *,
+    stats: ClassStats | None = None,
+    warn: bool = True,
+    what: str = "statistics",
+) -> Classes:
+    """The populated classes of class `counts` (K,) and scaled `means` (K, d).
+
+    One host read: the counts, and whether the means are finite (`what`
+    names their source in the error otherwise). Classes without samples are
+    left out, with a warning that names them; at least two classes must have
+    samples.
+    """
+    check_global_mean(global_mean)
+    xp = namespace(counts=counts, means=means)
+    device = array_device(means)
+    present = (counts > 0)[:, None]
+    finite = xp.all(xp.isfinite(means) | ~present)
+    host = to_host(xp.concat([counts, xp.reshape(xp.astype(finite, xp.int64), (1,))]))
+    host_counts = host[:-1]
+    if not host[-1]:
+        msg = (
+            f"the class means of the {what} are not finite: the {what} hold NaN or Inf "
+            "(check_finite=False skipped the check that would have located them)"
+        )
+        raise ValueError(msg)
+    index = tuple(int(k) for k in range(means.shape[0]) if host_counts[k] > 0)
+    excluded = tuple(int(k) for k in range(means.shape[0]) if host_counts[k] == 0)
     if len(index) < 2:
         msg = (
             f"the metrics need at least two classes with samples; got {len(index)} "
@@ -103,16 +172,51 @@ def populated(stats: ClassStats, global_mean: str = "samples", *, warn: bool = T
         )
 
     def take(rows: Array) -> Array:
-        return _take_rows(rows, index, excluded, xp, stats.device)
+        return _take_rows(rows, index, excluded, xp, device)
 
-    counts = xp.astype(take(stats.counts), stats.dtype)
-    means = take(stats.shift + stats.offsets)
+    n = xp.astype(take(counts), means.dtype)
+    kept = take(means)
+    host = tuple(int(c) for c in host_counts)
+    spread = None if variances is None else take(variances)
+    view = Classes(xp, stats, index, excluded, host, n, kept, kept[0, ...], spread, device)
+    return dataclasses.replace(view, global_mean=centre_of(view, global_mean))
+
+
+def centre_of(view: Classes, global_mean: str) -> Array:
+    """The centre of the between-class spread: the mean of all samples, or of the class means."""
+    xp = view.xp
     if global_mean == "samples":
-        centre = (counts @ means) / xp.sum(counts)
-    else:
-        centre = xp.mean(means, axis=0)
-    host = tuple(int(n) for n in host_counts)
-    return Classes(xp, stats, index, excluded, host, counts, means, centre)
+        return (view.counts @ view.means) / xp.sum(view.counts)
+    return xp.mean(view.means, axis=0)
+
+
+def populated(stats: ClassStats, global_mean: str = "samples", *, warn: bool = True) -> Classes:
+    """Restrict statistics to classes with samples (one host read of the counts)."""
+    if not isinstance(stats, ClassStats):
+        msg = f"`stats` must be a ClassStats; got {type(stats).__name__}"
+        raise TypeError(msg)
+    check_global_mean(global_mean)
+    return class_view(
+        stats.counts,
+        stats.scaled_means,
+        stats.scaled_variances(),
+        global_mean,
+        stats=stats,
+        warn=warn,
+    )
+
+
+def _undefined(value: Array, view: Classes, name: str, extra: dict[str, Array] | None = None):
+    """`value`, or NaN where the geometry leaves metric `name` undefined (no host read)."""
+    xp = view.xp
+    flags = {**view.flags(), **(extra or {})}
+    bad = None
+    for flag in DEGENERATE_METRICS.get(name, ()):
+        if flag in flags:
+            bad = flags[flag] if bad is None else bad | flags[flag]
+    if bad is None:
+        return value
+    return xp.where(bad, xp.asarray(xp.nan, dtype=value.dtype, device=view.device), value)
 
 
 # ----------------------------------------------------------------------------- NC1
@@ -155,6 +259,7 @@ def nc1(stats: ClassStats, *, global_mean: str = "samples") -> Array:
     ``Sigma_B = (1/K) sum_k (mu_k - mu_G)(mu_k - mu_G)^T``. Singular values of
     Sigma_B at most ``max(d, K) * eps * largest`` count as zero. Computed inside
     the span of the centred means (rank <= K - 1): no (d, d) pseudo-inverse.
+    NaN when the class means coincide (see `ncgeom.nc_report` for the reason).
     Needs statistics with the Gram (streamed or `ClassStats.from_features`);
     for in-memory features without a Gram use `ncgeom.nc_report`.
 
@@ -174,12 +279,13 @@ def nc1(stats: ClassStats, *, global_mean: str = "samples") -> Array:
     >>> round(float(metrics.nc1(stats)), 6)
     0.034483
     """
-    return _nc1(populated(stats, global_mean))
+    view = populated(stats, global_mean)
+    return _undefined(_nc1(view), view, "nc1")
 
 
 def _nc1(view: Classes) -> Array:
     stats = view.stats
-    if stats.gram is None:
+    if stats is None or stats.gram is None:
         msg = (
             "nc1 needs the within-class Gram: build the statistics with gram=True, "
             "or pass in-memory (features, labels) to nc_report"
@@ -187,32 +293,136 @@ def _nc1(view: Classes) -> Array:
         raise ValueError(msg)
     xp = view.xp
     basis, weights = between_basis(view.centred, xp)
-    along = xp.sum(basis * (stats.within_scatter() @ basis), axis=0)
+    along = xp.sum(basis * (stats.scaled_scatter() @ basis), axis=0)
     return nc1_from_scatter(along, weights, xp.astype(stats.num_samples, stats.dtype))
 
 
 # ----------------------------------------------------------------------------- pairs
-def pair_mean(
-    view: Classes, block: Callable[[int, int, Array], Array], chunk_rows: int | None = None
-) -> Array:
-    """Mean over class pairs k < l of a pair matrix, block by block.
+#: Entries of one (rows, K) block of the pair matrices formed at once: small
+#: enough that the block stays in cache while every metric reads it.
+PAIR_BLOCK_ELEMENTS = 2**20
+#: The four metrics of class pairs, computed together by `pair_metrics`.
+PAIR_METRICS = ("cdnv", "etf_error", "equiangularity", "orthogonality_error")
 
-    ``block(lo, hi, mask)`` returns the rows ``lo:hi`` and columns ``lo:`` of
-    the pair matrix (only the upper triangle is ever formed); `mask` marks
-    the entries with l > k. Blocks bound the memory to about
-    `PAIR_BLOCK_ELEMENTS` entries whatever K is.
+
+def pair_block_rows(num: int, chunk_rows: int | None = None) -> int:
+    """Rows of the class-pair blocks: `chunk_rows` if given (>= 1), else about
+    `PAIR_BLOCK_ELEMENTS` entries per block."""
+    if chunk_rows is not None:
+        return check_positive_int(chunk_rows, "chunk_rows")
+    return max(1, PAIR_BLOCK_ELEMENTS // max(num, 1))
+
+
+def pair_metrics(
+    view: Classes, names: tuple[str, ...] = PAIR_METRICS, chunk_rows: int | None = None
+) -> tuple[dict[str, Array], dict[str, Array]]:
+    """CDNV, ETF error, equiangularity and orthogonality in one blocked pass.
+
+    Each (rows, K) block of the centred Gram ``Mc Mc^T`` is formed once (one
+    matrix product) and feeds CDNV, ETF error and equiangularity; orthogonality
+    takes the same block of the uncentred Gram (a second product: deriving it
+    from the centred one loses short means to rounding). Only the upper
+    triangle is formed; memory stays about `PAIR_BLOCK_ELEMENTS` entries
+    whatever K is.
+
+    Returns the metric values (0-d arrays, not yet masked for degenerate
+    geometry) and the flag ``coincident`` (two means closer than rounding).
     """
     xp, num = view.xp, view.size
-    device = view.stats.device
-    rows = chunk_rows or max(1, PAIR_BLOCK_ELEMENTS // num)
-    cols = xp.arange(num, device=device)
-    total = xp.zeros((), dtype=view.stats.dtype, device=device)
+    dtype, device = view.means.dtype, view.device
+    eps = xp.finfo(dtype).eps
+    centred, centre = view.centred, view.global_mean
+    sq = xp.vecdot(centred, centred)
+    zero = xp.zeros((), dtype=dtype, device=device)
+    totals = {name: zero for name in names}
+    coincident = xp.zeros((), dtype=xp.bool, device=device)
+    if "cdnv" in names:
+        variances = view.variances
+    if "equiangularity" in names:
+        inv_c = _inverse_norms(sq, xp)
+        offset = 1 / (num - 1)
+    if "orthogonality_error" in names:
+        means = view.means
+        inv_m = _inverse_norms(xp.vecdot(means, means), xp)
+    if "etf_error" in names:
+        num_k, dim = centred.shape
+        small = centred.T @ centred if num_k > dim else centred @ centred.T
+        gram_norm = xp.linalg.matrix_norm(small)
+        safe_norm = xp.where(gram_norm > 0, gram_norm, xp.ones_like(gram_norm))
+        off_target = -1 / (num * (num - 1) ** 0.5)
+        diag_target = (1 - 1 / num) / (num - 1) ** 0.5
+        diag = sq / safe_norm - diag_target
+        totals["etf_error"] = xp.sum(diag * diag)
+    rows = pair_block_rows(num, chunk_rows)
     for lo in range(0, num - 1, rows):
         hi = min(lo + rows, num)
-        mask = cols[None, lo:] > cols[lo:hi, None]
-        values = block(lo, hi, mask)
-        total = total + xp.sum(xp.where(mask, values, xp.zeros_like(values)))
-    return total / (num * (num - 1) / 2)
+        # Entry (i, j) is the pair (lo + i, lo + j): columns past the block's
+        # own rows are all pairs l > k; the square part keeps its upper triangle.
+        gram = centred[lo:hi, ...] @ centred[lo:, ...].T
+        width = hi - lo
+        steps = xp.arange(width, device=device)
+        upper = steps[None, :] > steps[:, None]
+        if "cdnv" in names:
+            both = sq[lo:hi, None] + sq[None, lo:]
+            dist2 = both - 2 * gram
+            close = _upper_min(dist2 - 8 * eps * both, upper, xp) <= 0
+            coincident = coincident | close
+            spread = variances[lo:hi, None] + variances[None, lo:]
+            safe = xp.where(dist2 > 0, dist2, xp.ones_like(dist2))
+            totals["cdnv"] = totals["cdnv"] + _upper_sum(spread / (2 * safe), upper, xp)
+        if "equiangularity" in names:
+            cos = gram * inv_c[lo:hi, None] * inv_c[None, lo:]
+            totals["equiangularity"] = totals["equiangularity"] + _upper_sum(
+                xp.abs(cos + offset), upper, xp
+            )
+        if "orthogonality_error" in names:
+            # Its own product: deriving m_k.m_l from the centred Gram would
+            # lose the digits of short (collapsed) means to rounding of |g|^2.
+            dots = means[lo:hi, ...] @ means[lo:, ...].T
+            cos = xp.abs(dots) * inv_m[lo:hi, None] * inv_m[None, lo:]
+            totals["orthogonality_error"] = totals["orthogonality_error"] + _upper_sum(
+                cos, upper, xp
+            )
+        if "etf_error" in names:
+            diff = gram / safe_norm - off_target
+            totals["etf_error"] = totals["etf_error"] + 2 * _upper_sum(diff * diff, upper, xp)
+    pairs = num * (num - 1) / 2
+    values = {
+        name: xp.sqrt(totals[name]) if name == "etf_error" else totals[name] / pairs
+        for name in names
+    }
+    return values, {"coincident": coincident}
+
+
+def _upper_sum(values: Array, upper: Array, xp: ModuleType) -> Array:
+    """Sum of a pair block over the pairs l > k (see `pair_metrics`)."""
+    width = upper.shape[0]
+    square = values[:, :width]
+    inside = xp.sum(xp.where(upper, square, xp.zeros_like(square)))
+    return inside + xp.sum(values[:, width:])
+
+
+def _upper_min(values: Array, upper: Array, xp: ModuleType) -> Array:
+    """Smallest entry of a pair block over the pairs l > k."""
+    width = upper.shape[0]
+    square = values[:, :width]
+    big = xp.full_like(square, xp.finfo(square.dtype).max)
+    inside = xp.min(xp.where(upper, square, big))
+    if values.shape[1] == width:
+        return inside
+    return xp.minimum(inside, xp.min(values[:, width:]))
+
+
+def _inverse_norms(sq: Array, xp: ModuleType) -> Array:
+    """``1 / sqrt(sq)``, and 0 where `sq` is 0 (a zero vector has cosine 0 with all)."""
+    safe = xp.where(sq > 0, sq, xp.ones_like(sq))
+    return xp.where(sq > 0, 1 / xp.sqrt(safe), xp.zeros_like(sq))
+
+
+def _pair_metric(stats: ClassStats, name: str, global_mean: str, chunk_rows: int | None):
+    view = populated(stats, global_mean)
+    values, flags = pair_metrics(view, (name,), chunk_rows)
+    return _undefined(values[name], view, name, flags)
 
 
 def cdnv(stats: ClassStats, *, chunk_rows: int | None = None) -> Array:
@@ -220,7 +430,8 @@ def cdnv(stats: ClassStats, *, chunk_rows: int | None = None) -> Array:
 
     ``mean_{k<l} (v_k + v_l) / (2 ||mu_k - mu_l||^2)`` with
     ``v_k = (1/n_k) sum_{i in k} ||x_i - mu_k||^2``. Pairs are processed in
-    row blocks, so memory stays bounded for any number of classes.
+    row blocks of `chunk_rows` classes, so memory stays bounded for any number
+    of classes. NaN when two class means coincide.
 
     Examples
     --------
@@ -231,28 +442,7 @@ def cdnv(stats: ClassStats, *, chunk_rows: int | None = None) -> Array:
     >>> round(float(metrics.cdnv(stats)), 6)
     0.034483
     """
-    return _cdnv(populated(stats), chunk_rows)
-
-
-def _cdnv(view: Classes, chunk_rows: int | None = None) -> Array:
-    xp = view.xp
-    centred = view.centred
-    variances = view.take(view.stats.class_variances)
-    sq = xp.vecdot(centred, centred)
-
-    def block(lo: int, hi: int, mask: Array) -> Array:
-        gram = centred[lo:hi, ...] @ centred[lo:, ...].T
-        dist2 = xp.where(mask, sq[lo:hi, None] + sq[None, lo:] - 2 * gram, 1.0)
-        return (variances[lo:hi, None] + variances[None, lo:]) / (2 * dist2)
-
-    return pair_mean(view, block, chunk_rows)
-
-
-def _unit_rows(rows: Array, xp: ModuleType) -> Array:
-    """Rows scaled to unit norm; zero rows stay zero (their cosines count as 0)."""
-    norms = xp.linalg.vector_norm(rows, axis=1)
-    safe = xp.where(norms > 0, norms, xp.ones_like(norms))
-    return rows / safe[:, None]
+    return _pair_metric(stats, "cdnv", "samples", chunk_rows)
 
 
 def equiangularity(
@@ -269,41 +459,25 @@ def equiangularity(
     >>> abs(float(metrics.equiangularity(stats))) < 1e-12
     True
     """
-    return _equiangularity(populated(stats, global_mean), chunk_rows)
-
-
-def _equiangularity(view: Classes, chunk_rows: int | None = None) -> Array:
-    xp = view.xp
-    unit = _unit_rows(view.centred, xp)
-    offset = 1 / (view.size - 1)
-    return pair_mean(
-        view, lambda lo, hi, _: xp.abs(unit[lo:hi, ...] @ unit[lo:, ...].T + offset), chunk_rows
-    )
+    return _pair_metric(stats, "equiangularity", global_mean, chunk_rows)
 
 
 def orthogonality_error(stats: ClassStats, *, chunk_rows: int | None = None) -> Array:
     """``mean_{k<l} |cos(mu_k, mu_l)|`` on the uncentred means.
 
     0 for an orthogonal frame, the optimum of ReLU features; a zero mean (a
-    collapsed minority class) has cosine 0 with every other mean.
+    collapsed minority class) has cosine 0 with every other mean. NaN when
+    every mean is zero (dead features).
 
     Examples
     --------
     >>> import numpy as np
     >>> from ncgeom import ClassStats, metrics
     >>> stats = ClassStats.from_features(np.diag([1.0, 2.0, 3.0]), np.arange(3), 3)
-    >>> float(metrics.orthogonality_error(stats))
-    0.0
+    >>> abs(float(metrics.orthogonality_error(stats))) < 1e-12
+    True
     """
-    return _orthogonality_error(populated(stats), chunk_rows)
-
-
-def _orthogonality_error(view: Classes, chunk_rows: int | None = None) -> Array:
-    xp = view.xp
-    unit = _unit_rows(view.means, xp)
-    return pair_mean(
-        view, lambda lo, hi, _: xp.abs(unit[lo:hi, ...] @ unit[lo:, ...].T), chunk_rows
-    )
+    return _pair_metric(stats, "orthogonality_error", "samples", chunk_rows)
 
 
 def equinorm(stats: ClassStats, *, global_mean: str = "samples") -> Array:
@@ -317,13 +491,15 @@ def equinorm(stats: ClassStats, *, global_mean: str = "samples") -> Array:
     >>> abs(float(metrics.equinorm(stats))) < 1e-12
     True
     """
-    return _equinorm(populated(stats, global_mean))
+    view = populated(stats, global_mean)
+    return _undefined(_equinorm(view), view, "equinorm")
 
 
 def _equinorm(view: Classes) -> Array:
     xp = view.xp
     norms = xp.linalg.vector_norm(view.centred, axis=1)
-    return xp.std(norms) / xp.mean(norms)
+    mean = xp.mean(norms)
+    return xp.std(norms) / xp.where(mean > 0, mean, xp.ones_like(mean))
 
 
 def etf_error(
@@ -339,53 +515,47 @@ def etf_error(
     >>> import numpy as np
     >>> from ncgeom import ClassStats, metrics
     >>> stats = ClassStats.from_features(5 * (np.eye(4) - 1 / 4), np.arange(4), 4)
-    >>> abs(float(metrics.etf_error(stats))) < 1e-12
+    >>> abs(float(metrics.etf_error(stats))) < 1e-6
     True
     """
-    return _etf_error(populated(stats, global_mean), chunk_rows)
-
-
-def _etf_error(view: Classes, chunk_rows: int | None = None) -> Array:
-    xp, centred = view.xp, view.centred
-    num, dim = centred.shape
-    device = view.stats.device
-    # ||Mc Mc^T||_F = ||Mc^T Mc||_F: take the smaller of the two Grams.
-    small = centred.T @ centred if num > dim else centred @ centred.T
-    gram_norm = xp.linalg.matrix_norm(small)
-    target_norm = (num - 1) ** 0.5
-    rows = chunk_rows or max(1, PAIR_BLOCK_ELEMENTS // num)
-    cols = xp.arange(num, device=device)
-    total = xp.zeros((), dtype=view.stats.dtype, device=device)
-    for lo in range(0, num, rows):
-        hi = min(lo + rows, num)
-        # The difference is symmetric: the upper triangle counts twice.
-        upper = cols[None, lo:] > cols[lo:hi, None]
-        diagonal = cols[None, lo:] == cols[lo:hi, None]
-        target = (xp.astype(diagonal, centred.dtype) - 1 / num) / target_norm
-        diff = (centred[lo:hi, ...] @ centred[lo:, ...].T) / gram_norm - target
-        weight = 2 * xp.astype(upper, centred.dtype) + xp.astype(diagonal, centred.dtype)
-        total = total + xp.sum(weight * diff * diff)
-    return xp.sqrt(total)
+    return _pair_metric(stats, "etf_error", global_mean, chunk_rows)
 
 
 # ----------------------------------------------------------------------------- classifier
 def check_classifier(classifier: Array, stats: ClassStats, name: str = "classifier") -> Array:
-    """Validate a (K, d) classifier against the statistics; cast to their dtype."""
+    """Validate a (K, d) classifier against the statistics; cast to their dtype.
+
+    Framework tensors are detached.
+    """
     xp = namespace(stats=stats.shift, **{name: classifier})
-    shape = (stats.num_classes, stats.dim)
-    if tuple(classifier.shape) != shape:
-        msg = (
-            f"`{name}` must have shape (num_classes, dim) = {shape}; got {tuple(classifier.shape)}"
-        )
+    return checked_classifier(classifier, (stats.num_classes, stats.dim), stats.dtype, xp, name)
+
+
+def checked_classifier(
+    classifier: Array, shape: tuple[int, int], dtype: Any, xp: ModuleType, name: str = "classifier"
+) -> Array:
+    """A (K, d) = `shape` classifier, detached, cast to at least `dtype`."""
+    got = tuple(classifier.shape)
+    if got != shape:
+        hint = "; it looks transposed (rows must be classes)" if got == shape[::-1] else ""
+        msg = f"`{name}` must have shape (num_classes, dim) = {shape}; got {got}{hint}"
         raise ValueError(msg)
     if not xp.isdtype(classifier.dtype, "real floating"):
         msg = f"`{name}` must have a real floating dtype; got {classifier.dtype}"
         raise TypeError(msg)
-    return xp.astype(classifier, xp.result_type(classifier.dtype, stats.dtype))
+    return xp.astype(detach(classifier), xp.result_type(classifier.dtype, dtype))
+
+
+def _unit_max(a: Array, xp: ModuleType) -> Array:
+    """`a` divided by its largest absolute entry (unchanged if all zero): the
+    squares of the result cannot overflow or underflow."""
+    largest = xp.max(xp.abs(a))
+    return a / xp.where(largest > 0, largest, xp.ones_like(largest))
 
 
 def _normalised_distance(a: Array, b: Array, xp: ModuleType) -> Array:
-    """``|| a/||a||_F - b/||b||_F ||_F``."""
+    """``|| a/||a||_F - b/||b||_F ||_F``, scale-free."""
+    a, b = _unit_max(a, xp), _unit_max(b, xp)
     diff = a / xp.linalg.matrix_norm(a) - b / xp.linalg.matrix_norm(b)
     return xp.linalg.matrix_norm(diff)
 
@@ -408,7 +578,8 @@ def self_duality_error(
     True
     """
     weights = check_classifier(classifier, stats)
-    return _self_duality_error(weights, populated(stats, global_mean))
+    view = populated(stats, global_mean)
+    return _undefined(_self_duality_error(weights, view), view, "self_duality_error")
 
 
 def _self_duality_error(classifier: Array, view: Classes) -> Array:
@@ -434,7 +605,8 @@ def scaled_alignment_error(classifier: Array, stats: ClassStats) -> Array:
     True
     """
     weights = check_classifier(classifier, stats)
-    return _scaled_alignment_error(weights, populated(stats))
+    view = populated(stats)
+    return _undefined(_scaled_alignment_error(weights, view), view, "scaled_alignment_error")
 
 
 def _scaled_alignment_error(classifier: Array, view: Classes) -> Array:
@@ -469,6 +641,53 @@ class NCCAgreement:
         return NCCAgreement(self.matches + other.matches, self.total + other.total)
 
 
+@dataclass(frozen=True, eq=False)
+class NearestCentre:
+    """The nearest-class-centre rule in the span of the centred means.
+
+    ``||x - mu_k||^2 = ||x - g||^2 - 2 (x - g).c_k + ||c_k||^2`` with
+    ``c_k = mu_k - g``: only the coordinates of ``x - g`` along an orthonormal
+    basis V of the centred means matter, so each row costs one product with
+    V (d, r), r <= K - 1, instead of one with all K means.
+
+    Attributes
+    ----------
+    basis : array (d, r)
+    centred_along : array (K', r)
+        Coordinates of the centred means along `basis`.
+    sq : array (K',)
+        Their squared norms.
+    classes : array (K',), int64
+        Class id of each row (the classes with a mean).
+    """
+
+    basis: Array
+    centred_along: Array
+    sq: Array
+    classes: Array
+
+    @classmethod
+    def of(cls, centred: Array, classes: Array, basis: Array | None = None) -> NearestCentre:
+        """The rule for centred means (K', d) of classes `classes` (K',)."""
+        xp = namespace(centred=centred)
+        if basis is None:
+            basis, _ = between_basis(centred, xp)
+        along = centred @ basis
+        return cls(basis, along, xp.vecdot(along, along), classes)
+
+    def nearest(self, along: Array) -> Array:
+        """Class ids of the rows whose coordinates ``(x - g) V`` are `along`."""
+        xp = namespace(along=along)
+        scores = self.sq - 2 * (along @ self.centred_along.T)
+        return xp.take(self.classes, xp.argmin(scores, axis=1))
+
+    def matches(self, along: Array, logits: Array) -> Array:
+        """Number of rows (0-d int64) where ``argmax(logits)`` is the nearest centre."""
+        xp = namespace(along=along)
+        agree = xp.argmax(logits, axis=1) == self.nearest(along)
+        return xp.sum(xp.astype(agree, xp.int64))
+
+
 def ncc_agreement(
     features: Array,
     classifier: Array,
@@ -479,8 +698,10 @@ def ncc_agreement(
 ) -> NCCAgreement:
     """Rows where ``argmax_k (W x + b)_k`` equals ``argmin_k ||x - mu_k||``.
 
-    Means with NaN entries (classes without samples) are never the nearest.
-    Rows are processed in chunks so the (rows, K) score blocks stay small.
+    Rows of `means` that are all NaN (classes without samples) are never the
+    nearest. Features, classifier and bias must be finite. Rows are processed
+    in chunks; the nearest centre is found in the span of the centred means
+    (`NearestCentre`, the kernel `ncgeom.nc_report` uses too), scale-free.
 
     Parameters
     ----------
@@ -488,6 +709,8 @@ def ncc_agreement(
     classifier : array, shape (K, d)
     means : array, shape (K, d)
     bias : array, shape (K,), optional
+    chunk_size : int, optional
+        Rows per chunk (>= 1).
 
     Examples
     --------
@@ -506,6 +729,7 @@ def ncc_agreement(
         if value.ndim != 2 or value.shape[1] != dim:
             msg = f"`{name}` must have shape (num_classes, {dim}); got {tuple(value.shape)}"
             raise ValueError(msg)
+        check_features(value, xp, name, "num_classes")
     if classifier.shape[0] != means.shape[0]:
         msg = (
             f"`classifier` and `means` must have one row per class; got {classifier.shape[0]} "
@@ -515,23 +739,56 @@ def ncc_agreement(
     if bias is not None and tuple(bias.shape) != (classifier.shape[0],):
         msg = f"`bias` must have shape ({classifier.shape[0]},); got {tuple(bias.shape)}"
         raise ValueError(msg)
+    features, classifier, means = detach(features), detach(classifier), detach(means)
+    bias = None if bias is None else detach(bias)
     dtype = xp.result_type(features.dtype, classifier.dtype, means.dtype)
     means = xp.astype(means, dtype)
-    missing = xp.any(xp.isnan(means), axis=1)
-    means = xp.where(missing[:, None], xp.zeros_like(means), means)
-    offsets = xp.vecdot(means, means)
-    offsets = xp.where(missing, xp.full_like(offsets, xp.inf), offsets)
+    missing = xp.all(xp.isnan(means), axis=1)
+    finite = [
+        ("features", xp.all(xp.isfinite(features))),
+        ("classifier", xp.all(xp.isfinite(classifier))),
+        ("means", xp.all(xp.isfinite(means) | missing[:, None])),
+        ("present means", xp.sum(xp.astype(~missing, xp.int64)) >= 1),
+    ]
+    if bias is not None:
+        finite.append(("bias", xp.all(xp.isfinite(bias))))
+    ok = to_host(xp.stack([xp.astype(f, xp.int64) for _, f in finite]))
+    for (name, _), good in zip(finite, ok, strict=True):
+        if not good:
+            if name == "present means":
+                msg = "`means` must have at least one row without NaN; got none"
+            else:
+                what = "finite, or NaN in whole rows (classes without samples)"
+                need = what if name == "means" else "finite"
+                msg = f"`{name}` must be {need}; got NaN or Inf entries"
+            raise ValueError(msg)
+    present = xp.asarray(
+        [int(k) for k, gone in enumerate(to_host(missing)) if not gone],
+        dtype=xp.int64,
+        device=array_device(features),
+    )
+    kept = xp.take(means, present, axis=0)
+    # One scale for features and means (the rule is scale-free), and one for
+    # the classifier and bias (argmax is too): no square can overflow.
+    largest = xp.max(xp.abs(kept))
+    scale = xp.where(largest > 0, largest, xp.ones_like(largest))
+    weight = xp.astype(classifier, dtype)
+    w_largest = xp.max(xp.abs(weight))
+    w_scale = xp.where(w_largest > 0, w_largest, xp.ones_like(w_largest))
+    weight = weight / w_scale
+    shift = None if bias is None else xp.astype(bias, dtype) / w_scale
+    kept = kept / scale
+    centre = xp.mean(kept, axis=0)
+    rule = NearestCentre.of(kept - centre, present)
     rows = chunk_rows(
         num, max(dim, classifier.shape[0]), dtype, xp, chunk_size, array_device(features)
     )
     matches = xp.zeros((), dtype=xp.int64, device=array_device(features))
     for part_rows in row_chunks(num, rows):
-        x = xp.astype(features[part_rows, ...], dtype)
-        logits = x @ xp.astype(classifier, dtype).T
-        if bias is not None:
-            logits = logits + xp.astype(bias, dtype)
-        nearest = xp.argmin(offsets - 2 * (x @ means.T), axis=1)
-        agree = xp.argmax(logits, axis=1) == nearest
-        matches = matches + xp.sum(xp.astype(agree, xp.int64))
+        x = xp.astype(features[part_rows, ...], dtype) / scale
+        logits = x @ weight.T
+        if shift is not None:
+            logits = logits + shift / scale
+        matches = matches + rule.matches((x - centre) @ rule.basis, logits)
     total = xp.asarray(num, dtype=xp.int64, device=array_device(features))
     return NCCAgreement(matches, total)

@@ -373,18 +373,18 @@ def reduce_class_stats(
 
     Notes
     -----
-    Shifts first: the reference point of class k becomes the shift of the
-    lowest rank holding samples of k. Its rows reach every rank through an
-    all-reduce of a (K, d) array that is zero except on the owning rank, so
-    the sum is exact. Taking the shift of a rank that *has* samples of the
-    class keeps the shifted moments small (the point of shifting); simply
-    broadcasting rank 0's shifts would put zero shifts on classes rank 0
-    never saw and bring back the cancellation of raw second moments. Every
-    rank then re-expresses its statistics relative to the common shifts
-    (`ClassStats._rebase`, an exact identity) and the shifted sums, squared
-    norms and Gram are added with ONE all-reduce of a packed buffer. Counts
-    travel in the all-gather that finds the owners (int64, exact), not in
-    the floating buffer, where float32 would round counts above 2**24.
+    A common scale first: every rank states the power of two its statistics
+    are stored in (in the layout all-gather) and all take the largest among
+    ranks with samples (`ClassStats.rescaled`, exact). Then common shifts:
+    the global class means, from one all-reduce of ``n_k * mean_k``; every
+    rank re-centres its statistics on them (`ClassStats.rebase`, an exact
+    identity that adds the between-rank spread ``n_r (mean_r - mean)^2``, a
+    sum of positive terms) and the shifted sums, squared norms and Gram are
+    added with ONE all-reduce of a packed buffer. Since the shifts are the
+    merged means, the summed shifted values stay of the size of the
+    within-class spread whatever the ranks hold (no cancellation, as in
+    `ClassStats.merge`). Counts travel in an all-gather (int64, exact), not
+    in the floating buffer, where float32 would round counts above 2**24.
     Four collectives in all; the packed one carries K d + K + d^2 numbers.
 
     Examples
@@ -410,7 +410,7 @@ def reduce_class_stats(
         msg = f"`rank` must lie in [0, {world_size}); got {rank}"
         raise ValueError(msg)
     xp, device = stats.xp, stats.device
-    # 1) Agree on the layout (one all-gather of five integers per rank).
+    # 1) Agree on the layout and the scale (one all-gather of six integers per rank).
     dtype_name = str(stats.dtype).rsplit(".", maxsplit=1)[-1]
     dtype_code = (
         _DTYPE_CODES.index(dtype_name) if dtype_name in _DTYPE_CODES else len(_DTYPE_CODES)
@@ -420,7 +420,14 @@ def reduce_class_stats(
         dtype=xp.int64,
         device=device,
     )
-    meta = xp.concat([head, xp.reshape(xp.astype(stats.num_samples, xp.int64), (1,))])
+    exponent = xp.astype(xp.round(xp.log2(stats.unit_scale)), xp.int64)
+    meta = xp.concat(
+        [
+            head,
+            xp.reshape(xp.astype(stats.num_samples, xp.int64), (1,)),
+            xp.reshape(exponent, (1,)),
+        ]
+    )
     table = to_host(xp.stack(list(all_gather(meta)))).tolist()
     _check_layout(table, rank)
     dims = {row[1] for row in table if row[4] > 0}
@@ -436,15 +443,16 @@ def reduce_class_stats(
             device=device,
             dtype=stats.dtype,
         )
-    # 2) Counts of every rank; class k's owner is the lowest rank holding it.
-    counts = xp.stack(list(all_gather(stats.counts)))  # (world, K) int64
-    present = counts > 0
-    owner = xp.argmax(xp.astype(present, xp.int32), axis=0)  # first True per class
-    mine = (owner == rank) & xp.any(present, axis=0)
-    # 3) Common shifts: the owners' rows, zeros elsewhere; the sum is exact.
-    shift = all_reduce(xp.where(mine[:, None], stats.shift, xp.zeros_like(stats.shift)))
-    # 4) Re-base (exact identity) and add everything else in ONE all-reduce.
-    local = stats._rebase(shift)
+    common = max(row[5] for row in table if row[4] > 0)
+    stats = stats.rescaled(xp.asarray(2.0**common, dtype=stats.dtype, device=device))
+    # 2) Counts of every rank (exact, int64).
+    counts = xp.sum(xp.stack(list(all_gather(stats.counts))), axis=0)  # (K,)
+    # 3) Common shifts: the global class means (zero for classes nobody saw).
+    n_local = xp.astype(stats.counts, stats.dtype)
+    weighted = all_reduce(n_local[:, None] * stats.scaled_means)
+    shift = weighted / xp.astype(xp.clip(counts, min=1), stats.dtype)[:, None]
+    # 4) Re-centre (exact identity) and add everything else in ONE all-reduce.
+    local = stats.rebase(shift)
     k = stats.num_classes
     parts = [xp.reshape(local.sums, (-1,)), local.sqnorms]
     if local.gram is not None:
@@ -455,7 +463,7 @@ def reduce_class_stats(
     gram = None
     if local.gram is not None:
         gram = xp.reshape(packed[k * dim + k :], (dim, dim))
-    return ClassStats(xp.sum(counts, axis=0), shift, sums, sqnorms, gram)
+    return ClassStats(counts, shift, sums, sqnorms, gram, local.unit_scale)
 
 
 def _check_index(value: Any, name: str, *, low: int) -> int:

@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, ClassVar
 
 from . import metrics as m
 from . import theory_metrics as tm
-from ._array import (
-    accumulation_dtype,
-    array_device,
-    backend_name,
-    gather_rows,
-    namespace,
-    segment_count,
-    to_host,
-)
-from ._validate import check_batch, check_num_classes
-from .stats import ClassStats, chunk_rows, class_means, shifted_moments
+from ._array import accumulation_dtype, backend_name, detach, gather_rows, namespace, to_host
+from ._validate import check_features, check_labels, check_num_classes
+from .stats import ClassStats, Visit, _checked_batch, class_moments
 from .theory import UFMOptimum
 
 __all__ = ["NCReport", "nc_report"]
@@ -142,9 +136,9 @@ def nc_report(
     source : ClassStats or (features, labels)
         Statistics (streamed or built with `ClassStats.from_features`), or
         in-memory features (N, d) and integer labels (N,). The in-memory path
-        makes two chunked passes: class means, then deviations projected on
-        the span of the centred means, so it never forms a (d, d) matrix; it
-        also gives the NCC agreement.
+        makes the two chunked passes of `ncgeom.stats.class_moments` (class
+        means, then deviations, projected on the span of the centred means),
+        so it never forms a (d, d) matrix; it also gives the NCC agreement.
     classifier : array (K, d), optional
         Last-layer weights W (rows are classes); enables the classifier
         metrics.
@@ -158,17 +152,21 @@ def nc_report(
         feature norms and margins (``z_kk - max_{j != k} z_kj``).
     num_classes : int, optional
         K for in-memory input; default: rows of `classifier`, else
-        ``max(labels) + 1``.
+        ``max(labels) + 1`` (refused when that is far above the number of
+        samples: pass `num_classes`).
     global_mean : {"samples", "classes"}
         Centre of the between-class spread (see `ncgeom.metrics.nc1`).
     check_finite : bool
-        Scan in-memory features for NaN/Inf.
+        Raise if in-memory features hold NaN/Inf.
     chunk_size : int, optional
         Rows per chunk of the in-memory passes.
 
     Returns
     -------
     NCReport
+        When the class means coincide or are all zero (dead features), the
+        metrics that divide by their spread are NaN, `unavailable` says why,
+        and one `UserWarning` is issued.
 
     Examples
     --------
@@ -181,6 +179,7 @@ def nc_report(
     >>> report.nc1 < 1e-2, report.orthogonality_error < 0.05
     (True, True)
     """
+    m.check_global_mean(global_mean)
     values: dict[str, Array] = {}
     unavailable: dict[str, str] = {}
     if isinstance(source, ClassStats):
@@ -194,7 +193,7 @@ def nc_report(
             unavailable["nc1"] = "statistics without Gram"
         unavailable["ncc_agreement"] = "needs features, not statistics"
     elif isinstance(source, (tuple, list)) and len(source) == 2:
-        stats, view, values["nc1"], agreement = _scan_features(
+        stats, view, values["nc1"], agreement, classifier = _scan_features(
             *source, classifier, bias, num_classes, global_mean, check_finite, chunk_size
         )
         if agreement is not None:
@@ -207,13 +206,13 @@ def nc_report(
         raise TypeError(msg)
 
     xp = view.xp
-    values["cdnv"] = m._cdnv(view)
-    variances = view.take(stats.class_variances)
-    values["within_variance"] = xp.sum(view.counts * variances) / xp.sum(view.counts)
-    values["etf_error"] = m._etf_error(view)
+    pairs, flags = m.pair_metrics(view)
+    flags.update(view.flags())
+    values.update(pairs)
+    scale = stats.unit_scale
+    spread = xp.sum(view.counts * view.variances) / xp.sum(view.counts)
+    values["within_variance"] = spread * scale * scale
     values["equinorm"] = m._equinorm(view)
-    values["equiangularity"] = m._equiangularity(view)
-    values["orthogonality_error"] = m._orthogonality_error(view)
     if classifier is not None:
         values["self_duality_error"] = m._self_duality_error(classifier, view)
         values["scaled_alignment_error"] = m._scaled_alignment_error(classifier, view)
@@ -228,15 +227,19 @@ def nc_report(
     if theory is not None:
         _theory_values(stats, view, classifier, theory, values, vectors, unavailable)
 
-    names, vector_names = list(values), list(vectors)
+    names, vector_names, flag_names = list(values), list(vectors), list(flags)
     parts = [xp.stack([xp.astype(values[k], xp.float64) for k in names])]
+    parts.append(xp.stack([xp.astype(flags[k], xp.float64) for k in flag_names]))
     parts += [xp.astype(vectors[k], xp.float64) for k in vector_names]
     host = to_host(xp.concat(parts))  # the one device-to-host transfer
     floats: dict[str, Any] = {k: float(v) for k, v in zip(names, host, strict=False)}
     offset = len(names)
+    raised = {k for k, v in zip(flag_names, host[offset:], strict=False) if v}
+    offset += len(flag_names)
     for name in vector_names:
         floats[name] = tuple(float(v) for v in host[offset : offset + stats.num_classes])
         offset += stats.num_classes
+    _mark_degenerate(floats, unavailable, raised)
     return NCReport(
         num_classes=stats.num_classes,
         num_samples=sum(view.host_counts),
@@ -251,6 +254,42 @@ def nc_report(
     )
 
 
+def _mark_degenerate(floats: dict[str, Any], unavailable: dict[str, str], raised: set) -> None:
+    """Metrics that degenerate geometry leaves undefined become NaN with a reason;
+    one warning names them."""
+    hit: dict[str, list[str]] = {}
+    for name, needs in m.DEGENERATE_METRICS.items():
+        reasons = [m.DEGENERATE_REASONS[flag] for flag in needs if flag in raised]
+        if reasons and name in floats:
+            floats[name] = float("nan")
+            unavailable[name] = reasons[0]
+            hit.setdefault(reasons[0], []).append(name)
+    if hit:
+        text = "; ".join(f"{why}: {', '.join(names)} undefined" for why, names in hit.items())
+        warnings.warn(f"degenerate class geometry, {text} (NaN in the report)", stacklevel=3)
+
+
+def _infer_num_classes(
+    labels: Array, classifier: Array | None, num_rows: int, xp: ModuleType
+) -> int:
+    """K from the classifier's rows, else ``max(labels) + 1`` within reason."""
+    if classifier is not None:
+        return int(classifier.shape[0])
+    if num_rows == 0:
+        msg = "`num_classes` must be given when there are no samples to infer it from"
+        raise ValueError(msg)
+    largest = int(to_host(xp.max(labels)))
+    inferred = largest + 1
+    if inferred > 2 * num_rows + 64:
+        msg = (
+            f"`num_classes` must be given: the largest label is {largest}, so K would be "
+            f"{inferred} for only {num_rows} samples (at least {inferred - num_rows} classes "
+            "empty, and K x dim statistics to allocate)"
+        )
+        raise ValueError(msg)
+    return inferred
+
+
 def _scan_features(
     features: Array,
     labels: Array,
@@ -260,78 +299,112 @@ def _scan_features(
     global_mean: str,
     check_finite: bool,
     chunk_size: int | None,
-) -> tuple[ClassStats, m.Classes, Array, Array | None]:
-    """Two passes over in-memory features: statistics, NC1 and NCC agreement."""
+) -> tuple[ClassStats, m.Classes, Array, Array | None, Array | None]:
+    """The engine's two passes over in-memory features, plus NC1 along the span
+    of the centred means and the NCC agreement from the same chunks."""
     xp = namespace(features=features, labels=labels, classifier=classifier, bias=bias)
-    if num_classes is None:
-        if classifier is not None:
-            num_classes = int(classifier.shape[0])
-        elif labels.ndim == 1 and labels.shape[0] > 0:
-            num_classes = int(to_host(xp.max(labels))) + 1
-        else:
-            num_classes = 0
-    num_classes = check_num_classes(num_classes)
-    check_batch(features, labels, num_classes, xp, check_finite=False)
-    dtype = accumulation_dtype(xp, features.dtype)
+    check_features(features, xp)
+    check_labels(labels, features.shape[0], xp)
+    if features.shape[1] == 0:
+        msg = f"`features` must have at least one column; got shape {tuple(features.shape)}"
+        raise ValueError(msg)
+    if classifier is not None and (
+        classifier.ndim != 2 or classifier.shape[1] != features.shape[1]
+    ):
+        shape = tuple(classifier.shape)
+        hint = (
+            "; it looks transposed (rows must be classes)"
+            if shape[:1] == features.shape[1:]
+            else ""
+        )
+        msg = (
+            f"`classifier` must have shape (num_classes, {features.shape[1]}) "
+            f"(one row per class, as many columns as `features`); got {shape}{hint}"
+        )
+        raise ValueError(msg)
     num, dim = features.shape
-    rows = chunk_rows(num, dim, dtype, xp, chunk_size, array_device(features))
+    if num_classes is None:
+        num_classes = _infer_num_classes(labels, classifier, num, xp)
+    num_classes = check_num_classes(num_classes)
+    features, labels = _checked_batch(features, labels, num_classes, xp, check_finite)
+    dtype = accumulation_dtype(xp, features.dtype)
+    state: dict[str, Any] = {}
 
-    counts = segment_count(labels, num_classes, xp)
-    shift = class_means(features, labels, counts, dtype, xp, rows)
-    # NaN and Inf reach the class means, so the means (K numbers) stand in for a
-    # scan of every feature; the scan runs only to locate bad rows (or to clear
-    # a mean that overflowed from finite values).
-    if check_finite and not bool(to_host(xp.all(xp.isfinite(shift)))):
-        check_batch(features, labels, num_classes, xp, check_finite=True)
-    zeros = xp.zeros_like(shift)
-    first = m.populated(
-        ClassStats(counts, shift, zeros, zeros[:, 0], None), global_mean, warn=True
-    )
-    if classifier is not None:
-        classifier = m.check_classifier(classifier, first.stats)
-        if bias is not None and tuple(bias.shape) != (num_classes,):
-            msg = f"`bias` must have shape ({num_classes},); got {tuple(bias.shape)}"
-            raise ValueError(msg)
-    basis, weights = m.between_basis(first.centred, xp)
-    shift_along = shift @ basis  # (K, r)
-    centred_along = first.centred @ basis  # (K', r)
-    sq_means = xp.vecdot(first.means, first.means)
-    device = array_device(features)
-    # Positions among the populated classes -> class ids (built on the device
-    # when every class is populated: no upload).
-    if first.excluded:
-        index = xp.asarray(first.index, dtype=xp.int64, device=device)
-    else:
-        index = xp.arange(num_classes, dtype=xp.int64, device=device)
-
-    def visit(x: Array, dev: Array, y: Array) -> tuple[Array, ...]:
-        along = dev @ basis
-        out = (xp.sum(along * along, axis=0),)
-        if classifier is None:
-            return out
-        # ||x - mu_k||^2 = ||mu_k||^2 - 2 x.mu_G - 2 (xV).(mu_k - mu_G)V + ||x||^2:
-        # the centred means lie in span(V), so NCC needs only the projection.
-        scores = sq_means - 2 * ((along + gather_rows(shift_along, y, xp)) @ centred_along.T)
-        nearest = gather_rows(index, xp.argmin(scores, axis=1), xp)
-        logits = xp.astype(x, dtype, copy=False) @ classifier.T
+    def visitor(counts: Array, means: Array) -> Visit:
+        first = m.class_view(counts, means, None, global_mean, warn=True, what="features")
+        if classifier is not None:
+            state["classifier"] = m.check_classifier(
+                classifier,
+                ClassStats.empty(num_classes, dim, xp=xp, device=first.device, dtype=dtype),
+            )
+            if bias is not None and tuple(bias.shape) != (num_classes,):
+                msg = f"`bias` must have shape ({num_classes},); got {tuple(bias.shape)}"
+                raise ValueError(msg)
+        basis, weights = m.between_basis(first.centred, xp)
+        # Positions among the populated classes -> class ids (built on the
+        # device when every class is populated: no upload).
+        if first.excluded:
+            index = xp.asarray(first.index, dtype=xp.int64, device=first.device)
+        else:
+            index = xp.arange(num_classes, dtype=xp.int64, device=first.device)
+        rule = m.NearestCentre.of(first.centred, index, basis)
+        # Coordinates of (mean_y - g) along the basis, by class id.
+        offset_along = (means - first.global_mean) @ basis
+        state.update(first=first, weights=weights, basis=basis)
+        weight = state.get("classifier")
+        if weight is not None:
+            weight = m._unit_max(weight, xp)  # argmax is scale-free; no logit overflows
+        shift = None
         if bias is not None:
-            logits = logits + xp.astype(bias, dtype)
-        agree = xp.argmax(logits, axis=1) == nearest
-        return (*out, xp.sum(xp.astype(agree, xp.int64)))
+            largest = xp.max(xp.abs(state["classifier"]))
+            shift = xp.astype(detach(bias), dtype) / xp.where(
+                largest > 0, largest, xp.ones_like(largest)
+            )
 
-    # The shift is the class mean itself, so the class sums of the deviations
-    # are rounding errors: skip them and take the shift as the mean.
-    _, sqnorms, _, extra = shifted_moments(
-        features, labels, shift, xp, rows, gram=False, class_sums=False, visit=visit
+        def visit(x: Array, dev: Array, y: Array) -> tuple[Array, ...]:
+            dev_along = dev @ basis
+            sums = (xp.sum(dev_along * dev_along, axis=0),)
+            if weight is None:
+                return sums
+            logits = xp.astype(x, dtype, copy=False) @ weight.T
+            if shift is not None:
+                logits = logits + shift
+            along = dev_along + gather_rows(offset_along, y, xp)
+            return (*sums, rule.matches(along, logits))
+
+        return visit
+
+    stats, extra = class_moments(
+        features,
+        labels,
+        num_classes,
+        dtype=dtype,
+        gram=False,
+        chunk_size=chunk_size,
+        check_finite=check_finite,
+        visitor=visitor,
     )
-    stats = ClassStats(counts, shift, zeros, sqnorms, None)
-    # Same counts and shift as the first view, and zero offsets: reuse it.
-    view = dataclasses.replace(first, stats=stats)
-    nc1 = m.nc1_from_scatter(extra[0], weights, xp.sum(view.counts))
+    first: m.Classes = state["first"]
+    # Same counts as the first view: reuse its host-side index, with the final
+    # means (the shift plus the class sums of the deviations) and variances.
+    view = dataclasses.replace(
+        first,
+        stats=stats,
+        means=first.take(stats.scaled_means),
+        variances=first.take(stats.scaled_variances()),
+    )
+    view = dataclasses.replace(view, global_mean=m.centre_of(view, global_mean))
+    # Within scatter along the basis: sum of squares of the deviations from the
+    # shift, less n_k (offset_k . v)^2 for the residual offsets of the shifts.
+    basis_weights = state["weights"]
+    residual = first.take(stats.sums) @ state["basis"]
+    correction = xp.sum(residual * residual / view.counts[:, None], axis=0)
+    scatter = xp.clip(extra[0] - correction, min=0)
+    nc1 = m.nc1_from_scatter(scatter, basis_weights, xp.sum(view.counts))
     agreement = None
     if classifier is not None:
         agreement = xp.astype(extra[1], dtype) / num
-    return stats, view, nc1, agreement
+    return stats, view, nc1, agreement, state.get("classifier")
 
 
 def _theory_values(

@@ -3,14 +3,23 @@
 A `ClassStats` holds, per class k, the count n_k, a reference point s_k (the
 *shift*), the shifted sum ``sum_i (x_i - s_k)`` and the shifted squared norm
 ``sum_i ||x_i - s_k||^2``; optionally the pooled shifted Gram
-``sum_k sum_i (x_i - s_k)(x_i - s_k)^T`` (d, d).
+``sum_k sum_i (x_i - s_k)(x_i - s_k)^T`` (d, d). All of them describe the
+features divided by `scale`, a power of two that keeps their squares inside the
+range of the dtype (1 for features of ordinary size).
 
-Each shift is set to the class mean of the first batch that holds the class,
-so the shifted values are of the size of the within-class spread: variances and
-covariances come out of small numbers instead of the difference of two large
-raw moments, which keeps float32 exact enough even when the spread is 1e-4 of
-the mean's norm. Merging re-bases one side onto the other's shifts (an exact
-identity), then adds: counts, sums and Grams merge in any order.
+One engine makes every set of statistics, in two chunked passes over a batch:
+
+1. class means, summed in float64 (or, on the host, in the batch's own
+   precision where every class has few rows, which bounds the rounding), so
+   that a float32 class mean is exact to its last bit whatever the class size;
+2. deviations from those means: their class sums (the residual of the mean's
+   rounding), squared norms and, optionally, their Gram.
+
+Every merge -- batch into running statistics, rank into rank, block into block
+-- re-centres both sides on the merged class mean (Chan et al.'s pairwise
+update), so the shifted values stay of the size of the within-class spread and
+no path subtracts large, nearly equal numbers, whatever the order of batches.
+``docs/accuracy.md`` gives the error analysis.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from typing import Any
 from ._array import (
     accumulation_dtype,
     array_device,
+    detach,
     gather_rows,
     has_native_segment_sum,
     namespace,
@@ -33,12 +43,16 @@ from ._array import (
     resolve_namespace,
     segment_count,
     segment_sum,
+    to_host,
 )
 from ._validate import check_batch, check_float_dtype, check_num_classes, check_positive_int
 
-__all__ = ["ClassStats", "merge_stats"]
+__all__ = ["ClassStats", "class_moments", "merge_stats"]
 
 Array = Any
+#: ``visit(features_chunk, deviations_chunk, labels_chunk)``: more sums taken
+#: from a chunk while it is in cache (see `class_moments`).
+Visit = Callable[[Array, Array, Array], tuple[Array, ...]]
 
 #: Bytes of shifted features materialised at once on a GPU (rows are processed
 #: in chunks): large, so that each chunk is a few large kernel launches.
@@ -47,6 +61,14 @@ CHUNK_BYTES = 32 * 2**20
 #: between the operations that read them, and that its buffer is reused by the
 #: allocator instead of being mapped (and zeroed) afresh for every chunk.
 HOST_CHUNK_BYTES = 2 * 2**20
+#: On the host, class means of a batch whose classes all hold at most this many
+#: rows are summed in the batch's own precision: the sum of m rows rounds by at
+#: most ``m * eps / 2`` of the mean's size (3e-6 for float32). Larger classes
+#: are summed in float64.
+SMALL_CLASS_ROWS = 64
+#: Features whose largest class-mean entry lies within ``2**+-SCALE_FREE_EXPONENT``
+#: are used as they are (scale 1); others are divided by a power of two first.
+SCALE_FREE_EXPONENT = 16
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,21 +77,28 @@ class ClassStats:
 
     Build with `from_features` (in-memory data) or `empty` followed by
     `update` (streaming); combine with `merge` / `merge_stats`. All arrays live
-    on one namespace and device.
+    on one namespace and device. The stored arrays describe the features
+    divided by `scale`; the properties (`means`, `class_variances`,
+    `within_covariance`, ...) are in the features' own units.
 
     Attributes
     ----------
     counts : array, shape (K,), int64
         Samples per class.
     shift : array, shape (K, d)
-        Reference point of each class (its mean in the first batch holding it).
+        Reference point of each class, in units of `scale`: the class mean
+        as of the last batch or merge (re-centred by every merge).
     sums : array, shape (K, d)
-        ``sum_i (x_i - shift_k)`` over the samples of class k.
+        ``sum_i (x_i / scale - shift_k)`` over the samples of class k: the
+        residual that makes ``shift + sums / n`` the exact mean.
     sqnorms : array, shape (K,)
-        ``sum_i ||x_i - shift_k||^2`` over the samples of class k.
+        ``sum_i ||x_i / scale - shift_k||^2`` over the samples of class k.
     gram : array, shape (d, d), or None
-        ``sum_k sum_i (x_i - shift_k)(x_i - shift_k)^T``; present when built
-        with ``gram=True``.
+        ``sum_k sum_i (x_i / scale - shift_k)(x_i / scale - shift_k)^T``;
+        present when built with ``gram=True``.
+    scale : array, shape (), or None
+        A power of two (1 for features of ordinary size) that keeps the
+        squares of the features inside the dtype's range; None means 1.
 
     Examples
     --------
@@ -90,6 +119,7 @@ class ClassStats:
     sums: Array
     sqnorms: Array
     gram: Array | None = None
+    scale: Array | None = None
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -134,6 +164,7 @@ class ClassStats:
             sums=zeros((num_classes, dim)),
             sqnorms=zeros(num_classes),
             gram=zeros((dim, dim)) if gram else None,
+            scale=xp.ones((), dtype=dtype, device=device),
         )
 
     @classmethod
@@ -149,9 +180,10 @@ class ClassStats:
     ) -> ClassStats:
         """Statistics of in-memory features (N, d) with integer labels in [0, K).
 
-        Shifts are the exact class means of `features` (one pass for the means,
-        one for the shifted sums), on the features' namespace and device, in
-        their precision (half precision accumulates in float32).
+        Two chunked passes (class means, then deviations from them), on the
+        features' namespace and device, in their precision (half precision
+        accumulates in float32). Exact in float32 at any class size: see
+        `class_moments`.
 
         Parameters
         ----------
@@ -161,8 +193,8 @@ class ClassStats:
         gram : bool
             Keep the pooled within-class Gram (d, d).
         check_finite : bool
-            Scan `features` for NaN/Inf and raise if any (default). Pass False
-            to skip the scan on trusted data.
+            Raise if `features` hold NaN/Inf (default). Pass False to skip
+            the check on trusted data.
         chunk_size : int, optional
             Rows processed at once; default keeps each chunk near 32 MiB.
 
@@ -177,21 +209,27 @@ class ClassStats:
         """
         xp = namespace(features=features, labels=labels)
         num_classes = check_num_classes(num_classes)
-        scan = check_finite and not on_host(xp, array_device(features))
-        check_batch(features, labels, num_classes, xp, check_finite=scan)
-        start = cls.empty(
-            num_classes,
-            features.shape[1],
-            gram=gram,
-            xp=xp,
-            device=array_device(features),
-            dtype=features.dtype,
-        )
+        features, labels = _checked_batch(features, labels, num_classes, xp, check_finite)
+        dtype = accumulation_dtype(xp, features.dtype)
         if features.shape[0] == 0:
-            return start
-        return start._add_batch(
-            features, labels, xp, chunk_size, fresh=True, check_after=check_finite and not scan
+            return cls.empty(
+                num_classes,
+                features.shape[1],
+                gram=gram,
+                xp=xp,
+                device=array_device(features),
+                dtype=dtype,
+            )
+        stats, _ = class_moments(
+            features,
+            labels,
+            num_classes,
+            dtype=dtype,
+            gram=gram,
+            chunk_size=chunk_size,
+            check_finite=check_finite,
         )
+        return stats
 
     def update(
         self,
@@ -201,11 +239,14 @@ class ClassStats:
         check_finite: bool = True,
         chunk_size: int | None = None,
     ) -> ClassStats:
-        """Return new statistics that also hold one batch (one pass over it).
+        """Return new statistics that also hold one batch.
 
-        The batch must be on the statistics' namespace and device; an empty
-        batch returns ``self``. A class seen for the first time takes its mean
-        in this batch as its shift.
+        The batch's own statistics (`class_moments`) are merged in with
+        `merge`, which re-centres every class on its new mean: the result
+        does not depend on how the samples were split into batches, nor on
+        their order, beyond rounding. The batch must be on the statistics'
+        namespace and device; an empty batch returns ``self``. Framework
+        tensors are detached (no autograd graph is kept).
 
         Examples
         --------
@@ -216,8 +257,7 @@ class ClassStats:
         [1, 2]
         """
         xp = namespace(stats=self.shift, features=features, labels=labels)
-        scan = check_finite and not on_host(xp, self.device)
-        check_batch(features, labels, self.num_classes, xp, check_finite=scan)
+        features, labels = _checked_batch(features, labels, self.num_classes, xp, check_finite)
         if features.shape[1] != self.dim:
             msg = (
                 f"`features` must have {self.dim} columns like the statistics; "
@@ -226,65 +266,27 @@ class ClassStats:
             raise ValueError(msg)
         if features.shape[0] == 0:
             return self
-        return self._add_batch(
-            features, labels, xp, chunk_size, check_after=check_finite and not scan
-        )
-
-    def _add_batch(
-        self,
-        features: Array,
-        labels: Array,
-        xp: ModuleType,
-        chunk_size: int | None,
-        *,
-        fresh: bool = False,
-        check_after: bool = False,
-    ) -> ClassStats:
-        """Add a validated batch. With `check_after`, NaN and Inf are looked for
-        in the batch's squared norms (K numbers, which they reach) instead of in
-        the features beforehand: on the host that saves a pass over the batch;
-        on a device it would cost a second host read, so there the callers scan
-        first."""
-        rows = chunk_rows(
-            features.shape[0],
-            self.dim,
-            self.dtype,
-            xp,
-            chunk_size,
-            array_device(features),
+        batch, _ = class_moments(
+            features,
+            labels,
+            self.num_classes,
+            dtype=self.dtype,
             gram=self.gram is not None,
+            chunk_size=chunk_size,
+            check_finite=check_finite,
         )
-        counts = segment_count(labels, self.num_classes, xp)
-        new = (self.counts == 0) & (counts > 0)
-        # On the host, asking whether a class is new costs nothing and saves a
-        # pass; on a GPU the pass is cheap and the question would synchronise.
-        if fresh or not on_host(xp, self.device) or bool(xp.any(new)):
-            batch_means = class_means(features, labels, counts, self.dtype, xp, rows)
-            # A class seen for the first time takes its mean in this batch as shift;
-            # its running statistics are all zero, so replacing its shift is exact.
-            shift = xp.where(new[:, None], batch_means, self.shift)
-        else:
-            # Every class of the batch has a shift already: no pass for means.
-            shift = self.shift
-        # On fresh statistics every shift is this batch's exact class mean: the
-        # class sums of the deviations are rounding errors and are skipped.
-        with quiet_invalid() if check_after else contextlib.nullcontext():
-            sums, sqnorms, gram, _ = shifted_moments(
-                features, labels, shift, xp, rows, gram=self.gram is not None, class_sums=not fresh
-            )
-        if check_after and not bool(xp.all(xp.isfinite(sqnorms))):
-            # Locate the bad rows and raise; finite rows whose squares overflowed pass.
-            check_batch(features, labels, self.num_classes, xp, check_finite=True)
-        batch = ClassStats(counts, shift, sums, sqnorms, gram)
-        return ClassStats(self.counts, shift, self.sums, self.sqnorms, self.gram)._plus(batch)
+        return self.merge(batch)
 
     # ------------------------------------------------------------------ merge
     def merge(self, other: ClassStats) -> ClassStats:
-        """Statistics of the union of both sample sets (exact; order-free).
+        """Statistics of the union of both sample sets.
 
-        Both must have the same number of classes, dimension, namespace and
-        device, and both or neither must keep the Gram. The result has the
-        wider of the two dtypes.
+        Both sides are re-centred on the merged class means before they are
+        added (the pairwise update of Chan, Golub and LeVeque), so the result
+        is the same, up to rounding of the final values, in any order and any
+        merge tree. Both must have the same number of classes, dimension,
+        namespace and device, and both or neither must keep the Gram. The
+        result has the wider of the two dtypes.
 
         Examples
         --------
@@ -315,8 +317,18 @@ class ClassStats:
             raise ValueError(msg)
         dtype = xp.result_type(self.shift.dtype, other.shift.dtype)
         left, right = self.astype(dtype), other.astype(dtype)
-        shift = xp.where((left.counts > 0)[:, None], left.shift, right.shift)
-        return left._rebase(shift)._plus(right._rebase(shift))
+        # A common scale: the larger one, unless a side holds no samples.
+        sa, sb = left.unit_scale, right.unit_scale
+        none_a, none_b = xp.sum(left.counts) == 0, xp.sum(right.counts) == 0
+        scale = xp.where(none_a, sb, xp.where(none_b, sa, xp.maximum(sa, sb)))
+        left, right = left.rescaled(scale), right.rescaled(scale)
+        n_a = xp.astype(left.counts, dtype)
+        n_b = xp.astype(right.counts, dtype)
+        weight = n_b / xp.clip(n_a + n_b, min=1)
+        mean_a = left.shift + left.offsets
+        mean_b = right.shift + right.offsets
+        shift = mean_a + weight[:, None] * (mean_b - mean_a)
+        return left.rebase(shift)._plus(right.rebase(shift))
 
     def astype(self, dtype: Any) -> ClassStats:
         """The same statistics with floating arrays cast to `dtype`."""
@@ -333,14 +345,43 @@ class ClassStats:
             cast(self.sums),
             cast(self.sqnorms),
             None if self.gram is None else cast(self.gram),
+            cast(self.unit_scale),
         )
 
-    def _rebase(self, shift: Array) -> ClassStats:
-        """Express the statistics relative to new shifts (an exact identity).
+    def rescaled(self, scale: Array) -> ClassStats:
+        """The same statistics stored in units of another power of two `scale`.
 
-        With delta_k = s_k - s'_k and x - s' = (x - s) + delta:
-        sums' = sums + n delta, sqnorms' = sqnorms + 2 delta.sums + n |delta|^2,
-        gram' = gram + D^T S + S^T D + D^T diag(n) D  (D, S: rows delta_k, sums_k).
+        Exact (a power-of-two factor) unless values leave the dtype's range.
+        """
+        xp = self.xp
+        factor = self.unit_scale / scale
+        square = factor * factor
+        return ClassStats(
+            self.counts,
+            self.shift * factor,
+            self.sums * factor,
+            self.sqnorms * square,
+            None if self.gram is None else self.gram * square,
+            xp.asarray(scale, dtype=self.dtype, device=self.device),
+        )
+
+    def rebase(self, shift: Array) -> ClassStats:
+        """The same statistics relative to new shifts (K, d), in units of `scale`.
+
+        An exact identity: with delta_k = s_k - s'_k and x - s' = (x - s) + delta,
+        ``sums' = sums + n delta``, ``sqnorms' = sqnorms + delta.(2 sums + n delta)``
+        and ``gram' = gram + P + P^T`` with ``P = D^T (S + diag(n) D / 2)`` (rows
+        of D and S: delta_k and sums_k). It keeps the stored values small when
+        the new shifts lie near the class means, as `merge` chooses them.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from ncgeom import ClassStats
+        >>> stats = ClassStats.from_features(np.eye(2), np.array([0, 1]), 2)
+        >>> moved = stats.rebase(np.zeros((2, 2)))
+        >>> moved.sums.tolist(), moved.means.tolist() == stats.means.tolist()
+        ([[1.0, 0.0], [0.0, 1.0]], True)
         """
         xp = self.xp
         delta = self.shift - shift
@@ -350,12 +391,12 @@ class ClassStats:
         sqnorms = self.sqnorms + xp.sum(delta * (2 * self.sums + n_delta), axis=1)
         gram = self.gram
         if gram is not None:
-            cross = delta.T @ self.sums
-            gram = gram + cross + cross.T + delta.T @ n_delta
-        return ClassStats(self.counts, shift, sums, sqnorms, gram)
+            half = delta.T @ (self.sums + 0.5 * n_delta)
+            gram = gram + half + half.T
+        return ClassStats(self.counts, shift, sums, sqnorms, gram, self.unit_scale)
 
     def _plus(self, other: ClassStats) -> ClassStats:
-        """Add statistics that already share shifts."""
+        """Add statistics that already share shifts and scale."""
         gram = None if self.gram is None else self.gram + other.gram
         return ClassStats(
             self.counts + other.counts,
@@ -363,6 +404,7 @@ class ClassStats:
             self.sums + other.sums,
             self.sqnorms + other.sqnorms,
             gram,
+            self.unit_scale,
         )
 
     # ---------------------------------------------------------------- derived
@@ -392,21 +434,37 @@ class ClassStats:
         return int(self.shift.shape[1])
 
     @property
+    def unit_scale(self) -> Array:
+        """`scale` as a 0-d array (1 where it is None)."""
+        if self.scale is not None:
+            return self.scale
+        return self.xp.ones((), dtype=self.dtype, device=self.device)
+
+    @property
     def num_samples(self) -> Array:
         """Total number of samples N (0-d int64 array, on the device)."""
         return self.xp.sum(self.counts)
 
     @property
     def offsets(self) -> Array:
-        """Class mean minus shift, (K, d); zero rows for empty classes."""
+        """Class mean minus shift in units of `scale`, (K, d); zero rows for empty classes."""
         xp = self.xp
         return self.sums / xp.astype(xp.clip(self.counts, min=1), self.dtype)[:, None]
+
+    @property
+    def scaled_means(self) -> Array:
+        """Class means divided by `scale` (K, d); rows of empty classes are their shifts.
+
+        Scale-invariant metrics are computed from these: their squares stay
+        inside the dtype's range whatever the features' size.
+        """
+        return self.shift + self.offsets
 
     @property
     def means(self) -> Array:
         """Class means (K, d); NaN rows for classes with no samples."""
         xp = self.xp
-        means = self.shift + self.offsets
+        means = self.scaled_means * self.unit_scale
         return xp.where((self.counts > 0)[:, None], means, xp.nan)
 
     @property
@@ -414,20 +472,25 @@ class ClassStats:
         """Mean of all samples, (d,)."""
         xp = self.xp
         n = xp.astype(self.counts, self.dtype)
-        weighted = n[:, None] * (self.shift + self.offsets)
-        return xp.sum(weighted, axis=0) / xp.sum(n)
+        weighted = n[:, None] * self.scaled_means
+        return xp.sum(weighted, axis=0) / xp.sum(n) * self.unit_scale
 
-    @property
-    def class_variances(self) -> Array:
-        """``v_k = (1/n_k) sum_i ||x_i - mu_k||^2`` (K,); NaN for empty classes."""
+    def scaled_variances(self) -> Array:
+        """`class_variances` divided by ``scale**2`` (K,); NaN for empty classes."""
         xp = self.xp
         n = xp.clip(xp.astype(self.counts, self.dtype), min=1)
         # ||offset_k||^2 = ||sums_k||^2 / n_k^2: no (K, d) temporary.
         spread = self.sqnorms / n - xp.vecdot(self.sums, self.sums) / (n * n)
         return xp.where(self.counts > 0, xp.clip(spread, min=0), xp.nan)
 
-    def within_scatter(self) -> Array:
-        """``sum_i (x_i - mu_{y_i})(x_i - mu_{y_i})^T`` (d, d); needs the Gram."""
+    @property
+    def class_variances(self) -> Array:
+        """``v_k = (1/n_k) sum_i ||x_i - mu_k||^2`` (K,); NaN for empty classes."""
+        scale = self.unit_scale
+        return self.scaled_variances() * scale * scale
+
+    def scaled_scatter(self) -> Array:
+        """`within_scatter` divided by ``scale**2`` (d, d); needs the Gram."""
         xp = self.xp
         if self.gram is None:
             msg = "the within-class scatter needs the Gram: build the statistics with gram=True"
@@ -435,6 +498,11 @@ class ClassStats:
         offsets = self.offsets
         n = xp.astype(self.counts, self.dtype)
         return self.gram - offsets.T @ (n[:, None] * offsets)
+
+    def within_scatter(self) -> Array:
+        """``sum_i (x_i - mu_{y_i})(x_i - mu_{y_i})^T`` (d, d); needs the Gram."""
+        scale = self.unit_scale
+        return self.scaled_scatter() * scale * scale
 
     def within_covariance(self) -> Array:
         """``Sigma_W = (1/N) sum_i (x_i - mu_{y_i})(x_i - mu_{y_i})^T`` (d, d).
@@ -469,6 +537,190 @@ def merge_stats(*stats: ClassStats) -> ClassStats:
     return functools.reduce(ClassStats.merge, stats)
 
 
+# ----------------------------------------------------------------------------- the engine
+def _checked_batch(
+    features: Array, labels: Array, num_classes: int, xp: ModuleType, check_finite: bool
+) -> tuple[Array, Array]:
+    """Validate a batch; framework tensors come back detached.
+
+    On the host, NaN and Inf are found later through the class means (K
+    numbers that they reach) instead of a scan of the features; on a device
+    that would cost a second host read, so the batch check scans first.
+    """
+    scan = check_finite and not on_host(xp, array_device(features))
+    checked = check_batch(features, labels, num_classes, xp, check_finite=scan)
+    if checked is not None:
+        labels = checked
+    return detach(features), labels
+
+
+def class_moments(
+    features: Array,
+    labels: Array,
+    num_classes: int,
+    *,
+    dtype: Any,
+    gram: bool,
+    chunk_size: int | None = None,
+    check_finite: bool = True,
+    visitor: Callable[[Array, Array], Visit] | None = None,
+) -> tuple[ClassStats, tuple[Array, ...] | None]:
+    """The statistics engine: `ClassStats` of one validated batch, in two passes.
+
+    1. Class counts and class means: sums in float64 (in the batch's own
+       precision on the host when every class has at most `SMALL_CLASS_ROWS`
+       rows), so the mean carries no rounding beyond its last bit in `dtype`.
+       The largest mean entry sets `scale`.
+    2. Deviations ``x / scale - mean_y`` in `dtype`: their class sums, squared
+       norms and, with `gram`, their Gram; and, with `visitor`, the chunk-wise
+       sums of ``visitor(counts, means)(x_chunk, dev_chunk, y_chunk)``.
+
+    Every path that makes statistics from features (`ClassStats.from_features`,
+    `ClassStats.update`, `ncgeom.nc_report`, Dask blocks, the trackers) calls
+    this function; only `ClassStats.merge` combines its results.
+
+    Parameters
+    ----------
+    features : array, shape (N, d), N >= 1
+    labels : array, shape (N,), integer in [0, K)
+    num_classes : int
+    dtype
+        Floating dtype of the statistics.
+    gram : bool
+        Also sum the (d, d) Gram of the deviations.
+    chunk_size : int, optional
+        Rows per chunk of both passes.
+    check_finite : bool
+        On the host, raise if the class means show NaN/Inf in `features`.
+    visitor : callable, optional
+        ``visitor(counts, scaled_means)`` returns the visit function of the
+        second pass, which can then use the means (e.g. to project on them).
+
+    Returns
+    -------
+    stats : ClassStats
+    extra : tuple of arrays or None
+        The summed results of the visit function.
+    """
+    xp = namespace(features=features, labels=labels)
+    num, dim = features.shape
+    device = array_device(features)
+    counts = segment_count(labels, num_classes, xp)
+    host = on_host(xp, device)
+    means, scale = _scaled_class_means(features, labels, counts, dtype, xp, chunk_size, host)
+    if check_finite and host and not bool(xp.all(xp.isfinite(means))):
+        _raise_unrepresentable(features, labels, num_classes, xp, "class means")
+    visit = None if visitor is None else visitor(counts, means)
+    rows = chunk_rows(num, dim, dtype, xp, chunk_size, device, gram=gram)
+    unit = host and float(to_host(scale)) == 1.0
+    with quiet_invalid() if check_finite and host else contextlib.nullcontext():
+        sums, sqnorms, gram_sum, extra = _deviation_moments(
+            features, labels, means, None if unit else 1 / scale, xp, rows, gram=gram, visit=visit
+        )
+    if check_finite and host and not bool(xp.all(xp.isfinite(sqnorms))):
+        _raise_unrepresentable(features, labels, num_classes, xp, "squared deviations")
+    return ClassStats(counts, means, sums, sqnorms, gram_sum, scale), extra
+
+
+def _raise_unrepresentable(
+    features: Array, labels: Array, num_classes: int, xp: ModuleType, what: str
+) -> None:
+    """Locate NaN/Inf rows and raise; if every row is finite, say what overflowed."""
+    check_batch(features, labels, num_classes, xp, check_finite=True)
+    msg = (
+        f"`features` are finite but their {what} overflow {features.dtype}: the "
+        "features cannot be represented at this size; pass them in float64"
+    )
+    raise ValueError(msg)
+
+
+def _scaled_class_means(
+    features: Array,
+    labels: Array,
+    counts: Array,
+    dtype: Any,
+    xp: ModuleType,
+    chunk_size: int | None,
+    host: bool,
+) -> tuple[Array, Array]:
+    """Class means divided by a power-of-two scale (in `dtype`), and the scale (0-d)."""
+    num_classes = counts.shape[0]
+    num, dim = features.shape
+    own = accumulation_dtype(xp, features.dtype)
+    if own == xp.float64 or (host and int(to_host(xp.max(counts))) <= SMALL_CLASS_ROWS):
+        acc = own
+    else:
+        acc = xp.float64
+    itemsize = 8 if acc == xp.float64 else 4
+    if chunk_size is not None:
+        rows = check_positive_int(chunk_size, "chunk_size")
+    elif acc == features.dtype and has_native_segment_sum(xp):
+        # No cast, so no temporary of the chunk's size: chunks only bound the
+        # length of each accumulation, and few calls save per-call costs.
+        rows = CHUNK_BYTES // (itemsize * dim)
+    else:
+        budget = HOST_CHUNK_BYTES if host else CHUNK_BYTES
+        # At least K rows: each chunk's sum is a (K, d) array to add up.
+        rows = max(budget // (itemsize * dim), min(num_classes, CHUNK_BYTES // (itemsize * dim)))
+    total = None
+    for part_rows in row_chunks(num, max(1, rows)):
+        chunk = xp.astype(features[part_rows, ...], acc, copy=False)
+        part = segment_sum(chunk, labels[part_rows], num_classes, xp)
+        total = part if total is None else total + part
+    means = total / xp.astype(xp.clip(counts, min=1), acc)[:, None]
+    largest = xp.max(xp.abs(means))
+    usable = xp.isfinite(largest) & (largest > 0)
+    exponent = xp.round(xp.log2(xp.where(usable, largest, xp.ones_like(largest))))
+    far = xp.abs(exponent) > SCALE_FREE_EXPONENT
+    two = xp.full_like(largest, 2.0)
+    scale = xp.where(far, xp.pow(two, exponent), xp.ones_like(largest))
+    return xp.astype(means / scale, dtype), xp.astype(scale, dtype)
+
+
+def _deviation_moments(
+    features: Array,
+    labels: Array,
+    shift: Array,
+    inverse_scale: Array | None,
+    xp: ModuleType,
+    rows: int,
+    *,
+    gram: bool,
+    visit: Visit | None = None,
+) -> tuple[Array, Array, Array | None, tuple[Array, ...] | None]:
+    """One chunked pass over ``dev_i = x_i * inverse_scale - shift[y_i]``.
+
+    Returns the class sums of ``dev`` (K, d) and of ``||dev||^2`` (K,), the
+    pooled Gram ``dev^T dev`` (d, d) if `gram`, and the chunk-wise sum of
+    ``visit(features_chunk, dev_chunk, labels_chunk)`` if `visit` is given.
+    """
+    num_classes, dim = shift.shape
+    dtype = shift.dtype
+    device = array_device(shift)
+    sums = xp.zeros((num_classes, dim), dtype=dtype, device=device)
+    sqnorms = xp.zeros(num_classes, dtype=dtype, device=device)
+    gram_sum = xp.zeros((dim, dim), dtype=dtype, device=device) if gram else None
+    extra = None
+    # One chunk-sized temporary: gather -shift, then add the features in place
+    # (x + (-s) rounds exactly like x - s).
+    neg_shift = -shift
+    for part_rows in row_chunks(features.shape[0], rows):
+        y = labels[part_rows]
+        x = xp.astype(features[part_rows, ...], dtype, copy=False)
+        dev = gather_rows(neg_shift, y, xp)
+        dev += x if inverse_scale is None else x * inverse_scale
+        sums = sums + segment_sum(dev, y, num_classes, xp)
+        sqnorms = sqnorms + segment_sum(xp.vecdot(dev, dev), y, num_classes, xp)
+        if gram_sum is not None:
+            gram_sum = gram_sum + dev.T @ dev
+        if visit is not None:
+            part = visit(features[part_rows, ...], dev, y)
+            extra = (
+                part if extra is None else tuple(a + b for a, b in zip(extra, part, strict=True))
+            )
+    return sums, sqnorms, gram_sum, extra
+
+
 def chunk_rows(
     num_rows: int,
     dim: int,
@@ -495,66 +747,3 @@ def chunk_rows(
 def row_chunks(num_rows: int, rows: int) -> list[slice]:
     """Slices of at most `rows` rows covering ``range(num_rows)`` (in bounds)."""
     return [slice(lo, min(lo + rows, num_rows)) for lo in range(0, num_rows, rows)]
-
-
-def class_means(
-    features: Array, labels: Array, counts: Array, dtype: Any, xp: ModuleType, rows: int
-) -> Array:
-    """Class means (K, d) of a batch with known class `counts`; zero rows for absent classes."""
-    num_classes = counts.shape[0]
-    total = None
-    if features.dtype == dtype and has_native_segment_sum(xp):
-        # No cast, so no temporary of the chunk's size: chunks only bound the
-        # length of each float accumulation, and few calls save per-call costs.
-        rows = max(rows, CHUNK_BYTES // (4 * max(1, features.shape[1])))
-    for part_rows in row_chunks(features.shape[0], rows):
-        chunk = xp.astype(features[part_rows, ...], dtype, copy=False)
-        part = segment_sum(chunk, labels[part_rows], num_classes, xp)
-        total = part if total is None else total + part
-    return total / xp.astype(xp.clip(counts, min=1), dtype)[:, None]
-
-
-def shifted_moments(
-    features: Array,
-    labels: Array,
-    shift: Array,
-    xp: ModuleType,
-    rows: int,
-    *,
-    gram: bool,
-    class_sums: bool = True,
-    visit: Callable[[Array, Array, Array], tuple[Array, ...]] | None = None,
-) -> tuple[Array, Array, Array | None, tuple[Array, ...] | None]:
-    """One chunked pass over ``dev_i = x_i - shift[y_i]``.
-
-    Returns the class sums of ``dev`` (K, d; zeros unless `class_sums`: when
-    the shift is the exact class mean they are rounding errors), of
-    ``||dev||^2`` (K,), the pooled
-    Gram ``dev^T dev`` (d, d) if `gram`, and the chunk-wise sum of
-    ``visit(features_chunk, dev_chunk, labels_chunk)`` if `visit` is given
-    (other quantities computed from the same chunk while it is in cache).
-    """
-    num_classes, dim = shift.shape
-    dtype = shift.dtype
-    sums = xp.zeros((num_classes, dim), dtype=dtype, device=array_device(shift))
-    sqnorms = xp.zeros(num_classes, dtype=dtype, device=array_device(shift))
-    gram_sum = xp.zeros((dim, dim), dtype=dtype, device=array_device(shift)) if gram else None
-    extra = None
-    # One chunk-sized temporary: gather -shift, then add the features in place
-    # (x + (-s) rounds exactly like x - s).
-    neg_shift = -shift
-    for part_rows in row_chunks(features.shape[0], rows):
-        y = labels[part_rows]
-        dev = gather_rows(neg_shift, y, xp)
-        dev += xp.astype(features[part_rows, ...], dtype, copy=False)
-        if class_sums:
-            sums = sums + segment_sum(dev, y, num_classes, xp)
-        sqnorms = sqnorms + segment_sum(xp.vecdot(dev, dev), y, num_classes, xp)
-        if gram_sum is not None:
-            gram_sum = gram_sum + dev.T @ dev
-        if visit is not None:
-            part = visit(features[part_rows, ...], dev, y)
-            extra = (
-                part if extra is None else tuple(a + b for a, b in zip(extra, part, strict=True))
-            )
-    return sums, sqnorms, gram_sum, extra
