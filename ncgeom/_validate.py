@@ -117,7 +117,11 @@ def check_labels(labels: Array, num_rows: int, xp: ModuleType, name: str = "labe
     if labels.ndim != 1:
         msg = f"`{name}` must be 1-D; got shape {tuple(labels.shape)}"
         raise ValueError(msg)
-    if not xp.isdtype(labels.dtype, "integral"):
+    try:
+        integral = xp.isdtype(labels.dtype, "integral")
+    except (TypeError, ValueError, AttributeError):  # strings, objects, foreign dtypes
+        integral = False
+    if not integral:
         msg = f"`{name}` must have an integer dtype; got {labels.dtype}"
         raise TypeError(msg)
     if labels.shape[0] != num_rows:
@@ -145,17 +149,27 @@ def check_batch(
     xp: ModuleType,
     *,
     check_finite: bool = True,
-) -> None:
+) -> Array:
     """Shapes, dtypes, label range and (optionally) finiteness of one batch.
 
-    The value checks cost one device-to-host transfer of three integers; the
-    locations of bad entries are only looked up when a check fails.
+    Labels of any integer dtype are accepted (signed or unsigned, 8 to 64
+    bits). The value checks cost one device-to-host transfer of three
+    integers; the locations of bad entries are only looked up when a check
+    fails.
+
+    Returns
+    -------
+    array
+        `labels` as int64 on the same namespace and device: the object itself
+        when it already is int64, otherwise a converted copy.
     """
     check_features(features, xp)
     check_labels(labels, features.shape[0], xp)
+    index = labels if labels.dtype == xp.int64 else xp.astype(labels, xp.int64)
     if features.shape[0] == 0:
-        return
-    parts = [xp.astype(xp.min(labels), xp.int64), xp.astype(xp.max(labels), xp.int64)]
+        return index
+    # uint64 labels >= 2**63 wrap to negative int64 values: the low end finds them.
+    parts = [xp.min(index), xp.max(index)]
     if check_finite:
         # NaN and Inf survive a row sum, so one cheap reduction finds every bad
         # row; a sum that overflows is only a suspect, confirmed below.
@@ -163,11 +177,7 @@ def check_batch(
         parts.append(xp.sum(xp.astype(suspect, xp.int64)))
     low, high, *rest = (int(v) for v in to_host(xp.stack(parts)))
     if low < 0 or high >= num_classes:
-        bad = high if high >= num_classes else low
-        where = "max" if high >= num_classes else "min"
-        row = _first_row(labels == bad, xp)
-        msg = f"`labels` must lie in [0, {num_classes}); got {where} {bad} at row {row}"
-        raise ValueError(msg)
+        _raise_label_range(labels, index, low, high, num_classes, xp)
     if rest and rest[0]:
         bad_rows = xp.logical_not(xp.all(xp.isfinite(features), axis=1))
         count = int(to_host(xp.sum(xp.astype(bad_rows, xp.int64))))
@@ -178,31 +188,57 @@ def check_batch(
                 f"row {row} (pass check_finite=False to skip this scan)"
             )
             raise ValueError(msg)
+    return index
+
+
+def _raise_label_range(
+    labels: Array, index: Array, low: int, high: int, num_classes: int, xp: ModuleType
+) -> None:
+    """The ValueError for labels outside [0, num_classes), with the exact bad value."""
+    if low < 0 and not xp.isdtype(labels.dtype, "signed integer"):
+        # An unsigned label >= 2**63 wrapped in int64: read its exact value.
+        row = _first_row(index < 0, xp)
+        value = int(to_host(labels[row]))
+        msg = f"`labels` must lie in [0, {num_classes}); got {value} at row {row}"
+        raise ValueError(msg)
+    bad = high if high >= num_classes else low
+    where = "max" if high >= num_classes else "min"
+    row = _first_row(index == bad, xp)
+    msg = f"`labels` must lie in [0, {num_classes}); got {where} {bad} at row {row}"
+    raise ValueError(msg)
 
 
 def _first_row(mask: Array, xp: ModuleType) -> int:
     return int(to_host(xp.argmax(xp.astype(mask, xp.int32))))
 
 
+#: Largest count and largest total count: int64 holds them without wrapping.
+MAX_COUNT = 2**63 - 1
+
+
 def check_counts(counts: Any) -> np.ndarray:
     """Class counts as a host int64 vector: positive integers, at least two classes.
 
-    Accepts sequences, NumPy arrays and arrays of any array-API library (one
-    host transfer). A non-numeric value is a TypeError; a wrong shape or value
-    a ValueError.
+    Accepts sequences (Python integers of any size are checked exactly),
+    NumPy arrays of any integer or floating dtype and arrays of any array-API
+    library (one host transfer). Every count and their total must be at most
+    ``2**63 - 1``, so that totals computed in int64 never wrap. A
+    non-numeric value is a TypeError; a wrong shape or value a ValueError.
     """
     if isinstance(counts, (str, bytes)):
         msg = f"`counts` must be a sequence of positive integers; got {counts!r}"
         raise TypeError(msg)
     try:
         host = to_host(counts) if compat.is_array_api_obj(counts) else np.asarray(counts)
-    except (TypeError, ValueError) as err:
-        msg = f"`counts` must be a sequence of positive integers; got {counts!r}"
+    except (TypeError, ValueError, OverflowError) as err:
+        msg = f"`counts` must be a sequence of positive integers; got {_short(counts)}"
         raise TypeError(msg) from err
+    if host.dtype == np.object_:
+        host = _integers_from_objects(host, counts)
     if host.dtype == np.bool_ or not (
         np.issubdtype(host.dtype, np.integer) or np.issubdtype(host.dtype, np.floating)
     ):
-        msg = f"`counts` must hold integers; got dtype {host.dtype} from {counts!r}"
+        msg = f"`counts` must hold integers; got dtype {host.dtype} from {_short(counts)}"
         raise TypeError(msg)
     if host.ndim != 1:
         msg = f"`counts` must be 1-D (one count per class); got shape {host.shape}"
@@ -216,11 +252,51 @@ def check_counts(counts: Any) -> np.ndarray:
             i = int(np.flatnonzero(~whole)[0])
             msg = f"`counts` must be positive integers; got {host[i].item()!r} at index {i}"
             raise ValueError(msg)
+        too_big = host >= 2.0**63
+    elif host.dtype == np.uint64:
+        too_big = host > np.uint64(MAX_COUNT)
+    else:
+        too_big = np.zeros(host.shape, dtype=bool)
+    if too_big.any():
+        i = int(np.flatnonzero(too_big)[0])
+        msg = (
+            f"`counts` must be at most 2**63 - 1 = {MAX_COUNT}; got {host[i].item()!r} "
+            f"at index {i}"
+        )
+        raise ValueError(msg)
     if (host < 1).any():
         i = int(np.flatnonzero(host < 1)[0])
         msg = f"`counts` must be positive integers (>= 1); got {host[i].item()!r} at index {i}"
         raise ValueError(msg)
-    return host.astype(np.int64)
+    exact = host.astype(np.int64)
+    # The total in Python integers: int64 sums of large counts would wrap.
+    total = sum(int(v) for v in exact.tolist()) if exact.max() > MAX_COUNT // exact.size else 0
+    if total > MAX_COUNT:
+        msg = f"`counts` must sum to at most 2**63 - 1 = {MAX_COUNT}; got a total of {total}"
+        raise ValueError(msg)
+    return exact
+
+
+def _integers_from_objects(host: np.ndarray, counts: Any) -> np.ndarray:
+    """Python integers too large for int64 (NumPy stores them as objects): checked exactly."""
+    flat = host.reshape(-1).tolist()
+    if host.ndim != 1 or not all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in flat
+    ):
+        msg = f"`counts` must hold integers; got dtype object from {_short(counts)}"
+        raise TypeError(msg)
+    for i, value in enumerate(flat):
+        if not 1 <= value <= MAX_COUNT:
+            condition = "at most 2**63 - 1 = " + str(MAX_COUNT) if value > 0 else ">= 1"
+            msg = f"`counts` must be positive integers ({condition}); got {value} at index {i}"
+            raise ValueError(msg)
+    return np.asarray(flat, dtype=np.int64)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """`repr(value)`, cut to `limit` characters (messages stay one readable line)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check_float_dtype(dtype: Any, xp: ModuleType) -> Any:

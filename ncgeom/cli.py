@@ -15,31 +15,40 @@ running it on the parsed arguments (returning the exit status):
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
+import importlib.util
 import json
 import math
 import os
 import sys
+import tempfile
 import time
-import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import ModuleType
-from typing import Any, NamedTuple, TextIO
+from typing import Any, NamedTuple, NoReturn, TextIO
 
+from ._array import to_host
 from ._json import jsonable
 from ._progress import Progress
-from .theory import (
-    UFMOptimum,
-    critical_regularization,
-    min_samples_to_survive,
-    ufm_relu_optimum,
-)
+from .plugins import load_entry_points
+from .theory import UFMOptimum, _survival_counts, critical_regularization, ufm_relu_optimum
 
-__all__ = ["COMMANDS", "COMMAND_ENTRY_POINTS", "Command", "available_commands", "main"]
+__all__ = [
+    "COMMANDS",
+    "COMMAND_ENTRY_POINTS",
+    "PLOT_SUFFIXES",
+    "Command",
+    "available_commands",
+    "check_output_dir",
+    "check_output_file",
+    "main",
+]
 
 #: Entry-point group through which installed packages add subcommands (each
 #: entry point names a `Command`), e.g. the PyTorch plugin's ``demo``.
 COMMAND_ENTRY_POINTS = "ncgeom.commands"
+
+_MAX_TOTAL = 2**63 - 1  # the largest total count (int64)
 
 # Pass/fail limits of `ncgeom verify`.
 _OBJECTIVE_TOL = 1e-6  # relative gap of the solver's objective above f*
@@ -59,6 +68,11 @@ class Command(NamedTuple):
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``ncgeom`` command line; return the exit status.
 
+    Every failure is one line on stderr, ``ncgeom COMMAND: error: ...``,
+    and a non-zero status; ``--debug`` (before or after the command) shows
+    the traceback of an unexpected error instead. Output files are checked
+    before any work starts.
+
     Parameters
     ----------
     argv : sequence of str, optional
@@ -67,8 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns
     -------
     int
-        0 on success, 1 when ``verify`` finds a gap above its limits, 2 for
-        bad input.
+        0 on success; 1 when ``verify`` finds a gap above its limits, or an
+        output cannot be written, or an unexpected error occurs; 2 for bad
+        input (a usage error exits through `SystemExit` with status 2, as
+        argparse does); 130 when interrupted.
 
     Examples
     --------
@@ -84,56 +100,259 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    name = f"ncgeom {args.command}"
     try:
         return commands[args.command].run(args)
-    except (ValueError, TypeError) as err:
-        print(f"ncgeom {args.command}: error: {err}", file=sys.stderr)
-        return 2
     except BrokenPipeError:
         # The reader (e.g. `head`) left early: stop quietly, as Unix tools do.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
+    except KeyboardInterrupt:
+        _fail(name, "interrupted")
+        return 130
+    except (ValueError, TypeError) as err:
+        if args.debug:
+            raise
+        _fail(name, str(err))
+        return 2
+    except OSError as err:
+        if args.debug:
+            raise
+        where = f"cannot write {err.filename}" if err.filename else "input/output failed"
+        _fail(name, f"{where}: {err.strerror or err}")
+        return 1
+    except MemoryError:
+        if args.debug:
+            raise
+        _fail(name, "out of memory; try a smaller problem")
+        return 1
+    except Exception as err:
+        if args.debug:
+            raise
+        _fail(name, f"{type(err).__name__}: {err} (rerun with --debug for the traceback)")
+        return 1
+
+
+def _fail(name: str, message: str) -> None:
+    """One line on stderr: ``ncgeom COMMAND: error: message``."""
+    print(f"{name}: error: {' '.join(message.split())}", file=sys.stderr)
 
 
 def available_commands() -> dict[str, Command]:
     """Built-in subcommands plus those installed under `COMMAND_ENTRY_POINTS`.
 
-    A built-in name wins over an installed one; an entry point that fails to
-    load is left out with a warning naming it and the error.
+    Installed commands load through `ncgeom.plugins.load_entry_points`, the
+    loader of plugins too: a built-in name wins over an installed one, and an
+    entry point that fails to import (`SystemExit` included), does not name a
+    `Command`, or whose options cannot be added to a parser is left out with
+    one warning naming it and its distribution.
+
+    Examples
+    --------
+    >>> from ncgeom.cli import available_commands
+    >>> {"theory", "verify"} <= set(available_commands())
+    True
     """
     commands = dict(COMMANDS)
-    for entry in importlib.metadata.entry_points(group=COMMAND_ENTRY_POINTS):
-        if entry.name in commands:
-            continue
-        try:
-            command = entry.load()
-        except Exception as err:  # a broken plugin must not break the other commands
-            warnings.warn(
-                f"ncgeom command {entry.name!r} ({entry.value}) failed to load: {err}",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            continue
-        commands[entry.name] = command
+    loaded, _ = load_entry_points(
+        COMMAND_ENTRY_POINTS, _checked_command, kind="command", skip=commands
+    )
+    for entry in loaded:
+        commands.setdefault(entry.name, entry.value)
     return commands
 
 
+def _checked_command(name: str, command: Any) -> Command:
+    """`check` of the command group: a `Command` whose options build a parser."""
+    if not isinstance(command, Command):
+        msg = f"it must load an ncgeom.cli.Command; got {type(command).__name__}"
+        raise TypeError(msg)
+    if not isinstance(command.help, str) or not callable(command.run):
+        msg = "its Command must have a help string and a callable run"
+        raise TypeError(msg)
+    command.add_arguments(_Parser(prog=f"ncgeom {name}", add_help=False))
+    return command
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose usage errors are one line (and exit with status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        _fail(self.prog, f"{message} (see {self.prog} --help)")
+        raise SystemExit(2)
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Adds "(default: X)" to options that have one; "(required)" to required ones.
+
+    Unlike argparse's ArgumentDefaultsHelpFormatter it never prints
+    "(default: None)": an option without a default says in its own help
+    what happens when it is left out.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or "default" in text or not action.option_strings:
+            return text
+        if action.required:
+            return f"{text} (required)"
+        if isinstance(action, argparse._StoreTrueAction):
+            return f"{text} (default: off)"
+        if action.default is None or action.default is argparse.SUPPRESS:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def _parser(commands: dict[str, Command]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ncgeom",
         description="Neural-collapse geometry of class-imbalanced classifiers.",
+        formatter_class=_HelpFormatter,
     )
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, command in commands.items():
         child = sub.add_parser(
-            name,
-            help=command.help,
-            description=command.help,
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            name, help=command.help, description=command.help, formatter_class=_HelpFormatter
+        )
+        child.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP
         )
         command.add_arguments(child)
     return parser
+
+
+_DEBUG_HELP = "show the traceback of an unexpected error instead of one line (default: off)"
+
+
+# ---------------------------------------------------------------------------
+# output files
+
+
+#: File types matplotlib writes, by suffix.
+PLOT_SUFFIXES = (
+    ".eps", ".jpeg", ".jpg", ".pdf", ".pgf", ".png", ".ps", ".raw", ".rgba", ".svg", ".svgz",
+    ".tif", ".tiff", ".webp",
+)  # fmt: skip
+
+
+def check_output_file(
+    path: str | os.PathLike[str],
+    option: str,
+    *,
+    suffixes: Sequence[str] | None = None,
+    default_suffix: str | None = None,
+) -> Path:
+    """The file an option names, checked to be writable before any work starts.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file name given.
+    option : str
+        The option's name for messages, e.g. ``"--plot"``.
+    suffixes : sequence of str, optional
+        Accepted suffixes (lower case, with the dot); any when omitted.
+    default_suffix : str, optional
+        Appended to a name without a suffix (the file really written, as
+        matplotlib does); the returned path includes it.
+
+    Returns
+    -------
+    pathlib.Path
+        The path that will be written.
+
+    Raises
+    ------
+    ValueError
+        If the path is a folder, has a suffix not in `suffixes`, or its
+        folder does not exist or is not writable.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from ncgeom.cli import check_output_file
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     check_output_file(f"{folder}/fig", "--plot", default_suffix=".png").name
+    'fig.png'
+    >>> check_output_file("/", "--plot")
+    Traceback (most recent call last):
+    ...
+    ValueError: `--plot` must name a file, not a folder; got '/'
+    """
+    text = os.fspath(path)
+    target = Path(text)
+    if not text or text.endswith(("/", os.sep)) or target.is_dir():
+        msg = f"`{option}` must name a file, not a folder; got {text!r}"
+        raise ValueError(msg)
+    if not target.suffix and default_suffix:
+        target = target.with_name(target.name + default_suffix)
+    if suffixes is not None and target.suffix.lower() not in suffixes:
+        msg = (
+            f"`{option}` must end in one of {', '.join(suffixes)}; got {text!r} "
+            f"(suffix {target.suffix or 'none'!r})"
+        )
+        raise ValueError(msg)
+    if target.is_dir():
+        msg = f"`{option}` must name a file, not a folder; got {str(target)!r}"
+        raise ValueError(msg)
+    folder = target.parent
+    if not folder.is_dir():
+        msg = (
+            f"`{option}` must be in an existing folder; {str(folder)!r} is not one (got {text!r})"
+        )
+        raise ValueError(msg)
+    _probe_writable(folder, option, text)
+    if target.exists() and not os.access(target, os.W_OK):
+        msg = f"`{option}` must be a writable file; {str(target)!r} is read-only"
+        raise ValueError(msg)
+    return target
+
+
+def check_output_dir(path: str | os.PathLike[str], option: str) -> Path:
+    """A folder an option names (created later if missing), checked to be writable.
+
+    Raises
+    ------
+    ValueError
+        If the path is an existing file, or the folder (or, when it does not
+        exist yet, its nearest existing parent) is not writable.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from ncgeom.cli import check_output_dir
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     check_output_dir(f"{folder}/new/out", "--out").name
+    'out'
+    """
+    text = os.fspath(path)
+    target = Path(text or ".")
+    existing = target
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "must name a folder" if existing == target else "must be inside a folder"
+        msg = f"`{option}` {what}; {str(existing)!r} is a file (got {text!r})"
+        raise ValueError(msg)
+    _probe_writable(existing, option, text)
+    return target
+
+
+def _probe_writable(folder: Path, option: str, text: str) -> None:
+    """Create and remove a temporary file in `folder`: the honest test of writability."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".ncgeom-probe-"):
+            pass
+    except OSError as err:
+        msg = (
+            f"`{option}` must be writable; cannot create a file in {str(folder)!r} "
+            f"({err.strerror or err}; got {text!r})"
+        )
+        raise ValueError(msg) from None
 
 
 # ---------------------------------------------------------------------------
@@ -146,38 +365,58 @@ def _theory_arguments(parser: argparse.ArgumentParser) -> None:
         type=_counts,
         required=True,
         metavar="N1,N2,...",
-        help="samples per class, comma-separated, in any order",
+        help="samples per class, comma-separated positive integers, in any order",
     )
-    parser.add_argument("--lambda-w", type=float, required=True, help="weight decay on W")
-    parser.add_argument("--lambda-h", type=float, required=True, help="weight decay on H")
     parser.add_argument(
-        "--dim", type=int, default=None, help="feature dimension (checked against alive classes)"
+        "--lambda-w", type=float, required=True, metavar="X", help="weight decay on W, > 0"
+    )
+    parser.add_argument(
+        "--lambda-h", type=float, required=True, metavar="X", help="weight decay on H, > 0"
+    )
+    parser.add_argument(
+        "--dim",
+        type=int,
+        default=None,
+        help="feature dimension of the optimal instance, at least the number of alive "
+        "classes (default: the number of classes)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--plot", metavar="FILE", help="write a figure (needs matplotlib)")
+    parser.add_argument(
+        "--plot",
+        metavar="FILE",
+        default=None,
+        help="also write a figure of margins and norms to FILE; the suffix picks the format, "
+        "none means .png (needs matplotlib; default: no figure)",
+    )
 
 
 def _run_theory(args: argparse.Namespace) -> int:
+    plot = None
+    if args.plot is not None:
+        plot = check_output_file(
+            args.plot, "--plot", suffixes=PLOT_SUFFIXES, default_suffix=".png"
+        )
+        if importlib.util.find_spec("matplotlib") is None:
+            msg = "`--plot` needs matplotlib: pip install 'ncgeom[plots]'"
+            raise ValueError(msg)
     opt = ufm_relu_optimum(args.counts, args.lambda_w, args.lambda_h, args.dim)
-    critical = [float(v) for v in critical_regularization(args.counts)]
-    survive = [
-        min_samples_to_survive(args.counts, k, args.lambda_w, args.lambda_h)
-        for k in range(len(args.counts))
-    ]
-    if args.plot:
+    counts = to_host(opt.counts)
+    critical = [float(v) for v in critical_regularization(counts)]
+    survive = _survival_counts(counts, opt.lambda_w, opt.lambda_h)
+    if plot is not None:
         from .plot import theory_figure
 
-        theory_figure(opt).savefig(args.plot)
+        theory_figure(opt).savefig(plot)
     if args.json:
         data = opt.to_dict()
-        data["num_samples"] = sum(args.counts)
+        data["num_samples"] = opt.num_samples
         data["critical_regularization"] = critical
         data["min_samples_to_survive"] = survive
         print(json.dumps(jsonable(data), indent=2))
     else:
         _print_theory(opt, critical, survive, sys.stdout)
-        if args.plot:
-            print(f"figure written to {args.plot}")
+        if plot is not None:
+            print(f"figure written to {plot}")
     return 0
 
 
@@ -244,25 +483,53 @@ class _Gaps(NamedTuple):
 
 
 def _verify_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--configs", type=int, default=20, help="random configurations")
-    parser.add_argument("--backend", choices=_BACKENDS, default="numpy", help="array library")
+    parser.add_argument(
+        "--configs", type=int, default=20, metavar="N", help="random configurations to solve"
+    )
+    parser.add_argument(
+        "--backend", choices=_BACKENDS, default="numpy", help="array library of the solver"
+    )
     parser.add_argument(
         "--bias",
         action="store_true",
         help="solve with a free bias; then only f_solver <= f* (bias-free) is checked",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the configurations")
+    parser.add_argument(
+        "--seed", type=int, default=0, metavar="N", help="seed of the configurations, >= 0"
+    )
     parser.add_argument(
         "--form",
         choices=("collapsed", "full"),
         default="collapsed",
         help="optimise one mean per class, or one feature per sample",
     )
-    parser.add_argument("--restarts", type=int, default=8, help="solver starts per config")
-    parser.add_argument("--tol", type=float, default=None, help="solver KKT tolerance")
-    parser.add_argument("--max-iter", type=int, default=20_000, help="solver iterations")
-    parser.add_argument("--max-classes", type=int, default=10, help="K is drawn in 2..this")
-    parser.add_argument("--max-count", type=int, default=200, help="n_k is drawn in 1..this")
+    parser.add_argument(
+        "--restarts", type=int, default=8, metavar="N", help="solver starts per configuration"
+    )
+    parser.add_argument(
+        "--tol",
+        type=float,
+        default=None,
+        metavar="X",
+        help="solver KKT tolerance, > 0 (default: 1e-10, the solver's float64 default)",
+    )
+    parser.add_argument(
+        "--max-iter", type=int, default=20_000, metavar="N", help="solver iterations per start"
+    )
+    parser.add_argument(
+        "--max-classes",
+        type=int,
+        default=10,
+        metavar="K",
+        help="the number of classes is drawn in 2..K",
+    )
+    parser.add_argument(
+        "--max-count",
+        type=int,
+        default=200,
+        metavar="N",
+        help="samples per class are drawn in 1..N",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
@@ -270,12 +537,10 @@ def _run_verify(args: argparse.Namespace) -> int:
     import numpy as np
 
     try:
-        from .solve import solve_ufm
+        from .solve import MAX_BYTES, _format_bytes, _solver_bytes, solve_ufm
     except ImportError as err:
-        print(
-            f"ncgeom verify: error: the numerical solver is unavailable ({err})", file=sys.stderr
-        )
-        return 2
+        msg = f"the numerical solver is unavailable ({err})"
+        raise ValueError(msg) from None
     for name in ("configs", "restarts", "max_iter"):
         if getattr(args, name) < 1:
             msg = f"`--{name.replace('_', '-')}` must be >= 1; got {getattr(args, name)}"
@@ -284,6 +549,34 @@ def _run_verify(args: argparse.Namespace) -> int:
         msg = (
             f"`--max-classes` must be >= 2 and `--max-count` >= 1; got "
             f"{args.max_classes} and {args.max_count}"
+        )
+        raise ValueError(msg)
+    if not 0 <= args.seed < 2**63:
+        msg = f"`--seed` must lie in [0, 2**63); got {args.seed}"
+        raise ValueError(msg)
+    if args.max_count * args.max_classes > _MAX_TOTAL:
+        msg = (
+            f"`--max-count` * `--max-classes` must be at most 2**63 - 1 (the total count); "
+            f"got {args.max_count} * {args.max_classes}"
+        )
+        raise ValueError(msg)
+
+    def memory(k: int) -> int:  # the largest configuration: K classes of max_count samples
+        return _solver_bytes(k, k * args.max_count, k, args.form, args.restarts, 8)
+
+    needed = memory(args.max_classes)
+    if needed > MAX_BYTES:
+        largest = _largest_fitting(memory, args.max_classes, MAX_BYTES)
+        fits = (
+            f"pass `--max-classes` {largest} or less"
+            if largest >= 2
+            else "lower `--max-count` or `--restarts`"
+        )
+        msg = (
+            f"`--max-classes` {args.max_classes} would need up to {_format_bytes(needed)} of "
+            f"solver memory (dim = K = {args.max_classes}, {args.restarts} restarts, "
+            f"{args.form} form, counts up to {args.max_count}), more than the solver's limit "
+            f"of {_format_bytes(MAX_BYTES)}; {fits}"
         )
         raise ValueError(msg)
     xp, device = _backend(args.backend)
@@ -323,6 +616,18 @@ def _run_verify(args: argparse.Namespace) -> int:
     else:
         _print_verify(rows, failed, args, elapsed, sys.stdout)
     return 1 if failed else 0
+
+
+def _largest_fitting(cost: Callable[[int], int], high: int, limit: int) -> int:
+    """Largest k in [2, high] with cost(k) <= limit (cost increasing), or 1 if none."""
+    low = 1
+    while low < high:
+        mid = (low + high + 1) // 2
+        if mid >= 2 and cost(mid) <= limit:
+            low = mid
+        else:
+            high = mid - 1
+    return low
 
 
 def _gaps(opt: UFMOptimum, solution: Any, bias: bool) -> _Gaps:

@@ -521,7 +521,7 @@ def full_problem(
     if num_rows == 0:
         msg = "`features` must hold at least one sample; got 0 rows"
         raise ValueError(msg)
-    check_batch(features, labels, num_classes, xp)
+    labels = check_batch(features, labels, num_classes, xp)
     device = array_device(features)
     targets = xp.arange(num_classes, dtype=labels.dtype, device=device)
 

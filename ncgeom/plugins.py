@@ -20,8 +20,8 @@ from __future__ import annotations
 import importlib.metadata
 import threading
 import warnings
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Collection, Sequence
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from ._array import to_host
 from .stats import ClassStats
@@ -29,8 +29,10 @@ from .stats import ClassStats
 __all__ = [
     "ENTRY_POINT_GROUP",
     "FrameworkPlugin",
+    "LoadedEntryPoint",
     "available_plugins",
     "get_plugin",
+    "load_entry_points",
     "reduce_class_stats",
     "register_plugin",
     "unregister_plugin",
@@ -93,6 +95,7 @@ _LOCK = threading.RLock()
 _PLUGINS: dict[str, FrameworkPlugin] = {}
 _ORIGINS: dict[str, str] = {}
 _FAILED: dict[str, str] = {}
+_OWNS_FAILED: set[str] = set()
 _ENTRY_POINTS_READ = False
 
 
@@ -118,38 +121,130 @@ def _check_plugin_object(plugin: Any, name: str = "plugin") -> None:
         raise TypeError(msg)
 
 
-def _read_entry_points() -> None:
-    """Load every plugin of the entry-point group (called once, under the lock)."""
+class LoadedEntryPoint(NamedTuple):
+    """One entry point that loaded and passed its group's check."""
+
+    name: str
+    value: Any
+    origin: str
+
+
+def load_entry_points(
+    group: str,
+    check: Callable[[str, Any], Any],
+    *,
+    kind: str = "entry point",
+    skip: Collection[str] = (),
+) -> tuple[list[LoadedEntryPoint], dict[str, str]]:
+    """Load every entry point of `group`; skip, with one warning each, those that fail.
+
+    The one loader of ncgeom's entry points (plugins and ``ncgeom``
+    subcommands). An entry point fails when reading the installed metadata,
+    importing its object or `check` raises anything, `SystemExit` at import
+    included; it is then skipped with a `RuntimeWarning` naming the group, the
+    entry point and its distribution, and never takes down the caller.
+
+    Parameters
+    ----------
+    group : str
+        Entry-point group, e.g. `ENTRY_POINT_GROUP`.
+    check : callable
+        ``check(name, obj)`` returns the object to keep (e.g. an instance of
+        a loaded class) or raises with a message saying what is wrong.
+    kind : str
+        What the group holds, for the warning (``"plugin"``, ``"command"``).
+    skip : collection of str
+        Names not to load at all (e.g. taken by built-ins).
+
+    Returns
+    -------
+    loaded : list of LoadedEntryPoint
+        The objects that loaded and passed `check`, in the order found (an
+        entry point found twice on ``sys.path`` once).
+    failed : dict of str to str
+        Name to a one-line reason, for each entry point skipped.
+
+    Examples
+    --------
+    >>> from ncgeom.plugins import load_entry_points
+    >>> loaded, failed = load_entry_points("no.such.group", lambda name, obj: obj)
+    >>> loaded, failed
+    ([], {})
+    """
+    loaded: list[LoadedEntryPoint] = []
+    failed: dict[str, str] = {}
+    try:
+        entries = list(importlib.metadata.entry_points(group=group))
+    except Exception as error:  # unreadable metadata of some installed distribution
+        warnings.warn(
+            f"ncgeom cannot read the entry points of group {group!r}: "
+            f"{type(error).__name__}: {error}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return loaded, failed
     seen: set[tuple[str, str]] = set()
-    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        key = (entry.name, entry.value)
-        if key in seen:  # the same distribution found twice on sys.path
+    for entry in entries:
+        name, value = str(getattr(entry, "name", "?")), str(getattr(entry, "value", "?"))
+        if (name, value) in seen or name in skip:  # found twice on sys.path, or not wanted
             continue
-        seen.add(key)
-        where = f"entry point {entry.name!r} ({entry.value})"
+        seen.add((name, value))
+        where = f"entry point {name!r} ({value}) of {_distribution(entry)}"
         try:
-            plugin = entry.load()
-            if isinstance(plugin, type):
-                plugin = plugin()
-            _check_plugin_object(plugin, f"{entry.value}")
-            if plugin.name != entry.name:
-                msg = f"it loads a plugin named {plugin.name!r}; the names must match"
-                raise ValueError(msg)
-            if entry.name in _PLUGINS and _PLUGINS[entry.name] is not plugin:
-                msg = (
-                    f"a plugin named {entry.name!r} is already registered ({_ORIGINS[entry.name]})"
-                )
-                raise ValueError(msg)
-        except Exception as error:
-            _FAILED[entry.name] = f"{where} failed: {type(error).__name__}: {error}"
+            obj = check(name, entry.load())
+        except (Exception, SystemExit) as error:
+            reason = _reason(error)
+            failed[name] = f"{where} failed: {reason}"
             warnings.warn(
-                f"ncgeom skips the plugin of {where}: {type(error).__name__}: {error}",
+                f"ncgeom skips the {kind} of {where} in group {group!r}: {reason}",
                 RuntimeWarning,
-                stacklevel=4,
+                stacklevel=3,
             )
             continue
-        _PLUGINS[entry.name] = plugin
-        _ORIGINS[entry.name] = where
+        loaded.append(LoadedEntryPoint(name, obj, where))
+    return loaded, failed
+
+
+def _distribution(entry: Any) -> str:
+    dist = getattr(entry, "dist", None)
+    try:
+        name = dist.name if dist is not None else None
+    except Exception:  # a distribution without readable metadata
+        name = None
+    if not name:
+        return "an unknown distribution"
+    version = getattr(dist, "version", None)
+    return f"distribution {name}" + (f" {version}" if version else "")
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, SystemExit):
+        return f"SystemExit({error.code!r}) raised at import"
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _checked_plugin(name: str, plugin: Any) -> FrameworkPlugin:
+    """`check` of the plugin group: a FrameworkPlugin (or a class of one) named `name`."""
+    if isinstance(plugin, type):
+        plugin = plugin()
+    _check_plugin_object(plugin, f"entry point {name!r}")
+    if plugin.name != name:
+        msg = f"it loads a plugin named {plugin.name!r}; the names must match"
+        raise ValueError(msg)
+    if name in _PLUGINS and _PLUGINS[name] is not plugin:
+        msg = f"a plugin named {name!r} is already registered ({_ORIGINS[name]})"
+        raise ValueError(msg)
+    return plugin
+
+
+def _read_entry_points() -> None:
+    """Load every plugin of the entry-point group (called once, under the lock)."""
+    loaded, failed = load_entry_points(ENTRY_POINT_GROUP, _checked_plugin, kind="plugin")
+    _FAILED.update(failed)
+    for entry in loaded:
+        _PLUGINS[entry.name] = entry.value
+        _ORIGINS[entry.name] = entry.origin
 
 
 def _ensure_entry_points() -> None:
@@ -214,6 +309,7 @@ def register_plugin(plugin: FrameworkPlugin, *, replace: bool = False) -> Framew
             _PLUGINS[plugin.name] = plugin
             _ORIGINS[plugin.name] = "register_plugin"
             _FAILED.pop(plugin.name, None)
+            _OWNS_FAILED.discard(plugin.name)
     return plugin
 
 
@@ -240,6 +336,7 @@ def unregister_plugin(name: str) -> FrameworkPlugin:
         if name not in _PLUGINS:
             raise ValueError(_unknown_name_message(name))
         _ORIGINS.pop(name)
+        _OWNS_FAILED.discard(name)
         return _PLUGINS.pop(name)
 
 
@@ -291,7 +388,7 @@ def get_plugin(obj_or_name: Any) -> FrameworkPlugin:
             with _LOCK:
                 raise ValueError(_unknown_name_message(obj_or_name))
         return plugin
-    owners = [plugin for plugin in plugins.values() if plugin.owns(obj_or_name)]
+    owners = [plugin for plugin in plugins.values() if _owns(plugin, obj_or_name)]
     kind = _type_name(obj_or_name)
     if not owners:
         msg = (
@@ -307,6 +404,25 @@ def get_plugin(obj_or_name: Any) -> FrameworkPlugin:
         )
         raise ValueError(msg)
     return owners[0]
+
+
+def _owns(plugin: FrameworkPlugin, obj: Any) -> bool:
+    """`plugin.owns(obj)`; a plugin whose `owns` raises owns nothing (one warning per plugin)."""
+    try:
+        return bool(plugin.owns(obj))
+    except Exception as error:
+        with _LOCK:
+            first = plugin.name not in _OWNS_FAILED
+            _OWNS_FAILED.add(plugin.name)
+            origin = _ORIGINS.get(plugin.name, "register_plugin")
+        if first:
+            warnings.warn(
+                f"ncgeom skips the plugin {plugin.name!r} ({origin}) in lookups by object: "
+                f"its owns() raised {_reason(error)}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return False
 
 
 def _unknown_name_message(name: str) -> str:

@@ -325,7 +325,7 @@ def ufm_relu_optimum(
     lh = check_weight_decay(lambda_h, "lambda_h")
     xp, device, dtype = _resolve_backend(counts, xp, device, dtype)
     k = host_counts.shape[0]
-    n_total = int(host_counts.sum())
+    n_total = _total(host_counts)
     n_crit = _collapse_count(n_total, k, lw, lh)
     excess_host, alive_host = _excess(host_counts, n_crit, lw, lh)
     num_alive = int(alive_host.sum())
@@ -373,7 +373,7 @@ def collapse_threshold(counts: Any, lambda_w: float, lambda_h: float) -> float:
     host_counts = check_counts(counts)
     lw = check_weight_decay(lambda_w, "lambda_w")
     lh = check_weight_decay(lambda_h, "lambda_h")
-    return _collapse_count(int(host_counts.sum()), host_counts.shape[0], lw, lh)
+    return _collapse_count(_total(host_counts), host_counts.shape[0], lw, lh)
 
 
 def critical_regularization(
@@ -409,7 +409,7 @@ def critical_regularization(
     host_counts = check_counts(counts)
     xp, device, dtype = _resolve_backend(counts, xp, device, dtype)
     k = host_counts.shape[0]
-    n_total = float(host_counts.sum())
+    n_total = float(_total(host_counts))
     n = xp.asarray(host_counts, dtype=dtype, device=device)
     return n * ((k - 1) / (k * n_total * n_total))
 
@@ -453,7 +453,24 @@ def min_samples_to_survive(counts: Any, k: int, lambda_w: float, lambda_h: float
         raise ValueError(msg)
     lw = check_weight_decay(lambda_w, "lambda_w")
     lh = check_weight_decay(lambda_h, "lambda_h")
-    rest = int(host_counts.sum()) - int(host_counts[k])
+    rest = _total(host_counts) - int(host_counts[k])
+    return _min_count(rest, num_classes, lw, lh)
+
+
+def _survival_counts(host_counts: np.ndarray, lw: float, lh: float) -> list[int | None]:
+    """`min_samples_to_survive` of every class of validated counts, in O(K)."""
+    total = _total(host_counts)
+    num_classes = host_counts.shape[0]
+    return [_min_count(total - n, num_classes, lw, lh) for n in host_counts.tolist()]
+
+
+def _total(host_counts: np.ndarray) -> int:
+    """Exact total of validated counts (`check_counts` bounds it by 2**63 - 1)."""
+    return int(host_counts.sum())
+
+
+def _min_count(rest: int, num_classes: int, lw: float, lh: float) -> int | None:
+    """Smallest count alive next to `rest` samples of the other classes, or None."""
     # Alive iff c m^2 + (2 c R - 1) m + c R^2 < 0 with c = K lw lh / (K-1):
     # the open interval between the roots, real iff 4 c R < 1. The lower
     # root is written in its cancellation-free form 2 c R^2 / (1 - 2cR + sqrt(D)).
@@ -562,7 +579,7 @@ def _excess(
     correctly rounded.
     """
     k = counts.shape[0]
-    n_total = int(counts.sum())
+    n_total = _total(counts)
     excess = (counts.astype(np.float64) - n_crit) / n_crit
     alive = excess > 0
     near = np.flatnonzero(np.abs(excess) <= _EXACT_BAND)

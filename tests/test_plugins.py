@@ -70,10 +70,12 @@ def fresh_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             dict(registry._ORIGINS),
             dict(registry._FAILED),
             registry._ENTRY_POINTS_READ,
+            set(registry._OWNS_FAILED),
         )
         registry._PLUGINS.clear()
         registry._ORIGINS.clear()
         registry._FAILED.clear()
+        registry._OWNS_FAILED.clear()
         registry._ENTRY_POINTS_READ = False
     yield
     with registry._LOCK:
@@ -84,6 +86,8 @@ def fresh_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         registry._FAILED.clear()
         registry._FAILED.update(saved[2])
         registry._ENTRY_POINTS_READ = saved[3]
+        registry._OWNS_FAILED.clear()
+        registry._OWNS_FAILED.update(saved[4])
 
 
 @pytest.fixture

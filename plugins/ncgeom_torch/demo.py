@@ -23,9 +23,9 @@ import numpy as np
 
 from ncgeom._json import jsonable
 from ncgeom._progress import Progress
-from ncgeom.cli import Command
+from ncgeom.cli import Command, check_output_dir
 
-__all__ = ["DemoConfig", "command", "default_counts", "load_dataset", "run_demo"]
+__all__ = ["DemoConfig", "check_device", "command", "default_counts", "load_dataset", "run_demo"]
 
 DATASETS = ("digits", "synthetic")
 
@@ -135,8 +135,9 @@ def run_demo(config: DemoConfig, *, progress: bool = True) -> dict[str, Any]:
     from .tracker import NCTracker
 
     _check_config(config)
+    device = check_device(config.device)
+    check_output_dir(config.out, "out")
     torch.manual_seed(config.seed)
-    device = torch.device(config.device)
     x_np, y_np, counts = load_dataset(config.dataset, config.counts, config.ratio, config.seed)
     x = torch.as_tensor(x_np, device=device)
     y = torch.as_tensor(y_np, device=device)
@@ -217,6 +218,47 @@ def run_demo(config: DemoConfig, *, progress: bool = True) -> dict[str, Any]:
     return summary
 
 
+def check_device(name: Any) -> Any:
+    """The torch device `name` names, checked to be usable here before any work.
+
+    Raises
+    ------
+    ValueError
+        If `name` is not a torch device, or names one this machine or this
+        torch build does not have (e.g. ``cuda`` on a CPU-only build).
+
+    Examples
+    --------
+    >>> from ncgeom_torch.demo import check_device
+    >>> check_device("cpu")
+    device(type='cpu')
+    >>> check_device("gpu")
+    Traceback (most recent call last):
+    ...
+    ValueError: `device` must be a torch device such as cpu, cuda or cuda:1; got 'gpu'
+    """
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        msg = f"`device` must be a torch device such as cpu, cuda or cuda:1; got {name!r}"
+        raise ValueError(msg) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        build = "has no CUDA support" if torch.version.cuda is None else "finds no CUDA device"
+        msg = (
+            f"`device` {name!r} is not available: this torch {torch.__version__} {build}; use cpu"
+        )
+        raise ValueError(msg)
+    try:
+        torch.empty(1, device=device)
+    except Exception as error:  # an index beyond the devices present, a missing backend
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        msg = f"`device` {name!r} is not usable here: {first}"
+        raise ValueError(msg) from None
+    return device
+
+
 def _check_config(config: DemoConfig) -> None:
     for name in ("epochs", "eval_every", "width", "depth"):
         value = getattr(config, name)
@@ -286,23 +328,43 @@ def _markdown(summary: dict[str, Any]) -> str:
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = DemoConfig()
-    parser.add_argument("--dataset", choices=DATASETS, default=defaults.dataset)
+    parser.add_argument(
+        "--dataset", choices=DATASETS, default=defaults.dataset, help="training data"
+    )
     parser.add_argument(
         "--counts",
         default=None,
         help="comma-separated samples per class (default: geometric, full class to --ratio)",
     )
-    parser.add_argument("--ratio", type=float, default=defaults.ratio)
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--eval-every", type=int, default=defaults.eval_every)
-    parser.add_argument("--lambda-w", type=float, default=defaults.lambda_w)
-    parser.add_argument("--lambda-h", type=float, default=defaults.lambda_h)
-    parser.add_argument("--width", type=int, default=defaults.width)
-    parser.add_argument("--depth", type=int, default=defaults.depth)
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--device", default=defaults.device, help="torch device, e.g. cuda")
-    parser.add_argument("--out", default=defaults.out, help="output folder")
+    parser.add_argument(
+        "--ratio",
+        type=float,
+        default=defaults.ratio,
+        help="smallest class over largest, for the default counts",
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=defaults.epochs, help="full-batch training epochs"
+    )
+    parser.add_argument(
+        "--eval-every", type=int, default=defaults.eval_every, help="epochs between evaluations"
+    )
+    parser.add_argument(
+        "--lambda-w", type=float, default=defaults.lambda_w, help="weight decay on the classifier"
+    )
+    parser.add_argument(
+        "--lambda-h",
+        type=float,
+        default=defaults.lambda_h,
+        help="weight decay on the penultimate features",
+    )
+    parser.add_argument("--width", type=int, default=defaults.width, help="hidden layer width")
+    parser.add_argument("--depth", type=int, default=defaults.depth, help="hidden layers")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="Adam learning rate")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of data and model")
+    parser.add_argument(
+        "--device", default=defaults.device, help="torch device, e.g. cpu, cuda, cuda:1"
+    )
+    parser.add_argument("--out", default=defaults.out, help="output folder, created if missing")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
 
 

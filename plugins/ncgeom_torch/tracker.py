@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -55,6 +56,18 @@ class NCTracker:
     group : ProcessGroup, optional
         Process group to combine over (default: the world).
 
+    Notes
+    -----
+    Safe to use from several threads: a lock serialises `observe`, `reset`,
+    `report` and `combined_stats`, so no batch is lost and `num_batches`
+    counts exactly the batches held. If combining across ranks fails (a rank
+    disagrees, or a collective times out), the statistics of this rank are
+    left unchanged and nothing is added to `history`; the error says so.
+    Every rank must call `report` (or `combined_stats`) the same number of
+    times; give the process group a timeout
+    (``torch.distributed.init_process_group(..., timeout=...)``) so that a
+    rank that never arrives raises instead of blocking the others forever.
+
     Attributes
     ----------
     history : list of (step, dict)
@@ -101,6 +114,7 @@ class NCTracker:
         self.history: list[tuple[int, dict[str, Any]]] = []
         self._stats: ClassStats | None = None
         self._num_batches = 0
+        self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ accumulate
     @property
@@ -117,8 +131,9 @@ class NCTracker:
 
     def reset(self) -> None:
         """Forget the accumulated statistics (the history is kept)."""
-        self._stats = None
-        self._num_batches = 0
+        with self._lock:
+            self._stats = None
+            self._num_batches = 0
 
     def observe(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         """Add one batch: features (B, d) and integer labels (B,) in [0, K).
@@ -145,6 +160,10 @@ class NCTracker:
             raise ValueError(msg)
         if labels.device != features.device:
             labels = labels.to(features.device, non_blocking=True)
+        with self._lock:  # read, update and write back as one step
+            self._observe(features, labels)
+
+    def _observe(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         if self._stats is None:
             stats = ClassStats.empty(
                 self.num_classes,
@@ -232,12 +251,25 @@ class NCTracker:
         In a distributed job every rank of the group must call it (as with
         `report`), also ranks that observed no batch.
         """
-        if not self._distributed():
-            if self._stats is None:
-                raise RuntimeError(self._nothing_observed())
-            return self._stats
-        local = self._stats if self._stats is not None else self._placeholder()
-        combined = all_reduce_stats(local, group=self.group)
+        with self._lock:
+            if not self._distributed():
+                if self._stats is None:
+                    raise RuntimeError(self._nothing_observed())
+                return self._stats
+            local = self._stats if self._stats is not None else self._placeholder()
+            try:
+                combined = all_reduce_stats(local, group=self.group)
+            except (ValueError, TypeError):
+                raise  # raised alike on every rank; nothing changed here
+            except Exception as error:
+                msg = (
+                    f"combining the statistics across ranks failed ({type(error).__name__}: "
+                    f"{error}); this rank's statistics are unchanged, but other ranks may "
+                    "have finished or be waiting in the collective: every rank must call "
+                    "report() the same number of times, and the process group needs a "
+                    "timeout (init_process_group(timeout=...)) so that a missing rank raises"
+                )
+                raise RuntimeError(msg) from error
         if int(combined.num_samples) == 0:
             raise RuntimeError(self._nothing_observed() + " (on any rank)")
         return combined
@@ -294,16 +326,17 @@ class NCTracker:
         weight = None
         if classifier is not None:
             weight = classifier_weight(classifier, warn=with_theory).detach()
-        stats = self.combined_stats()
-        theory = None
-        if with_theory:
-            theory = self._theory(stats, counts, lambda_w, lambda_h)
-        report = nc_report(stats, weight, theory=theory)
-        entry = report.to_dict()
-        if with_theory:
-            entry["lambda_w"] = lambda_w
-            entry["lambda_h"] = lambda_h
-        self.history.append((len(self.history) if step is None else int(step), entry))
+        with self._lock:
+            stats = self.combined_stats()
+            theory = None
+            if with_theory:
+                theory = self._theory(stats, counts, lambda_w, lambda_h)
+            report = nc_report(stats, weight, theory=theory)
+            entry = report.to_dict()
+            if with_theory:
+                entry["lambda_w"] = lambda_w
+                entry["lambda_h"] = lambda_h
+            self.history.append((len(self.history) if step is None else int(step), entry))
         return report
 
     def _theory(
