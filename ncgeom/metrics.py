@@ -216,7 +216,7 @@ def _undefined(value: Array, view: Classes, name: str, extra: dict[str, Array] |
             bad = flags[flag] if bad is None else bad | flags[flag]
     if bad is None:
         return value
-    return xp.where(bad, xp.asarray(xp.nan, dtype=value.dtype, device=view.device), value)
+    return xp.where(bad, xp.full_like(value, xp.nan), value)
 
 
 # ----------------------------------------------------------------------------- NC1
@@ -331,7 +331,7 @@ def pair_metrics(
     xp, num = view.xp, view.size
     dtype, device = view.means.dtype, view.device
     eps = xp.finfo(dtype).eps
-    centred, centre = view.centred, view.global_mean
+    centred = view.centred
     sq = xp.vecdot(centred, centred)
     zero = xp.zeros((), dtype=dtype, device=device)
     totals = {name: zero for name in names}
@@ -556,8 +556,13 @@ def _unit_max(a: Array, xp: ModuleType) -> Array:
 def _normalised_distance(a: Array, b: Array, xp: ModuleType) -> Array:
     """``|| a/||a||_F - b/||b||_F ||_F``, scale-free."""
     a, b = _unit_max(a, xp), _unit_max(b, xp)
-    diff = a / xp.linalg.matrix_norm(a) - b / xp.linalg.matrix_norm(b)
-    return xp.linalg.matrix_norm(diff)
+    norm_a, norm_b = xp.linalg.matrix_norm(a), xp.linalg.matrix_norm(b)
+    # A zero matrix has no direction: NaN, without a division warning.
+    nan = xp.full_like(norm_a, xp.nan)
+    ok = (norm_a > 0) & (norm_b > 0)
+    one = xp.ones_like(norm_a)
+    diff = a / xp.where(ok, norm_a, one) - b / xp.where(ok, norm_b, one)
+    return xp.where(ok, xp.linalg.matrix_norm(diff), nan)
 
 
 def self_duality_error(

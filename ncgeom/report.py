@@ -209,9 +209,10 @@ def nc_report(
     pairs, flags = m.pair_metrics(view)
     flags.update(view.flags())
     values.update(pairs)
-    scale = stats.unit_scale
+    # In float64: the variance in the features' units may leave float32's range.
+    scale = xp.astype(stats.unit_scale, xp.float64)
     spread = xp.sum(view.counts * view.variances) / xp.sum(view.counts)
-    values["within_variance"] = spread * scale * scale
+    values["within_variance"] = xp.astype(spread, xp.float64) * scale * scale
     values["equinorm"] = m._equinorm(view)
     if classifier is not None:
         values["self_duality_error"] = m._self_duality_error(classifier, view)

@@ -355,13 +355,13 @@ class ClassStats:
         """
         xp = self.xp
         factor = self.unit_scale / scale
-        square = factor * factor
+        # Two factors, not their square: 0 stays 0 when the square would overflow.
         return ClassStats(
             self.counts,
             self.shift * factor,
             self.sums * factor,
-            self.sqnorms * square,
-            None if self.gram is None else self.gram * square,
+            self.sqnorms * factor * factor,
+            None if self.gram is None else self.gram * factor * factor,
             xp.asarray(scale, dtype=self.dtype, device=self.device),
         )
 

@@ -1,0 +1,291 @@
+"""float32 statistics against float64 formulas on the same data, at the sizes users have.
+
+Every path that makes statistics (the in-memory report, `from_features` on
+NumPy and torch, `update` in any batch size and order, `merge` in any order
+and tree, the distributed reduction, Dask) must give NC1 and CDNV within
+1e-4 of a float64 formula written here, for collapsed features (spread
+1e-5 of the mean norm), thousands of samples a class, adversarial orders and
+any scale.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ncgeom import ClassStats, merge_stats, metrics, nc_report
+from ncgeom.plugins import reduce_class_stats
+
+TOL = 1e-4
+
+
+def collapsed(per_class, *, d=64, spread=1e-5, order="shuffled", scale=1.0, seed=0):
+    """float32 features at non-negative unit-norm means plus noise of norm `spread`."""
+    rng = np.random.default_rng(seed)
+    counts = np.asarray(per_class)
+    k = len(counts)
+    means = np.abs(rng.normal(size=(k, d)))
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    y = np.repeat(np.arange(k), counts)
+    if order != "sorted":
+        y = rng.permutation(y)
+    x = means[y] + spread / np.sqrt(d) * rng.normal(size=(len(y), d))
+    if order == "outlier":  # each class's first sample lies 1000 spreads away
+        first = np.array([np.flatnonzero(y == c)[0] for c in range(k)])
+        x[first] = means + 1000 * spread / np.sqrt(d) * rng.normal(size=(k, d))
+    return (x * scale).astype(np.float32), y
+
+
+def exact(x32, y, k):
+    """NC1 and CDNV in float64 from their definitions."""
+    x = x32.astype(np.float64)
+    n = np.bincount(y, minlength=k)
+    sums = np.zeros((k, x.shape[1]))
+    np.add.at(sums, y, x)
+    mu = sums / n[:, None]
+    centred = mu - x.mean(axis=0)
+    dev = x - mu[y]
+    within = dev.T @ dev / len(y)
+    between = centred.T @ centred / k
+    rtol = max(x.shape[1], k) * np.finfo(np.float64).eps
+    nc1 = np.trace(within @ np.linalg.pinv(between, rtol=rtol)) / k
+    var = np.bincount(y, weights=(dev**2).sum(axis=1), minlength=k) / n
+    i, j = np.triu_indices(k, 1)
+    cdnv = np.mean((var[i] + var[j]) / (2 * ((mu[i] - mu[j]) ** 2).sum(axis=1)))
+    return float(nc1), float(cdnv)
+
+
+def measured(source):
+    if isinstance(source, ClassStats):
+        return float(metrics.nc1(source)), float(metrics.cdnv(source))
+    rep = nc_report(source)
+    return rep.nc1, rep.cdnv
+
+
+def streamed(x, y, k, batch, xp_from=np.asarray):
+    stats = ClassStats.empty(k, x.shape[1], dtype=np.float32)
+    for lo in range(0, len(y), batch):
+        stats = stats.update(xp_from(x[lo : lo + batch]), xp_from(y[lo : lo + batch]))
+    return stats
+
+
+@pytest.mark.parametrize("order", ["shuffled", "sorted", "outlier"])
+@pytest.mark.parametrize("per_class", [5_000, 20_000])
+def test_every_path_keeps_nc1_and_cdnv_to_1e_4(order, per_class):
+    k = 10
+    x, y = collapsed([per_class] * k, order=order)
+    want = exact(x, y, k)
+    rng = np.random.default_rng(1)
+    blocks = np.array_split(np.arange(len(y)), 7)
+    parts = [ClassStats.from_features(x[b], y[b], k) for b in blocks]
+    shuffled = [parts[i] for i in rng.permutation(len(parts))]
+    tree = merge_stats(merge_stats(*shuffled[:3]), merge_stats(*shuffled[3:]))
+    paths = {
+        "report": (x, y),
+        "from_features": ClassStats.from_features(x, y, k),
+        "from_features_torch": ClassStats.from_features(
+            torch.from_numpy(x), torch.from_numpy(y), k
+        ),
+        "update_4096": streamed(x, y, k, 4096),
+        "update_777": streamed(x, y, k, 777),
+        "merge_reversed": merge_stats(*parts[::-1]),
+        "merge_tree": tree,
+    }
+    for name, source in paths.items():
+        got = measured(source)
+        assert got[0] > 0, name
+        np.testing.assert_allclose(got, want, rtol=TOL, err_msg=name)
+
+
+def test_merge_order_does_not_matter_when_a_class_starts_with_an_outlier():
+    k = 4
+    x, y = collapsed([3000] * k, order="outlier")
+    want = exact(x, y, k)
+    first = np.array([np.flatnonzero(y == c)[0] for c in range(k)])
+    rest = np.setdiff1d(np.arange(len(y)), first)
+    a = ClassStats.from_features(x[first], y[first], k)
+    b = ClassStats.from_features(x[rest], y[rest], k)
+    for merged in (a.merge(b), b.merge(a)):
+        np.testing.assert_allclose(measured(merged), want, rtol=TOL)
+        assert np.linalg.eigvalsh(merged.within_covariance()).min() > -1e-6 * want[0]
+
+
+def test_imbalance_1_to_1000():
+    counts = [20_000, 20_000, 200, 20]
+    x, y = collapsed(counts)
+    want = exact(x, y, len(counts))
+    for source in ((x, y), ClassStats.from_features(x, y, 4), streamed(x, y, 4, 4096)):
+        np.testing.assert_allclose(measured(source), want, rtol=TOL)
+
+
+def test_distributed_reduction_recentres_on_the_global_means():
+    k = 5
+    x, y = collapsed([4000] * k, order="outlier")
+    want = exact(x, y, k)
+    # Rank 0 holds only the outliers; the others split the rest.
+    first = np.array([np.flatnonzero(y == c)[0] for c in range(k)])
+    rest = np.setdiff1d(np.arange(len(y)), first)
+    halves = np.array_split(rest, 2)
+    parts = [ClassStats.from_features(x[i], y[i], k) for i in (first, *halves)]
+    stats = _reduce_in_lock_step(parts)
+    np.testing.assert_allclose(measured(stats), want, rtol=TOL)
+    np.testing.assert_array_equal(stats.counts, np.bincount(y, minlength=k))
+
+
+def _reduce_in_lock_step(parts):
+    """Run `reduce_class_stats` for every rank of a simulated world; return rank 0's result.
+
+    Each rank runs in its own thread; collectives meet at a barrier.
+    """
+    import threading
+
+    world = len(parts)
+    barrier = threading.Barrier(world)
+    slots: list = [None] * world
+    results: list = [None] * world
+
+    def collective(rank, combine):
+        def call(a):
+            slots[rank] = a
+            barrier.wait()
+            out = combine(list(slots))
+            barrier.wait()
+            return out
+
+        return call
+
+    def work(rank):
+        results[rank] = reduce_class_stats(
+            parts[rank],
+            rank=rank,
+            world_size=world,
+            all_gather=collective(rank, lambda xs: xs),
+            all_reduce=collective(rank, lambda xs: sum(xs[1:], xs[0])),
+        )
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for other in results[1:]:
+        np.testing.assert_array_equal(other.counts, results[0].counts)
+    return results[0]
+
+
+def test_dask_blocks_keep_nc1_to_1e_4():
+    da = pytest.importorskip("dask.array")
+    from ncgeom.outofcore import stats_from_dask
+
+    k = 10
+    x, y = collapsed([5000] * k, order="sorted")
+    stats = stats_from_dask(da.from_array(x, chunks=(3001, 64)), y, k, scheduler="sync")
+    np.testing.assert_allclose(measured(stats), exact(x, y, k), rtol=TOL)
+
+
+@pytest.mark.parametrize("scale", [1e-20, 1e-10, 1e10, 1e20])
+def test_scale_free_metrics_do_not_depend_on_the_features_size(scale):
+    k = 6
+    x, y = collapsed([2000] * k, spread=1e-3)
+    xs, _ = collapsed([2000] * k, spread=1e-3, scale=scale)
+    w = np.abs(np.random.default_rng(3).normal(size=(k, 64)))
+    base = nc_report((x, y), w)
+    names = [
+        "nc1",
+        "cdnv",
+        "etf_error",
+        "equinorm",
+        "equiangularity",
+        "orthogonality_error",
+        "self_duality_error",
+        "scaled_alignment_error",
+    ]
+    for source in ((xs, y), ClassStats.from_features(xs, y, k), streamed(xs, y, k, 2500)):
+        got = nc_report(source, w * scale)
+        for name in names:
+            assert getattr(got, name) == pytest.approx(getattr(base, name), rel=TOL), name
+        ratio = got.within_variance / (scale**2 * base.within_variance)
+        assert ratio == pytest.approx(1, rel=TOL)
+    assert nc_report((xs, y), w).ncc_agreement == base.ncc_agreement
+
+
+def test_dead_features_are_never_perfect_collapse():
+    x = np.zeros((300, 8), dtype=np.float32)
+    y = np.arange(300) % 3
+    with pytest.warns(UserWarning, match="every class mean is zero") as caught:
+        rep = nc_report((x, y), np.ones((3, 8)))
+    assert len([w for w in caught if "degenerate" in str(w.message)]) == 1
+    assert caught[0].filename == __file__  # points at the caller's line
+    why = dict(rep.unavailable)
+    for name in ("nc1", "cdnv", "etf_error", "orthogonality_error", "equiangularity"):
+        assert np.isnan(getattr(rep, name)), name
+        assert "coincide" in why[name] or "zero" in why[name], name
+    assert np.isnan(float(metrics.nc1(ClassStats.from_features(x, y, 3))))
+
+
+def test_coincident_means_make_cdnv_undefined():
+    rng = np.random.default_rng(0)
+    means = np.array([[1.0, 0, 0], [1.0, 0, 0], [0, 0, 1.0]])
+    y = np.arange(900) % 3
+    x = means[y] + 0.01 * rng.normal(size=(900, 3))
+    x[y == 1] = x[y == 0][: (y == 1).sum()]  # class 1 repeats class 0's samples
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rep = nc_report((x, y))
+    assert np.isnan(rep.cdnv) and "coincide" in dict(rep.unavailable)["cdnv"]
+    assert np.isfinite(rep.nc1)
+    assert len(caught) == 1
+
+
+def test_statistics_never_keep_an_autograd_graph():
+    import gc
+    import weakref
+
+    w = torch.randn(16, 8, requires_grad=True)
+    stats = ClassStats.empty(3, 8, dtype=torch.float32, xp=torch)
+    alive = []
+    for _ in range(50):
+        hidden = torch.relu(torch.randn(32, 16) @ w)  # part of a training step's graph
+        alive.append(weakref.ref(hidden))
+        stats = stats.update(hidden, torch.arange(32) % 3)
+        del hidden
+    gc.collect()
+    for array in (stats.shift, stats.sums, stats.sqnorms, stats.gram, stats.scale):
+        assert not array.requires_grad and array.grad_fn is None
+    assert sum(ref() is not None for ref in alive) == 0  # every batch's graph was freed
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    per_class=st.lists(st.integers(1, 3000), min_size=2, max_size=6),
+    spread=st.sampled_from([1e-5, 1e-4, 1e-2]),
+    order=st.sampled_from(["shuffled", "sorted", "outlier"]),
+    log_scale=st.integers(-20, 20),
+    batch=st.integers(50, 5000),
+    seed=st.integers(0, 2**16),
+)
+def test_streamed_and_in_memory_agree_with_float64(
+    per_class, spread, order, log_scale, batch, seed
+):
+    k = len(per_class)
+    x, y = collapsed(per_class, d=16, spread=spread, order=order, scale=10.0**log_scale, seed=seed)
+    want = exact(x, y, k)
+    for source in ((x, y), ClassStats.from_features(x, y, k), streamed(x, y, k, batch)):
+        got = measured(source)
+        assert got[0] >= 0
+        np.testing.assert_allclose(got, want, rtol=TOL)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("order", ["shuffled", "outlier"])
+def test_100_000_samples_a_class(order):
+    k = 10
+    x, y = collapsed([100_000] * k, d=32, order=order)
+    want = exact(x, y, k)
+    for source in ((x, y), ClassStats.from_features(x, y, k), streamed(x, y, k, 8192)):
+        np.testing.assert_allclose(measured(source), want, rtol=TOL)
