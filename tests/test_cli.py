@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
+import errno
 import io
 import json
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
+from ncgeom import cli as cli_module
 from ncgeom._progress import Progress
-from ncgeom.cli import COMMANDS, main
+from ncgeom.cli import COMMANDS, available_commands, check_output_dir, main
 
 THEORY = ["theory", "--counts", "30,20,3,1", "--lambda-w", "2e-2", "--lambda-h", "2e-2"]
 # Published values for these counts and lambdas.
@@ -213,3 +217,190 @@ def test_installed_commands_join_and_broken_ones_warn(monkeypatch, capsys):
     ):
         assert main(["hello", "--who", "ncgeom"]) == 0
     assert capsys.readouterr().out == "hello ncgeom\n"
+
+
+# ---------------------------------------------------------------------------
+# failures: one line, no traceback, output checked before work
+
+
+def _raising(error: BaseException):
+    def run(args):
+        raise error
+
+    return cli_module.Command("fails on purpose", lambda parser: None, run)
+
+
+def test_unexpected_error_is_one_line_unless_debug(monkeypatch, capsys):
+    monkeypatch.setitem(COMMANDS, "boom", _raising(RuntimeError("deep inside\nsecond line")))
+    assert main(["boom"]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        "ncgeom boom: error: RuntimeError: deep inside second line "
+        "(rerun with --debug for the traceback)\n"
+    )
+    for argv in (["--debug", "boom"], ["boom", "--debug"]):
+        with pytest.raises(RuntimeError, match="deep inside"):
+            main(argv)
+
+
+def test_full_disk_names_the_file(monkeypatch, capsys):
+    error = OSError(errno.ENOSPC, "No space left on device", "/data/out.png")
+    monkeypatch.setitem(COMMANDS, "boom", _raising(error))
+    assert main(["boom"]) == 1
+    assert capsys.readouterr().err == (
+        "ncgeom boom: error: cannot write /data/out.png: No space left on device\n"
+    )
+    monkeypatch.setitem(COMMANDS, "boom", _raising(MemoryError()))
+    assert main(["boom"]) == 1
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_usage_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["theory", "--counts", "3,2", "--lambda-w", "x", "--lambda-h", "1"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--lambda-w" in err and "Traceback" not in err
+
+
+def test_plot_to_a_folder_writes_nothing(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "figs"
+    folder.mkdir()
+    called = []
+    monkeypatch.setattr(cli_module, "ufm_relu_optimum", lambda *a: called.append(a))
+    assert main([*THEORY, "--plot", str(folder)]) == 2
+    assert "`--plot` must name a file, not a folder" in capsys.readouterr().err
+    assert not called  # checked before any work
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figs"]  # no figs.png
+
+
+@pytest.mark.parametrize(
+    ("name", "match"),
+    [
+        ("missing/fig.png", r"`--plot` must be in an existing folder; .*missing"),
+        ("file.txt/fig.png", r"`--plot` must be in an existing folder; .*file\.txt"),
+        ("fig.xyz", r"`--plot` must end in one of .*\.png.*got .*fig\.xyz"),
+        ("", r"`--plot` must name a file, not a folder; got ''"),
+    ],
+)
+def test_plot_path_is_checked_first(name, match, tmp_path, capsys):
+    (tmp_path / "file.txt").write_text("")
+    path = str(tmp_path / name) if name else ""
+    assert main([*THEORY, "--plot", path]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(match, err)
+
+
+def test_unwritable_folder_is_reported(tmp_path, monkeypatch, capsys):
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(cli_module.tempfile, "NamedTemporaryFile", refuse)
+    assert main([*THEORY, "--plot", str(tmp_path / "fig.png")]) == 2
+    err = capsys.readouterr().err
+    assert "`--plot` must be writable; cannot create a file in" in err
+    assert "Permission denied" in err
+
+
+def test_plot_without_suffix_says_the_file_it_wrote(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    assert main([*THEORY, "--plot", str(tmp_path / "fig")]) == 0
+    assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"figure written to {tmp_path / 'fig.png'}" in capsys.readouterr().out
+
+
+def test_output_dir_check():
+    with pytest.raises(ValueError, match=r"`--out` must name a folder; .* is a file"):
+        check_output_dir(__file__, "--out")
+    with pytest.raises(ValueError, match=r"`--out` must be inside a folder; .* is a file"):
+        check_output_dir(f"{__file__}/sub", "--out")
+
+
+def _option_helps():
+    commands = available_commands()
+    parser = cli_module._parser(commands)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, child in sub.choices.items():
+        formatter = child._get_formatter()
+        for action in child._actions:
+            if action.option_strings and action.help is not argparse.SUPPRESS:
+                text = formatter._expand_help(action)
+                yield name, action.option_strings[0], text
+
+
+def test_every_option_says_what_it_does_and_its_default():
+    seen = set()
+    for command, option, text in _option_helps():
+        seen.add(command)
+        if option == "-h":
+            continue
+        assert "(default: None)" not in text, (command, option, text)
+        assert len(text.split()) >= 3, (command, option, text)
+        assert "default" in text or "(required)" in text, (command, option, text)
+    assert {"theory", "verify"} <= seen
+
+
+def test_theory_is_fast_with_twenty_thousand_classes(capsys):
+    counts = ",".join(str(1 + (7919 * i) % 5000) for i in range(20_000))
+    started = time.perf_counter()
+    assert main(["theory", "--counts", counts, "--lambda-w", "1e-4", "--lambda-h", "1e-4"]) == 0
+    elapsed = time.perf_counter() - started
+    assert "K = 20000 classes" in capsys.readouterr().out
+    assert elapsed < 6.0  # 12 s when every class re-validated all counts
+
+
+def test_verify_refuses_huge_k_before_allocating(capsys):
+    pytest.importorskip("ncgeom.solve")
+    started = time.perf_counter()
+    assert main(["verify", "--max-classes", "100000"]) == 2
+    err = capsys.readouterr().err
+    assert time.perf_counter() - started < 5.0
+    assert err.count("\n") == 1
+    assert re.search(r"`--max-classes` 100000 would need up to [\d.]+ TiB", err)
+    assert re.search(r"pass `--max-classes` \d+ or less", err)
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--seed", "-1"], r"`--seed` must lie in \[0, 2\*\*63\); got -1"),
+        (["--max-count", str(2**62), "--max-classes", "4"], r"`--max-count` \* `--max-classes`"),
+        (["--form", "full", "--max-count", "10000000"], r"would need up to .*--max-count"),
+    ],
+)
+def test_verify_numeric_options_are_checked(args, match, capsys):
+    pytest.importorskip("ncgeom.solve")
+    assert main(["verify", *args]) == 2
+    assert re.search(match, capsys.readouterr().err)
+
+
+class _Entry:
+    def __init__(self, name, target):
+        self.name, self.value, self._target = name, f"pkg_{name}:command", target
+
+    def load(self):
+        if isinstance(self._target, BaseException):
+            raise self._target
+        return self._target
+
+
+def test_broken_command_entry_points_never_take_down_the_cli(monkeypatch, capsys):
+    import importlib.metadata
+
+    def bad_arguments(parser):
+        raise RuntimeError("cannot add options")
+
+    entries = [
+        _Entry("function", lambda args: 0),
+        _Entry("exits", SystemExit(3)),
+        _Entry("options", cli_module.Command("bad options", bad_arguments, lambda a: 0)),
+    ]
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: entries)
+    with pytest.warns(RuntimeWarning) as caught:
+        assert main(THEORY) == 0
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 3
+    assert any("'function'" in m and "must load an ncgeom.cli.Command" in m for m in messages)
+    assert any("'exits'" in m and "SystemExit(3) raised at import" in m for m in messages)
+    assert any("'options'" in m and "RuntimeError: cannot add options" in m for m in messages)
+    assert "f* =" in capsys.readouterr().out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -63,3 +64,46 @@ def test_command_line_runs_and_checks_its_options(tmp_path, capsys):
     assert "`counts` must give 10 classes" in capsys.readouterr().err
     assert main([*args, "--out", str(tmp_path), "--lambda-w", "0"]) == 2
     assert "`lambda_w` must be a finite number > 0; got 0.0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (
+            ["--device", "gpu"],
+            r"`device` must be a torch device such as cpu, cuda or cuda:1; got 'gpu'",
+        ),
+        (["--device", "cuda:99"], r"`device` 'cuda(:99)?' is not (available|usable)"),
+    ],
+)
+def test_bad_device_is_one_line_before_training(extra, match, tmp_path, capsys):
+    import torch
+
+    if extra[1].startswith("cuda") and torch.cuda.device_count() > 99:
+        pytest.skip("a machine with 100 GPUs")
+    args = ["demo", "--dataset", "synthetic", "--epochs", "2", "--out", str(tmp_path / "o")]
+    assert main([*args, *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(match, err)
+    assert not (tmp_path / "o").exists()  # nothing trained, nothing written
+
+
+def test_cuda_without_cuda_says_so(monkeypatch):
+    import torch
+
+    from ncgeom_torch.demo import check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(
+        ValueError, match=r"`device` 'cuda' is not available: this torch .*; use cpu"
+    ):
+        check_device("cuda")
+
+
+def test_out_that_is_a_file_is_refused_first(tmp_path, capsys):
+    target = tmp_path / "report.txt"
+    target.write_text("keep me")
+    args = ["demo", "--dataset", "synthetic", "--epochs", "2", "--out", str(target)]
+    assert main(args) == 2
+    assert "`out` must name a folder" in capsys.readouterr().err
+    assert target.read_text() == "keep me"

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import os
+import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -583,3 +586,104 @@ def test_the_guide_example_is_the_tested_plugin() -> None:
         scope["plugin"], np.array, mutate=lambda a: np.add(a, 1, out=a), foreign=foreign_objects()
     )
     assert set(outcome.values()) == {"passed"}
+
+
+# ----------------------------------------------------------------------------- broken entry points
+BROKEN_SOURCES = {
+    "ncgeom_fake_exits": "import sys\nsys.exit(3)\n",
+    "ncgeom_fake_function": "def plugin(obj):\n    return obj\n",
+    "ncgeom_fake_init_fails": (
+        "class plugin:\n    name = 'init'\n    def __init__(self):\n"
+        "        raise RuntimeError('no framework here')\n"
+    ),
+}
+
+
+def test_entry_points_that_exit_or_load_the_wrong_object_are_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_registry: None
+) -> None:
+    write_distribution(
+        tmp_path,
+        {
+            "good": "ncgeom_fake_good2:plugin",
+            "exits": "ncgeom_fake_exits:plugin",
+            "function": "ncgeom_fake_function:plugin",
+            "init": "ncgeom_fake_init_fails:plugin",
+        },
+        {"ncgeom_fake_good2": PLUGIN_SOURCE.format(name="good"), **BROKEN_SOURCES},
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    with pytest.warns(RuntimeWarning) as caught:
+        names = available_plugins()
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 3  # one warning per broken entry point
+    for name, reason in [
+        ("exits", "SystemExit(3) raised at import"),
+        ("function", "must implement FrameworkPlugin"),
+        ("init", "RuntimeError: no framework here"),
+    ]:
+        (message,) = [m for m in messages if f"entry point {name!r}" in m]
+        assert "distribution fakeplugins 1.0" in message
+        assert reason in message
+    assert "good" in names
+    assert not {"exits", "function", "init"} & set(names)
+    for module in ("ncgeom_fake_good2", *BROKEN_SOURCES):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+
+
+def test_owns_that_raises_is_skipped_with_one_warning(no_entry_points: None) -> None:
+    class Raising(Toy):
+        def owns(self, obj: Any) -> bool:
+            raise AttributeError("looked at the wrong attribute")
+
+    toy = register_plugin(Toy())
+    register_plugin(Raising("raising"))
+    with pytest.warns(RuntimeWarning, match=r"plugin 'raising' .*owns\(\) raised AttributeError"):
+        assert get_plugin(ToyTensor(np.zeros(1))) is toy
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once, not on every lookup
+        assert get_plugin(ToyTensor(np.zeros(1))) is toy
+        with pytest.raises(TypeError, match="no registered plugin owns"):
+            get_plugin(1.5)
+
+
+def test_unreadable_entry_point_metadata_warns(
+    monkeypatch: pytest.MonkeyPatch, fresh_registry: None
+) -> None:
+    def entry_points(**_: Any) -> list[Any]:
+        raise OSError("corrupt metadata")
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+    with pytest.warns(RuntimeWarning, match=r"cannot read the entry points .*corrupt metadata"):
+        assert available_plugins() == ()
+
+
+def test_broken_entry_points_never_take_down_import_or_cli(tmp_path: Path) -> None:
+    root = tmp_path / "site"
+    root.mkdir()
+    write_distribution(
+        root,
+        {"exits": "ncgeom_fake_exits:plugin"},
+        {"ncgeom_fake_exits": BROKEN_SOURCES["ncgeom_fake_exits"]},
+    )
+    info = root / "fakeplugins-1.0.dist-info" / "entry_points.txt"
+    info.write_text(
+        info.read_text() + "[ncgeom.commands]\nexits = ncgeom_fake_exits:command\n"
+        "function = ncgeom_fake_function:plugin\n"
+    )
+    (root / "ncgeom_fake_function.py").write_text(BROKEN_SOURCES["ncgeom_fake_function"])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), *sys.path])}
+    code = (
+        "import ncgeom, ncgeom.plugins as p, ncgeom.cli as c; "
+        "print(sorted(p.available_plugins())); "
+        "raise SystemExit(c.main(['theory', '--counts', '3,2', '--lambda-w', '1e-3', "
+        "'--lambda-h', '1e-3', '--json']))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "'exits'" in result.stderr and "SystemExit(3) raised at import" in result.stderr
+    assert "'function'" in result.stderr
+    assert '"objective"' in result.stdout

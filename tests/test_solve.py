@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import re
+import time
+import tracemalloc
 
 import array_api_compat
 import numpy as np
@@ -17,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ncgeom import solve
-from ncgeom.solve import UFMSolution, solve_ufm
+from ncgeom.solve import UFMSolution, solve_ufm, working_memory
 
 from reference import PUBLISHED_VECTORS as VECTORS
 from reference import ufm_closed_form
@@ -391,3 +394,44 @@ def test_slow_bias_sweep(config, lambda_b):
     sol = solve_ufm(counts, lw, lh, dim, bias=True, lambda_b=lambda_b, seed=seed)
     assert sol.converged
     assert sol.objective <= value + 1e-9
+
+
+# ---------------------------------------------------------------------------
+# size guard: the working memory is checked before anything is allocated
+
+
+@pytest.mark.parametrize("counts", [[10**9, 10], [10**6, 10]])
+def test_full_form_with_huge_counts_names_the_collapsed_form(counts):
+    started = time.perf_counter()
+    with pytest.raises(ValueError) as info:
+        solve_ufm(counts, 1e-3, 1e-3, 2, form="full")
+    assert time.perf_counter() - started < 2.0
+    message = str(info.value)
+    assert re.search(r"need about [\d.]+ [GT]iB of working memory", message)
+    assert 'pass form="collapsed"' in message and "`max_bytes`" in message
+    solve_ufm(counts, 1e-3, 1e-3, 2, form="collapsed", max_iter=10, restarts=1)
+
+
+def test_huge_k_is_refused_with_its_size():
+    with pytest.raises(ValueError, match=r"100000 classes.*TiB.*fewer classes, a smaller `dim`"):
+        solve_ufm([10] * 100_000, 1e-3, 1e-3, 100_000)
+    with pytest.raises(ValueError, match=r"`max_bytes` must be a positive integer; got 0"):
+        solve_ufm([3, 2], 1e-3, 1e-3, 2, max_bytes=0)
+    with pytest.raises(ValueError, match=r"more than `max_bytes` = 1000 bytes"):
+        solve_ufm([3, 2], 1e-3, 1e-3, 2, max_bytes=1000)
+    assert solve_ufm([3, 2], 1e-3, 1e-3, 2, max_bytes=None, max_iter=5).counts == (3, 2)
+
+
+@pytest.mark.parametrize(
+    ("counts", "dim", "form", "restarts"),
+    [([200] * 10, 10, "full", 4), ([50] * 40, 5, "full", 2), ([1] * 300, 300, "collapsed", 2)],
+)
+def test_working_memory_bounds_the_measured_peak(counts, dim, form, restarts):
+    tracemalloc.start()
+    try:
+        solve_ufm(counts, 1e-3, 1e-3, dim, form=form, restarts=restarts, max_iter=20, seed=0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    estimate = working_memory(counts, dim, form=form, restarts=restarts)
+    assert peak <= estimate <= 4 * peak

@@ -513,3 +513,55 @@ def test_bad_class_index():
         min_samples_to_survive([5, 3], 2, 1e-3, 1e-3)
     with pytest.raises(TypeError, match=r"`k` must be an integer class index; got 0\.5"):
         min_samples_to_survive([5, 3], 0.5, 1e-3, 1e-3)
+
+
+# ---------------------------------------------------------------------------
+# exact integer counts: nothing wraps
+
+
+@pytest.mark.parametrize(
+    ("counts", "match"),
+    [
+        ([1e19, 5], r"`counts` must be at most 2\*\*63 - 1 = 9223372036854775807; got 1e\+19"),
+        (
+            np.array([2**63, 5], dtype=np.uint64),
+            r"`counts` must be at most 2\*\*63 - 1 .*; got 9223372036854775808 at index 0",
+        ),
+        (
+            [5, 2**70],
+            r"`counts` must be positive integers \(at most 2\*\*63 - 1.*"
+            r"got 1180591620717411303424 at",
+        ),
+        ([2**62, 2**62, 1], r"`counts` must sum to at most 2\*\*63 - 1 .*total of 92\d+"),
+        ([5, -(2**70)], r"`counts` must be positive integers \(>= 1\); got -\d+ at index 1"),
+        ([5, float("inf")], r"`counts` must be positive integers; got inf at index 1"),
+    ],
+)
+def test_out_of_range_counts_never_wrap(counts, match):
+    for call in (
+        lambda: ufm_relu_optimum(counts, 1e-3, 1e-3),
+        lambda: collapse_threshold(counts, 1e-3, 1e-3),
+        lambda: critical_regularization(counts),
+        lambda: min_samples_to_survive(counts, 0, 1e-3, 1e-3),
+    ):
+        with pytest.raises(ValueError, match=match):
+            call()
+
+
+def test_largest_counts_are_exact():
+    big = 2**62
+    opt = ufm_relu_optimum([big, big - 1], 1e-40, 1e-40)
+    assert opt.num_samples == 2**63 - 1  # no int64 wrap
+    assert opt.to_dict()["counts"] == [big, big - 1]
+    assert bool(opt.alive.all()) and math.isfinite(float(opt.objective))
+    assert min_samples_to_survive([big, 5], 1, 1e-40, 1e-40) is not None
+    uint = np.array([3, 2**40], dtype=np.uint64)
+    assert ufm_relu_optimum(uint, 1e-3, 1e-3).counts.tolist() == [3, 2**40]
+
+
+def test_survival_counts_of_every_class_match_one_by_one():
+    from ncgeom.theory import _survival_counts
+
+    counts = [5000, 2000, 500, 100, 20, 1]
+    expected = [min_samples_to_survive(counts, k, 5e-3, 1e-3) for k in range(6)]
+    assert _survival_counts(np.array(counts), 5e-3, 1e-3) == expected

@@ -486,3 +486,44 @@ def test_docs_training_example_runs_and_collapses() -> None:
     assert steps == [5, 10]
     assert nc1[1] < nc1[0]
     assert tracker.history[-1][1]["counts"] == [60, 30, 15]
+
+
+# ---------------------------------------------------------------------------
+# threads and label dtypes
+
+
+def test_observe_from_threads_loses_no_sample():
+    import threading
+
+    tracker = NCTracker(3, gram=False)
+    batches, size = 40, 25
+    start = threading.Barrier(4)
+
+    def work(seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        start.wait()
+        for _ in range(batches):
+            y = torch.randint(0, 3, (size,), generator=g)
+            tracker.observe(torch.eye(3, 8)[y] + 0.01 * torch.randn(size, 8, generator=g), y)
+
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert tracker.num_batches == 4 * batches
+    assert int(tracker.stats.num_samples) == 4 * batches * size
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8", "int16", "int32", "int64"])
+def test_observe_accepts_every_integer_label_dtype(dtype):
+    y = torch.tensor([0, 1, 2, 1, 0, 2])
+    h = torch.eye(3)[y] * 2.0
+    tracker = NCTracker(3)
+    tracker.observe(h, y.to(getattr(torch, dtype)))
+    assert tracker.stats.counts.tolist() == [2, 2, 2]
+    with pytest.raises(ValueError, match=r"`labels` must lie in \[0, 3\); got max 7 at row 1"):
+        tracker.observe(h[:2], torch.tensor([0, 7]).to(getattr(torch, dtype)))
+    with pytest.raises(TypeError, match=r"`labels` must have an integer dtype; got torch.bool"):
+        tracker.observe(h[:2], torch.tensor([True, False]))
+    assert tracker.num_batches == 1  # the failed batches were not counted
