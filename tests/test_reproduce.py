@@ -1,0 +1,298 @@
+"""`ncgeom reproduce`: data, models, the sweep criterion, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("matplotlib")
+pytest.importorskip("sklearn")
+
+import torch
+
+from ncgeom.cli import main
+from ncgeom.loss import ufm_objective
+from ncgeom_torch.reproduce import (
+    PRESETS,
+    Preset,
+    RunSpec,
+    _evaluate,
+    run_reproduce,
+    sweep_agreement,
+    train_run,
+)
+from ncgeom_torch.reproduce_data import (
+    build_model,
+    imbalance_counts,
+    load_pool,
+    training_subset,
+)
+
+RUN_KEYS = {
+    "dataset",
+    "counts",
+    "lambda_w",
+    "lambda_h",
+    "epochs",
+    "train_accuracy",
+    "objective",
+    "optimum",
+    "nc1",
+    "gof_error",
+    "classifier_gram_error",
+    "logit_structure_error",
+    "orthogonality_error",
+}
+SWEEP_KEYS = {
+    "lambda_w",
+    "lambda_h",
+    "counts",
+    "predicted_alive",
+    "measured_norms",
+    "predicted_norms",
+}
+
+TINY = Preset(
+    "tiny",
+    digits_head=20,
+    digits_profiles=(("step", 10.0),),
+    digits_epochs=6,
+    mnist1d_head=20,
+    mnist1d_profiles=(("longtail", 10.0),),
+    mnist1d_epochs=1,
+    mnist1d_batch=64,
+    width=16,
+    sweep_head=20,
+    sweep_factors=(0.5, 3.0),
+    sweep_epochs=6,
+    evals=3,
+)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def test_imbalance_profiles_give_the_documented_counts():
+    assert imbalance_counts(170, "balanced") == [170] * 10
+    assert imbalance_counts(170, "step", 100) == [170] * 5 + [2] * 5
+    assert imbalance_counts(9, "step", 3, num_classes=3) == [9, 9, 3]
+    long_tail = imbalance_counts(1000, "longtail", 100)
+    expected = [round(1000 * 100 ** (-k / 9)) for k in range(10)]
+    assert long_tail == expected and long_tail[0] == 1000 and long_tail[-1] == 10
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"head": 0, "profile": "step"}, "`head`"),
+        ({"head": 5, "profile": "zipf"}, "`profile`.*'zipf'"),
+        ({"head": 5, "profile": "step", "ratio": 0.5}, "`ratio`.*0.5"),
+        ({"head": 5, "profile": "step", "num_classes": 1}, "`num_classes`.*1"),
+    ],
+)
+def test_imbalance_counts_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        imbalance_counts(**kwargs)
+
+
+def test_mnist1d_is_generated_offline_deterministically_and_keeps_global_rngs(monkeypatch):
+    pytest.importorskip("mnist1d")
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("MNIST-1D must be generated without the network")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    np.random.seed(123)  # noqa: NPY002
+    random.seed(123)
+    expected_np, expected_py = np.random.random(), random.random()  # noqa: NPY002
+    np.random.seed(123)  # noqa: NPY002
+    random.seed(123)
+    x, y = load_pool("mnist1d", 7, seed=5)
+    assert (np.random.random(), random.random()) == (expected_np, expected_py)  # noqa: NPY002
+    assert x.shape == (70, 40) and x.dtype == np.float32
+    assert np.bincount(y).tolist() == [7] * 10
+    again, _ = load_pool("mnist1d", 7, seed=5)
+    other, _ = load_pool("mnist1d", 7, seed=6)
+    np.testing.assert_array_equal(x, again)
+    assert not np.array_equal(x, other)
+
+
+def test_load_pool_and_subset_check_their_arguments():
+    with pytest.raises(ValueError, match=r"`dataset`.*'cifar'"):
+        load_pool("cifar", 5)
+    with pytest.raises(ValueError, match=r"`per_class`.*1000"):
+        load_pool("digits", 1000)
+    x, y = load_pool("digits", 10)
+    sub_x, sub_y = training_subset(x, y, [10, 1, 2, 3, 4, 5, 6, 7, 8, 9], seed=1)
+    assert np.bincount(sub_y).tolist() == [10, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+    # every row of the subset is a row of the pool with the same label
+    index = {row.tobytes(): label for row, label in zip(x, y, strict=True)}
+    assert all(index[row.tobytes()] == label for row, label in zip(sub_x, sub_y, strict=True))
+    with pytest.raises(ValueError, match=r"`counts` for class 0"):
+        training_subset(x, y, [500] + [1] * 9)
+
+
+@pytest.mark.parametrize(("dataset", "dim"), [("digits", 64), ("mnist1d", 40)])
+def test_models_have_relu_features_and_a_bias_free_classifier(dataset, dim):
+    model = build_model(dataset, 24)
+    body, classifier = model[0], model[1]
+    assert classifier.bias is None and tuple(classifier.weight.shape) == (10, 24)
+    features = body(torch.randn(8, dim))
+    assert features.shape == (8, 24) and bool((features >= 0).all())
+    assert isinstance(body[-1], torch.nn.ReLU)
+    with pytest.raises(ValueError, match=r"`width`.*4"):
+        build_model(dataset, 4)
+
+
+# ----------------------------------------------------------------------------- objective
+
+
+def test_reported_objective_is_the_ufm_objective_of_the_library():
+    counts = (6, 4, 2)
+    spec = RunSpec("t", "digits", "step", 3.0, counts, 2e-3, 5e-3, width=12)
+    model = build_model("digits", 12, 3)
+    gen = torch.Generator().manual_seed(0)
+    inputs = torch.rand(12, 64, generator=gen)
+    labels = torch.tensor([0] * 6 + [1] * 4 + [2] * 2)
+    from ncgeom.theory import ufm_relu_optimum
+
+    result = _evaluate(spec, model, inputs, labels, ufm_relu_optimum(counts, 2e-3, 5e-3))
+    with torch.no_grad():
+        features = model[0](inputs).double()
+    expected = ufm_objective(
+        model[1].weight.detach().double().numpy(), features.numpy(), labels.numpy(), 2e-3, 5e-3
+    )
+    np.testing.assert_allclose(result["objective"], float(expected), rtol=1e-6)
+
+
+def test_mini_batch_penalty_averages_to_the_full_sample_feature_term():
+    # The training loss carries lambda_H * (N/B) * sum over the batch: over a
+    # partition of the N samples into batches its mean is lambda_H * sum over all.
+    from ncgeom_torch import ufm_penalty
+
+    gen = torch.Generator().manual_seed(1)
+    features = torch.rand(12, 5, dtype=torch.float64, generator=gen)
+    weight = torch.zeros(3, 5, dtype=torch.float64)
+    batches = [
+        ufm_penalty(weight, chunk, lambda_w=0.0, lambda_h=0.3, num_samples=12)
+        for chunk in torch.split(features, 4)
+    ]
+    full = 0.5 * 0.3 * float((features**2).sum())
+    np.testing.assert_allclose(float(sum(batches) / len(batches)), full, rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------- sweep criterion
+
+
+def test_sweep_agreement_against_hand_computed_pairs():
+    counts = [30, 20, 3, 1]
+    n_total, k = 54, 4
+    critical = [n * (k - 1) / (k * n_total**2) for n in counts]
+    lam = 0.03  # lambda^2 = 9e-4: class 3 (critical 2.57e-4) 3.5x above: near;
+    # class 2 (7.7e-4) 1.17x above: near; classes 0, 1 (7.7e-3, 5.1e-3) 8.6x, 5.7x below: clear
+    points = [
+        {
+            "lambda_w": lam,
+            "lambda_h": lam,
+            "counts": counts,
+            "predicted_alive": [True, True, False, False],
+            "measured_norms": [0.8, 1.0, 0.04, 0.2],
+        },
+        {
+            "lambda_w": 0.001,
+            "lambda_h": 0.001,  # 1e-6: all clear and alive
+            "counts": counts,
+            "predicted_alive": [True, True, True, True],
+            "measured_norms": [1.0, 1.0, 1.0, 0.01],
+        },
+    ]
+    result = sweep_agreement(points)
+    ratios = [p["ratio"] for p in result["pairs"][:4]]
+    np.testing.assert_allclose(ratios, [lam**2 / c for c in critical])
+    # clear pairs: point 0 classes 0, 1 (agree), point 1 all four (class 3 at 1% disagrees)
+    assert result["clear"] == {"pairs": 6, "agree": 5, "fraction": 5 / 6}
+    # near pairs: point 0 class 2 (4% < 5%: agrees), class 3 (20%: disagrees)
+    assert result["near"] == {"pairs": 2, "agree": 1, "fraction": 0.5}
+    with pytest.raises(ValueError, match=r"`points`"):
+        sweep_agreement([])
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def test_train_run_is_deterministic_on_cpu_and_checks_its_spec():
+    counts = tuple(imbalance_counts(12, "step", 4))
+    x, y = training_subset(*load_pool("digits", 12), counts)
+    spec = RunSpec("d", "digits", "step", 4.0, counts, 1e-3, 1e-3, epochs=4, width=16, evals=2)
+    first, second = train_run(spec, x, y), train_run(spec, x, y)
+    assert first["measured_norms"] == second["measured_norms"]
+    assert first["objective"] == second["objective"]
+    assert [e["epoch"] for e in first["history"]] == [1, 2, 4]
+    with pytest.raises(ValueError, match=r"`warmup`.*1.5"):
+        train_run(RunSpec("d", "digits", "step", 4.0, counts, 1e-3, 1e-3, warmup=1.5), x, y)
+    with pytest.raises(ValueError, match=r"`setting`.*'adam'"):
+        train_run(RunSpec("d", "digits", "step", 4.0, counts, 1e-3, 1e-3, setting="adam"), x, y)
+    with pytest.raises(ValueError, match=r"`y` must hold"):
+        train_run(spec, x[:-1], y[:-1])
+
+
+def test_tiny_suite_writes_the_report_schema_and_figures(tmp_path):
+    pytest.importorskip("mnist1d")
+    summary = run_reproduce(TINY, out=tmp_path, progress=False)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert [run["experiment"] for run in saved["runs"]] == ["a", "a", "plain", "controlled"]
+    assert [run["dataset"] for run in saved["runs"]] == ["digits", "mnist1d", "digits", "digits"]
+    for run in saved["runs"]:
+        assert RUN_KEYS <= run.keys()
+        assert sum(run["counts"]) > 0 and 0.0 <= run["train_accuracy"] <= 1.0
+    assert saved["runs"][0]["counts"] == imbalance_counts(20, "step", 10)
+    assert saved["runs"][2]["optimum"] is None  # plain weight decay: no closed form
+    assert len(saved["threshold_sweep"]) == 2
+    for point in saved["threshold_sweep"]:
+        assert SWEEP_KEYS <= point.keys() and len(point["measured_norms"]) == 10
+    # the second point is 3x the minority's critical lambda: minority predicted collapsed
+    assert saved["threshold_sweep"][0]["predicted_alive"] == [True] * 10
+    assert saved["threshold_sweep"][1]["predicted_alive"] == [True] * 5 + [False] * 5
+    assert all(check["objective_gap"] < 1e-6 for check in saved["ufm"])
+    text = (tmp_path / "report.md").read_text()
+    for figure in ("training.png", "per_class.png", "threshold.png", "controlled.png"):
+        assert (tmp_path / figure).stat().st_size > 0
+        assert f"![{figure}]({figure})" in text
+    assert "**Minority collapse threshold.**" in text and "| run | seed |" in text
+    assert (
+        summary["sweep_agreement"]["clear"]["pairs"] + summary["sweep_agreement"]["near"]["pairs"]
+        == 20
+    )
+
+
+def test_command_line_checks_its_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["reproduce", "--preset", "huge"])
+    assert "invalid choice: 'huge'" in capsys.readouterr().err
+    assert main(["reproduce", "--device", "nonsense"]) == 2
+    assert "`device`" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"`seed`.*-1"):
+        run_reproduce("quick", seed=-1)
+    with pytest.raises(ValueError, match=r"`preset`.*'huge'"):
+        run_reproduce("huge")
+
+
+# ----------------------------------------------------------------------------- presets (slow)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_preset_meets_the_threshold_criterion(preset, tmp_path):
+    pytest.importorskip("mnist1d")
+    summary = run_reproduce(preset, out=tmp_path, progress=False)
+    clear = summary["sweep_agreement"]["clear"]
+    assert clear["pairs"] > 0 and clear["fraction"] >= 0.8
+    for run in summary["runs"]:
+        if run["experiment"] == "a":
+            assert run["train_accuracy"] == 1.0
