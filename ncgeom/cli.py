@@ -365,7 +365,8 @@ def _theory_arguments(parser: argparse.ArgumentParser) -> None:
         type=_counts,
         required=True,
         metavar="N1,N2,...",
-        help="samples per class, comma-separated positive integers, in any order",
+        help="samples per class, comma-separated positive integers in any order, or @FILE "
+        "to read them from a file (commas or whitespace)",
     )
     parser.add_argument(
         "--lambda-w", type=float, required=True, metavar="X", help="weight decay on W, > 0"
@@ -757,10 +758,25 @@ def _backend(name: str) -> tuple[ModuleType, Any]:
 
 
 def _counts(text: str) -> list[int]:
+    """Counts from "5000,200,20", or from a file with "@FILE" (commas or whitespace).
+
+    A command line holds at most 128 KiB in one argument, about 25,000
+    four-digit counts; more classes come from a file.
+    """
+    source = text
+    if text.startswith("@"):
+        try:
+            source = Path(text[1:]).read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            reason = getattr(err, "strerror", None) or err
+            msg = f"cannot read the counts file {text[1:]!r}: {reason}"
+            raise argparse.ArgumentTypeError(msg) from None
+    parts = source.replace(",", " ").split()
     try:
-        return [int(part) for part in text.replace(" ", "").split(",") if part]
+        return [int(part) for part in parts]
     except ValueError:
-        msg = f"must be comma-separated integers, e.g. 5000,200,20; got {text!r}"
+        shown = text if len(text) <= 60 else text[:57] + "..."
+        msg = f"must be comma-separated integers, e.g. 5000,200,20, or @FILE; got {shown!r}"
         raise argparse.ArgumentTypeError(msg) from None
 
 

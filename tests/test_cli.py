@@ -404,3 +404,26 @@ def test_broken_command_entry_points_never_take_down_the_cli(monkeypatch, capsys
     assert any("'exits'" in m and "SystemExit(3) raised at import" in m for m in messages)
     assert any("'options'" in m and "RuntimeError: cannot add options" in m for m in messages)
     assert "f* =" in capsys.readouterr().out
+
+
+def test_counts_from_a_file(tmp_path, capsys):
+    path = tmp_path / "counts.txt"
+    path.write_text("30, 20\n3 1\n")
+    assert (
+        main(["theory", "--counts", f"@{path}", "--lambda-w", "2e-2", "--lambda-h", "2e-2"]) == 0
+    )
+    assert f"f* = {F_STAR:.12g}" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "theory",
+                "--counts",
+                f"@{tmp_path / 'none.txt'}",
+                "--lambda-w",
+                "1",
+                "--lambda-h",
+                "1",
+            ]
+        )
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot read the counts file" in err
