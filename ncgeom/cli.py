@@ -193,7 +193,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "%(default)" in text or "default" in text or not action.option_strings:
+        if "%(default)" in text or "(default" in text or not action.option_strings:
             return text
         if action.required:
             return f"{text} (required)"
@@ -387,7 +387,7 @@ def _theory_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         default=None,
         help="also write a figure of margins and norms to FILE; the suffix picks the format, "
-        "none means .png (needs matplotlib; default: no figure)",
+        "none means .png; needs matplotlib (default: no figure)",
     )
 
 

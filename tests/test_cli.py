@@ -336,7 +336,7 @@ def test_every_option_says_what_it_does_and_its_default():
             continue
         assert "(default: None)" not in text, (command, option, text)
         assert len(text.split()) >= 3, (command, option, text)
-        assert "default" in text or "(required)" in text, (command, option, text)
+        assert "(default" in text or "(required)" in text, (command, option, text)
     assert {"theory", "verify"} <= seen
 
 
