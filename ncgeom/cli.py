@@ -36,8 +36,8 @@ from .theory import UFMOptimum, _survival_counts, critical_regularization, ufm_r
 __all__ = [
     "COMMANDS",
     "COMMAND_ENTRY_POINTS",
-    "PLOT_SUFFIXES",
     "Command",
+    "PLOT_SUFFIXES",
     "available_commands",
     "check_output_dir",
     "check_output_file",
