@@ -527,3 +527,30 @@ def test_observe_accepts_every_integer_label_dtype(dtype):
     with pytest.raises(TypeError, match=r"`labels` must have an integer dtype; got torch.bool"):
         tracker.observe(h[:2], torch.tensor([True, False]))
     assert tracker.num_batches == 1  # the failed batches were not counted
+
+
+def test_failed_merge_leaves_the_tracker_as_it_was(monkeypatch):
+    from ncgeom_torch import tracker as tracker_module
+
+    tracker = NCTracker(2)
+    tracker.observe(torch.eye(2).repeat(3, 1), torch.tensor([0, 1] * 3))
+    before = tracker.stats
+
+    def timed_out(stats, group=None):
+        raise RuntimeError("Timed out waiting for rank 1")
+
+    monkeypatch.setattr(NCTracker, "_distributed", lambda self: True)
+    monkeypatch.setattr(tracker_module, "all_reduce_stats", timed_out)
+    with pytest.raises(RuntimeError, match=r"this rank's statistics are unchanged.*timeout"):
+        tracker.report()
+    assert tracker.stats is before and tracker.history == [] and tracker.num_batches == 1
+
+    def disagree(stats, group=None):
+        raise ValueError("cannot combine statistics across ranks: they disagree on dim")
+
+    monkeypatch.setattr(tracker_module, "all_reduce_stats", disagree)
+    with pytest.raises(ValueError, match="disagree on dim"):  # the same on every rank
+        tracker.report()
+    monkeypatch.setattr(tracker_module, "all_reduce_stats", lambda stats, group=None: stats)
+    assert tracker.report().num_samples == 6
+    assert len(tracker.history) == 1
