@@ -10,6 +10,7 @@ starts run side by side as one batch. It runs on any array-API backend. See
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -236,8 +237,12 @@ def solve_ufm(
         raise ValueError(msg)
     restarts = check_positive_int(restarts, "restarts")
     max_iter = check_positive_int(max_iter, "max_iter")
+    bias = _check_flag(bias, "bias")
+    frame_start = _check_flag(frame_start, "frame_start")
+    seed = _check_seed(seed)
     xp = resolve_namespace(xp)
     dtype = check_float_dtype(dtype, xp)
+    _check_device(xp, device, dtype)
     if tol is None:
         tol = 1e-10 if dtype == xp.float64 else 1e-5
     tol = check_positive(tol, "tol")
@@ -296,6 +301,35 @@ def solve_ufm(
         form=form,
         tol=tol,
     )
+
+
+def _check_flag(value: Any, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        msg = f"`{name}` must be True or False; got {value!r}"
+        raise TypeError(msg)
+    return bool(value)
+
+
+def _check_seed(seed: Any) -> Any:
+    if seed is None or isinstance(seed, np.random.Generator):
+        return seed
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        msg = f"`seed` must be an int >= 0, a numpy.random.Generator or None; got {seed!r}"
+        raise TypeError(msg)
+    if seed < 0:
+        msg = f"`seed` must be >= 0; got {seed}"
+        raise ValueError(msg)
+    return int(seed)
+
+
+def _check_device(xp: ModuleType, device: Any, dtype: Any) -> None:
+    """A device `xp` can allocate on: one element, before the problem is built."""
+    try:
+        xp.zeros((1,), dtype=dtype, device=device)
+    except Exception as error:  # each library has its own exception for a bad device
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        msg = f"`device` must be a device of {xp.__name__} usable here; got {device!r} ({first})"
+        raise ValueError(msg) from None
 
 
 def working_memory(

@@ -161,7 +161,7 @@ def test_solver(budget: int) -> None:
     names = (
         "counts", "lambda_w", "lambda_h", "lambda_b", "dim", "form", "restarts", "tol",
         "max_iter", "max_bytes", "class_weights", "logit_adjustment", "dtype", "seed",
-        "itemsize",
+        "itemsize", "bias", "device",
     )  # fmt: skip
     small_counts = st.one_of(
         st.lists(st.integers(1, 6), min_size=2, max_size=4),
@@ -180,7 +180,9 @@ def test_solver(budget: int) -> None:
         st.one_of(st.none(), st.floats(1e-12, 1.0), st.sampled_from([0.0, -1.0, math.nan])),
         st.one_of(st.integers(1, 40), st.sampled_from([0, -3, 1.5])),
         st.one_of(st.just(2**30), st.none(), st.sampled_from([0, 1000, -1, 1.0])),
-        st.booleans(),
+        st.one_of(st.booleans(), st.sampled_from([None, 1, "yes"])),
+        st.one_of(st.integers(0, 2**64), st.sampled_from([None, -1, 1.5, "abc"])),
+        st.sampled_from([None, "cpu", "cuda", 7]),
     )
     def run(
         counts: Any,
@@ -192,7 +194,9 @@ def test_solver(budget: int) -> None:
         tol: Any,
         max_iter: Any,
         max_bytes: Any,
-        bias: bool,
+        bias: Any,
+        seed: Any,
+        device: Any,
     ) -> None:
         try:
             size = working_memory(counts, dim, form=form or "collapsed", restarts=1)
@@ -212,7 +216,8 @@ def test_solver(budget: int) -> None:
                 bias=bias,
                 max_iter=max_iter,
                 max_bytes=max_bytes,
-                seed=0,
+                seed=seed,
+                device=device,
             ),
             names,
         )

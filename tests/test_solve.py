@@ -435,3 +435,18 @@ def test_working_memory_bounds_the_measured_peak(counts, dim, form, restarts):
         tracemalloc.stop()
     estimate = working_memory(counts, dim, form=form, restarts=restarts)
     assert peak <= estimate <= 4 * peak
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"seed": "abc"}, TypeError, r"`seed` must be an int >= 0, a numpy.random.Generator"),
+        ({"seed": -1}, ValueError, r"`seed` must be >= 0; got -1"),
+        ({"bias": "yes"}, TypeError, r"`bias` must be True or False; got 'yes'"),
+        ({"frame_start": None}, TypeError, r"`frame_start` must be True or False; got None"),
+        ({"device": "cuda"}, ValueError, r"`device` must be a device of .*numpy usable here"),
+    ],
+)
+def test_bad_options_name_themselves(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        solve_ufm([3, 2], 1e-2, 1e-2, 2, **kwargs)
