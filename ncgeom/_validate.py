@@ -16,6 +16,7 @@ __all__ = [
     "check_batch",
     "check_columns",
     "check_counts",
+    "check_device",
     "check_features",
     "check_float_dtype",
     "check_integer",
@@ -311,3 +312,16 @@ def check_float_dtype(dtype: Any, xp: ModuleType) -> Any:
         msg = f"`dtype` must be a real floating dtype of {xp.__name__}; got {dtype!r}"
         raise TypeError(msg)
     return dtype
+
+
+def check_device(xp: ModuleType, device: Any, dtype: Any = None) -> None:
+    """A device `xp` can allocate on (one element), else a ValueError naming `device`."""
+    if device is None:
+        return
+    try:
+        xp.zeros((1,), dtype=dtype, device=device)
+    except Exception as error:  # each library has its own exception for a bad device
+        text = str(error).strip()
+        first = text.splitlines()[0] if text else type(error).__name__
+        msg = f"`device` must be a device of {xp.__name__} usable here; got {device!r} ({first})"
+        raise ValueError(msg) from None

@@ -20,6 +20,7 @@ import numpy as np
 from ._array import array_device, resolve_namespace, segment_sum, to_host
 from ._validate import (
     check_counts,
+    check_device,
     check_float_dtype,
     check_nonnegative,
     check_positive,
@@ -242,7 +243,7 @@ def solve_ufm(
     seed = _check_seed(seed)
     xp = resolve_namespace(xp)
     dtype = check_float_dtype(dtype, xp)
-    _check_device(xp, device, dtype)
+    check_device(xp, device, dtype)
     if tol is None:
         tol = 1e-10 if dtype == xp.float64 else 1e-5
     tol = check_positive(tol, "tol")
@@ -320,16 +321,6 @@ def _check_seed(seed: Any) -> Any:
         msg = f"`seed` must be >= 0; got {seed}"
         raise ValueError(msg)
     return int(seed)
-
-
-def _check_device(xp: ModuleType, device: Any, dtype: Any) -> None:
-    """A device `xp` can allocate on: one element, before the problem is built."""
-    try:
-        xp.zeros((1,), dtype=dtype, device=device)
-    except Exception as error:  # each library has its own exception for a bad device
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        msg = f"`device` must be a device of {xp.__name__} usable here; got {device!r} ({first})"
-        raise ValueError(msg) from None
 
 
 def working_memory(

@@ -26,7 +26,13 @@ import array_api_compat as compat
 import numpy as np
 
 from ._array import to_host
-from ._validate import check_counts, check_float_dtype, check_integer, check_weight_decay
+from ._validate import (
+    check_counts,
+    check_device,
+    check_float_dtype,
+    check_integer,
+    check_weight_decay,
+)
 
 __all__ = [
     "UFMOptimum",
@@ -580,7 +586,15 @@ def _excess(
     """
     k = counts.shape[0]
     n_total = _total(counts)
-    excess = (counts.astype(np.float64) - n_crit) / n_crit
+    with np.errstate(over="ignore"):
+        excess = (counts.astype(np.float64) - n_crit) / n_crit
+    if not np.isfinite(excess).all():
+        msg = (
+            f"`lambda_w` * `lambda_h` must not be so small that n_k / n_crit overflows "
+            f"float64; got {lw!r} * {lh!r} (n_crit = {n_crit!r}, largest n_k = "
+            f"{int(counts.max())})"
+        )
+        raise ValueError(msg)
     alive = excess > 0
     near = np.flatnonzero(np.abs(excess) <= _EXACT_BAND)
     if near.size:
@@ -631,8 +645,10 @@ def _resolve_backend(
             xp = np_xp
     else:
         try:
-            xp = compat.array_namespace(xp.asarray(0.0, device=device))
+            xp = compat.array_namespace(xp.asarray(0.0))
         except (AttributeError, TypeError) as err:
             msg = f"`xp` must be an array-API namespace; got {xp!r}"
             raise TypeError(msg) from err
-    return xp, device, check_float_dtype(dtype, xp)
+    dtype = check_float_dtype(dtype, xp)
+    check_device(xp, device, dtype)
+    return xp, device, dtype

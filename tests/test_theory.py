@@ -565,3 +565,11 @@ def test_survival_counts_of_every_class_match_one_by_one():
     counts = [5000, 2000, 500, 100, 20, 1]
     expected = [min_samples_to_survive(counts, k, 5e-3, 1e-3) for k in range(6)]
     assert _survival_counts(np.array(counts), 5e-3, 1e-3) == expected
+
+
+@pytest.mark.parametrize("device", ["cuda", "gpu", 7])
+def test_unusable_device_is_named(device):
+    with pytest.raises(ValueError, match=r"`device` must be a device of .*numpy usable here"):
+        ufm_relu_optimum([3, 2], 1e-2, 1e-2, device=device)
+    with pytest.raises(ValueError, match=r"`device` must be a device of .* usable here"):
+        critical_regularization([3, 2], device=device)
