@@ -510,6 +510,7 @@ def full_problem(
     xp: ModuleType | None = None,
 ) -> RowProblem:
     """Validate the full-sample inputs and build their row form."""
+    _require_arrays(classifier=classifier, features=features, labels=labels)
     if xp is None:
         xp = namespace(classifier=classifier, features=features, labels=labels, bias=bias)
     shared = _check_shared(
@@ -557,6 +558,7 @@ def collapsed_problem(
     xp: ModuleType | None = None,
 ) -> RowProblem:
     """Validate the class-collapsed inputs and build their row form."""
+    _require_arrays(classifier=classifier, means=means)
     if xp is None:
         xp = namespace(classifier=classifier, means=means, bias=bias)
     shared = _check_shared(
@@ -602,6 +604,14 @@ class _Shared:
     lambda_h: float
     lambda_b: float
     tau: float  # temperature of the logit adjustment, 0 without one
+
+
+def _require_arrays(**arrays: Any) -> None:
+    """A TypeError naming the first required array that is missing (None)."""
+    for name, value in arrays.items():
+        if value is None:
+            msg = f"`{name}` must be an array; got None"
+            raise TypeError(msg)
 
 
 def _check_shared(

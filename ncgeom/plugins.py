@@ -301,8 +301,8 @@ def register_plugin(plugin: FrameworkPlugin, *, replace: bool = False) -> Framew
         current = _PLUGINS.get(plugin.name)
         if current is not None and current is not plugin and not replace:
             msg = (
-                f"a plugin named {plugin.name!r} is already registered "
-                f"({_ORIGINS[plugin.name]}); pass replace=True to replace it"
+                f"`plugin.name` must be unique: a plugin named {plugin.name!r} is already "
+                f"registered ({_ORIGINS[plugin.name]}); pass replace=True to replace it"
             )
             raise ValueError(msg)
         if current is not plugin:
