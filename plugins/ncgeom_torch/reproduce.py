@@ -320,6 +320,8 @@ def train_run(
         if tick is not None:
             tick(epoch)
     final = history[-1]
+    for entry in history[:-1]:
+        del entry["feature_gram"]  # kept for the final evaluation only
     return {
         "name": spec.name,
         "dataset": spec.dataset,
@@ -874,6 +876,10 @@ def _sweep_point(run: dict[str, Any]) -> dict[str, Any]:
         "objective": run["objective"],
         "optimum": run["optimum"],
         "epochs": run["epochs"],
+        "norm_history": [
+            {"epoch": entry["epoch"], "measured_norms": entry["measured_norms"]}
+            for entry in run["history"]
+        ],
     }
 
 

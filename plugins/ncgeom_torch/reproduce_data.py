@@ -176,7 +176,7 @@ def build_model(dataset: str, width: int, num_classes: int = NUM_CLASSES) -> Any
     """``nn.Sequential(body, classifier)``: ReLU features and a bias-free linear classifier.
 
     ``digits``: an MLP, three hidden layers of `width` ReLU units.
-    ``mnist1d``: a 1-D CNN, three convolution blocks (32 channels, ReLU; the
+    ``mnist1d``: a 1-D CNN, three convolution blocks (64 channels, ReLU; the
     last two with stride 2), global max pooling, then a linear layer of
     `width` ReLU units. The features (the classifier's input) are the output
     of the last ReLU, so they are non-negative, as in the UFM+.
@@ -203,7 +203,7 @@ def build_model(dataset: str, width: int, num_classes: int = NUM_CLASSES) -> Any
             nn.ReLU(),
         )
     elif dataset == "mnist1d":
-        channels = 32
+        channels = 64
         body = nn.Sequential(
             nn.Unflatten(1, (1, MNIST1D_LENGTH)),
             nn.Conv1d(1, channels, 5, padding=2),

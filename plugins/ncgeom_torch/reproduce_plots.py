@@ -60,14 +60,17 @@ def write_figures(out: Path, summary: dict[str, Any]) -> list[Path]:
 def _training(path: Path, runs: list[dict[str, Any]]) -> Path:
     figure = _figure(13, 7.5)
     grid = figure.subplots(2, 3)
-    colours = _colours(len(runs))
+    names = list(dict.fromkeys(run["name"] for run in runs))
+    palette = _colours(len(names))
+    first_seed = min(run["seed"] for run in runs)
     for axes, (key, title) in zip(grid.flat, PANELS, strict=True):
-        for colour, run in zip(colours, runs, strict=True):
-            epochs = [entry["epoch"] for entry in run["history"]]
+        for run in runs:
+            colour = palette[names.index(run["name"])]
+            progress = [entry["epoch"] / run["epochs"] for entry in run["history"]]
             style = "-" if run["dataset"] == "digits" else "--"
-            label = run["name"] if run["seed"] == runs[0]["seed"] else None
+            label = run["name"] if run["seed"] == first_seed else None
             axes.plot(
-                epochs,
+                progress,
                 _positive([e[key] for e in run["history"]]),
                 style,
                 color=colour,
@@ -76,7 +79,7 @@ def _training(path: Path, runs: list[dict[str, Any]]) -> Path:
             )
         axes.set_yscale("log")
         axes.set_title(title, fontsize=10)
-        axes.set_xlabel("epoch")
+        axes.set_xlabel("fraction of the training epochs")
         axes.grid(alpha=0.3, which="both")
     handles, labels = grid.flat[0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="outside lower center", ncol=4, fontsize=9)
@@ -191,15 +194,15 @@ def _threshold(path: Path, sweep: list[dict[str, Any]]) -> Path:
     return path
 
 
-def _controlled(path: Path, ramped: dict[str, Any], plain: dict[str, Any]) -> Path:
+def _controlled(path: Path, standard: dict[str, Any], balanced: dict[str, Any]) -> Path:
     figure = _figure(12, 4.2)
     left, right = figure.subplots(1, 2)
-    counts = ramped["counts"]
+    counts = standard["counts"]
     rare = [k for k, n in enumerate(counts) if n == min(counts)]
-    for run, style, label in (
-        (ramped, "-", "penalty ramped in"),
-        (plain, "--", "penalty from step 1"),
-    ):
+    head = int(np.argmax(counts))
+    start = balanced["balanced_start"] * balanced["epochs"]
+    runs = ((standard, "--", "standard"), (balanced, "-", "class-balanced start"))
+    for run, style, label in runs:
         epochs = [e["epoch"] for e in run["history"]]
         norms = np.array([e["measured_norms"] for e in run["history"]])
         left.plot(
@@ -207,15 +210,9 @@ def _controlled(path: Path, ramped: dict[str, Any], plain: dict[str, Any]) -> Pa
             norms[:, rare].mean(axis=1),
             style,
             color="tab:red",
-            label=f"minority mean norm, {label}",
+            label=f"minority classes (n={counts[rare[0]]}), {label}",
         )
-        left.plot(
-            epochs,
-            norms[:, int(np.argmax(counts))],
-            style,
-            color="tab:blue",
-            label=f"head class norm, {label}",
-        )
+        left.plot(epochs, norms[:, head], style, color="tab:blue", label=f"head class, {label}")
         right.plot(
             epochs,
             _positive([e["gap"] for e in run["history"]]),
@@ -223,21 +220,21 @@ def _controlled(path: Path, ramped: dict[str, Any], plain: dict[str, Any]) -> Pa
             color="black",
             label=label,
         )
-    predicted = ramped["predicted_norms"]
-    left.axhline(predicted[rare[0]], color="tab:red", linewidth=0.8, alpha=0.6)
-    left.axhline(predicted[int(np.argmax(counts))], color="tab:blue", linewidth=0.8, alpha=0.6)
-    left.set_xlabel("epoch")
-    left.set_ylabel("norm of class mean (thin lines: predicted)")
+    predicted = standard["predicted_norms"]
+    for axes in (left, right):
+        axes.axvspan(0, start, color="grey", alpha=0.12, label="balanced cross-entropy")
+        axes.set_xlabel("epoch")
+        axes.grid(alpha=0.3, which="both")
+    left.axhline(predicted[rare[0]], color="tab:red", linewidth=0.8, alpha=0.7)
+    left.axhline(predicted[head], color="tab:blue", linewidth=0.8, alpha=0.7)
+    left.set_ylabel("norm of the class mean (thin lines: predicted)")
     left.legend(fontsize=8)
-    left.grid(alpha=0.3)
     right.set_yscale("log")
-    right.set_xlabel("epoch")
-    right.set_ylabel("(f - f*) / f*")
+    right.set_ylabel("objective gap (f - f*) / f*")
     right.legend(fontsize=8)
-    right.grid(alpha=0.3, which="both")
     figure.suptitle(
-        f"Controlled experiment ({ramped['name']}): same objective, same seed; "
-        "only the feature-penalty ramp differs"
+        f"Controlled experiment ({standard['name']}): same objective, seed and epochs; "
+        "only the first epochs' class weighting differs"
     )
     figure.savefig(path, dpi=100)
     return path
