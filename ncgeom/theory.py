@@ -467,7 +467,9 @@ def _survival_counts(host_counts: np.ndarray, lw: float, lh: float) -> list[int 
     """`min_samples_to_survive` of every class of validated counts, in O(K)."""
     total = _total(host_counts)
     num_classes = host_counts.shape[0]
-    return [_min_count(total - n, num_classes, lw, lh) for n in host_counts.tolist()]
+    # The answer depends on a class only through its count: solve each distinct count once.
+    distinct = {n: _min_count(total - n, num_classes, lw, lh) for n in set(host_counts.tolist())}
+    return [distinct[n] for n in host_counts.tolist()]
 
 
 def _total(host_counts: np.ndarray) -> int:
@@ -498,9 +500,13 @@ def _min_count(rest: int, num_classes: int, lw: float, lh: float) -> int | None:
 
 
 def _survives(m: int, rest: int, num_classes: int, lw: float, lh: float) -> bool:
-    """Exact test of ``m (K-1) > (rest + m)^2 K lw lh`` in rational arithmetic."""
-    rhs = Fraction((rest + m) ** 2 * num_classes) * Fraction(lw) * Fraction(lh)
-    return Fraction(m * (num_classes - 1)) > rhs
+    """Exact test of ``m (K-1) > (rest + m)^2 K lw lh`` in integer arithmetic.
+
+    ``lw lh = p / q`` exactly (the binary values of the floats), so the test is
+    ``m (K-1) q > (rest + m)^2 K p`` on Python integers.
+    """
+    p, q = (Fraction(lw) * Fraction(lh)).as_integer_ratio()
+    return m * (num_classes - 1) * q > (rest + m) ** 2 * num_classes * p
 
 
 def _per_class(
