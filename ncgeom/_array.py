@@ -23,6 +23,7 @@ __all__ = [
     "has_native_segment_sum",
     "namespace",
     "on_host",
+    "quiet_division",
     "quiet_invalid",
     "resolve_namespace",
     "segment_count",
@@ -146,6 +147,12 @@ def quiet_invalid() -> np.errstate:
     """Silence NumPy's "invalid value" warnings (NaN made from Inf) in a block
     whose results are checked for NaN afterwards. Other libraries do not warn."""
     return np.errstate(invalid="ignore")
+
+
+def quiet_division() -> np.errstate:
+    """Silence NumPy's division warnings in a block whose infinities and NaNs
+    are flagged by other means. Other libraries do not warn."""
+    return np.errstate(divide="ignore", invalid="ignore")
 
 
 def gather_rows(table: Array, index: Array, xp: ModuleType) -> Array:

@@ -607,7 +607,9 @@ def class_moments(
     device = array_device(features)
     counts = segment_count(labels, num_classes, xp)
     host = on_host(xp, device)
-    means, scale = _scaled_class_means(features, labels, counts, dtype, xp, chunk_size, host)
+    means, scale, residual = _scaled_class_means(
+        features, labels, counts, dtype, xp, chunk_size, host
+    )
     if check_finite and host and not bool(xp.all(xp.isfinite(means))):
         _raise_unrepresentable(features, labels, num_classes, xp, "class means")
     visit = None if visitor is None else visitor(counts, means)
@@ -615,8 +617,18 @@ def class_moments(
     unit = host and float(to_host(scale)) == 1.0
     with quiet_invalid() if check_finite and host else contextlib.nullcontext():
         sums, sqnorms, gram_sum, extra = _deviation_moments(
-            features, labels, means, None if unit else 1 / scale, xp, rows, gram=gram, visit=visit
+            features,
+            labels,
+            means,
+            None if unit else 1 / scale,
+            xp,
+            rows,
+            gram=gram,
+            visit=visit,
+            class_sums=residual is None,
         )
+    if residual is not None:
+        sums = residual
     if check_finite and host and not bool(xp.all(xp.isfinite(sqnorms))):
         _raise_unrepresentable(features, labels, num_classes, xp, "squared deviations")
     return ClassStats(counts, means, sums, sqnorms, gram_sum, scale), extra
@@ -642,8 +654,15 @@ def _scaled_class_means(
     xp: ModuleType,
     chunk_size: int | None,
     host: bool,
-) -> tuple[Array, Array]:
-    """Class means divided by a power-of-two scale (in `dtype`), and the scale (0-d)."""
+) -> tuple[Array, Array, Array | None]:
+    """Class means divided by a power-of-two scale (in `dtype`), the scale (0-d),
+    and the class sums of the deviations from those means when the sums were
+    taken in a wider dtype than `dtype` (None otherwise: the second pass sums
+    them).
+
+    From float64 sums the residual ``sum_i x_i / scale - n_k mean_k`` is exact
+    to float64 rounding, so the second pass need not sum the deviations.
+    """
     num_classes = counts.shape[0]
     num, dim = features.shape
     own = accumulation_dtype(xp, features.dtype)
@@ -674,7 +693,12 @@ def _scaled_class_means(
     far = xp.abs(exponent) > SCALE_FREE_EXPONENT
     two = xp.full_like(largest, 2.0)
     scale = xp.where(far, xp.pow(two, exponent), xp.ones_like(largest))
-    return xp.astype(means / scale, dtype), xp.astype(scale, dtype)
+    scaled = xp.astype(means / scale, dtype)
+    residual = None
+    if acc != dtype:
+        n = xp.astype(counts, acc)[:, None]
+        residual = xp.astype(total / scale - n * xp.astype(scaled, acc), dtype)
+    return scaled, xp.astype(scale, dtype), residual
 
 
 def _deviation_moments(
@@ -687,10 +711,12 @@ def _deviation_moments(
     *,
     gram: bool,
     visit: Visit | None = None,
+    class_sums: bool = True,
 ) -> tuple[Array, Array, Array | None, tuple[Array, ...] | None]:
     """One chunked pass over ``dev_i = x_i * inverse_scale - shift[y_i]``.
 
-    Returns the class sums of ``dev`` (K, d) and of ``||dev||^2`` (K,), the
+    Returns the class sums of ``dev`` (K, d; zeros unless `class_sums`) and
+    of ``||dev||^2`` (K,), the
     pooled Gram ``dev^T dev`` (d, d) if `gram`, and the chunk-wise sum of
     ``visit(features_chunk, dev_chunk, labels_chunk)`` if `visit` is given.
     """
@@ -701,15 +727,14 @@ def _deviation_moments(
     sqnorms = xp.zeros(num_classes, dtype=dtype, device=device)
     gram_sum = xp.zeros((dim, dim), dtype=dtype, device=device) if gram else None
     extra = None
-    # One chunk-sized temporary: gather -shift, then add the features in place
-    # (x + (-s) rounds exactly like x - s).
+    # x + (-s) rounds exactly like x - s.
     neg_shift = -shift
     for part_rows in row_chunks(features.shape[0], rows):
         y = labels[part_rows]
         x = xp.astype(features[part_rows, ...], dtype, copy=False)
-        dev = gather_rows(neg_shift, y, xp)
-        dev += x if inverse_scale is None else x * inverse_scale
-        sums = sums + segment_sum(dev, y, num_classes, xp)
+        dev = gather_rows(neg_shift, y, xp) + (x if inverse_scale is None else x * inverse_scale)
+        if class_sums:
+            sums = sums + segment_sum(dev, y, num_classes, xp)
         sqnorms = sqnorms + segment_sum(xp.vecdot(dev, dev), y, num_classes, xp)
         if gram_sum is not None:
             gram_sum = gram_sum + dev.T @ dev
