@@ -1,7 +1,8 @@
 """Backend fixture: every core function is tested on each array library present.
 
-numpy, array-api-strict and torch (CPU) always run; cupy and torch on CUDA run
-where a GPU is present and are skipped with a reason elsewhere.
+numpy, array-api-strict, torch (CPU) and JAX (CPU, float64 enabled) always run;
+cupy and torch on CUDA run where a GPU is present and are skipped with a reason
+elsewhere.
 """
 
 from __future__ import annotations
@@ -80,6 +81,14 @@ def _make(name: str) -> Backend:
         import array_api_compat.cupy as xp
 
         return Backend(name, xp)
+    if name == "jax":
+        import jax
+
+        # float64 arrays need x64 mode; without it JAX silently makes float32.
+        jax.config.update("jax_enable_x64", True)
+        import jax.numpy as xp
+
+        return Backend(name, xp, jax.devices("cpu")[0])
     raise ValueError(name)
 
 
@@ -91,6 +100,12 @@ BACKENDS = [
         "torch",
         marks=pytest.mark.skipif(
             importlib.util.find_spec("torch") is None, reason="torch is not installed"
+        ),
+    ),
+    pytest.param(
+        "jax",
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec("jax") is None, reason="jax is not installed"
         ),
     ),
     pytest.param(

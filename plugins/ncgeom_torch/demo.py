@@ -21,9 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from ncgeom._json import jsonable
-from ncgeom._progress import Progress
 from ncgeom.cli import Command, check_output_dir
+from ncgeom.utils import Progress, jsonable
 
 __all__ = ["DemoConfig", "check_device", "command", "default_counts", "load_dataset", "run_demo"]
 

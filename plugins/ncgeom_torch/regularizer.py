@@ -7,7 +7,7 @@ import warnings
 import torch
 from torch import nn
 
-from ncgeom._validate import check_columns, check_nonnegative, check_positive_int
+from ncgeom.checks import check_columns, check_nonnegative, check_positive_int
 
 __all__ = ["UFMRegularizer", "classifier_weight", "ufm_penalty"]
 

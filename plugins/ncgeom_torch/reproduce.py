@@ -47,9 +47,8 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from ncgeom._json import jsonable
-from ncgeom._progress import Progress
 from ncgeom.cli import Command
+from ncgeom.utils import Progress, jsonable
 
 from .reproduce_data import build_model, imbalance_counts, load_pool, training_subset
 from .reproduce_report import imbalance_key
