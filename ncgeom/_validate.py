@@ -150,13 +150,15 @@ def check_batch(
     xp: ModuleType,
     *,
     check_finite: bool = True,
+    first_row: int = 0,
 ) -> Array:
     """Shapes, dtypes, label range and (optionally) finiteness of one batch.
 
     Labels of any integer dtype are accepted (signed or unsigned, 8 to 64
     bits). The value checks cost one device-to-host transfer of three
     integers; the locations of bad entries are only looked up when a check
-    fails.
+    fails. Rows in messages are counted from `first_row` (the batch's first
+    row in a larger array).
 
     Returns
     -------
@@ -178,12 +180,12 @@ def check_batch(
         parts.append(xp.sum(xp.astype(suspect, xp.int64)))
     low, high, *rest = (int(v) for v in to_host(xp.stack(parts)))
     if low < 0 or high >= num_classes:
-        _raise_label_range(labels, index, low, high, num_classes, xp)
+        _raise_label_range(labels, index, low, high, num_classes, xp, first_row)
     if rest and rest[0]:
         bad_rows = xp.logical_not(xp.all(xp.isfinite(features), axis=1))
         count = int(to_host(xp.sum(xp.astype(bad_rows, xp.int64))))
         if count:
-            row = _first_row(bad_rows, xp)
+            row = _first_row(bad_rows, xp) + first_row
             msg = (
                 f"`features` must be finite; {count} row(s) hold NaN or Inf, the first is "
                 f"row {row} (pass check_finite=False to skip this scan)"
@@ -193,18 +195,24 @@ def check_batch(
 
 
 def _raise_label_range(
-    labels: Array, index: Array, low: int, high: int, num_classes: int, xp: ModuleType
+    labels: Array,
+    index: Array,
+    low: int,
+    high: int,
+    num_classes: int,
+    xp: ModuleType,
+    first_row: int = 0,
 ) -> None:
     """The ValueError for labels outside [0, num_classes), with the exact bad value."""
     if low < 0 and not xp.isdtype(labels.dtype, "signed integer"):
         # An unsigned label >= 2**63 wrapped in int64: read its exact value.
         row = _first_row(index < 0, xp)
         value = int(to_host(labels[row]))
-        msg = f"`labels` must lie in [0, {num_classes}); got {value} at row {row}"
+        msg = f"`labels` must lie in [0, {num_classes}); got {value} at row {row + first_row}"
         raise ValueError(msg)
     bad = high if high >= num_classes else low
     where = "max" if high >= num_classes else "min"
-    row = _first_row(index == bad, xp)
+    row = _first_row(index == bad, xp) + first_row
     msg = f"`labels` must lie in [0, {num_classes}); got {where} {bad} at row {row}"
     raise ValueError(msg)
 

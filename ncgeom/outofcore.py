@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ._validate import check_num_classes
+from ._array import namespace
+from ._validate import check_batch, check_num_classes
 from .stats import ClassStats, merge_stats
 
 __all__ = ["stats_from_dask"]
@@ -96,15 +97,25 @@ def stats_from_dask(
     else:
         labels = da.from_array(labels, chunks=(features.chunks[0],))
 
-    def block_stats(block: Array, block_labels: Array) -> ClassStats:
+    def block_stats(block: Array, block_labels: Array, first_row: int) -> ClassStats:
+        # Checked here so that a bad row is named by its row in the whole array.
+        check_batch(
+            block,
+            block_labels,
+            num_classes,
+            namespace(features=block, labels=block_labels),
+            check_finite=check_finite,
+            first_row=first_row,
+        )
         return ClassStats.from_features(
-            block, block_labels, num_classes, gram=gram, check_finite=check_finite
+            block, block_labels, num_classes, gram=gram, check_finite=False
         )
 
+    starts = np.cumsum((0, *features.chunks[0][:-1])).tolist()
     level = [
-        dask.delayed(block_stats)(block, block_labels)
-        for block, block_labels in zip(
-            features.to_delayed().ravel(), labels.to_delayed().ravel(), strict=True
+        dask.delayed(block_stats)(block, block_labels, start)
+        for block, block_labels, start in zip(
+            features.to_delayed().ravel(), labels.to_delayed().ravel(), starts, strict=True
         )
     ]
     while len(level) > 1:

@@ -450,6 +450,7 @@ def reduce_class_stats(
     world_size: int,
     all_gather: Callable[[Array], Sequence[Array]],
     all_reduce: Callable[[Array], Array],
+    step: int = 0,
 ) -> ClassStats:
     """Combine the `ClassStats` of every process into those of all their samples.
 
@@ -472,6 +473,11 @@ def reduce_class_stats(
     all_reduce : callable
         ``all_reduce(x)`` returns the element-wise sum of `x` over the ranks
         (it may work in place on its argument, which the caller owns).
+    step : int
+        The caller's count of reductions so far (e.g. of reports). Ranks that
+        disagree on it have fallen out of step (one skipped a report, or
+        retried after a failure) and get an error instead of mixing
+        statistics of different moments.
 
     Returns
     -------
@@ -483,7 +489,7 @@ def reduce_class_stats(
     ------
     ValueError
         On every rank, if the ranks disagree on the number of classes, the
-        dimension, the dtype or the Gram setting (checked first, with one
+        dimension, the dtype, the Gram setting or the `step` (checked first, with one
         small all-gather, so that no rank waits forever in a collective of
         another size).
 
@@ -522,11 +528,13 @@ def reduce_class_stats(
         raise TypeError(msg)
     world_size = _check_index(world_size, "world_size", low=1)
     rank = _check_index(rank, "rank", low=0)
+    step = _check_index(step, "step", low=0)
     if rank >= world_size:
         msg = f"`rank` must lie in [0, {world_size}); got {rank}"
         raise ValueError(msg)
     xp, device = stats.xp, stats.device
-    # 1) Agree on the layout and the scale (one all-gather of six integers per rank).
+    # 1) Agree on the layout, the step and the scale (one all-gather of seven
+    # integers per rank).
     dtype_name = str(stats.dtype).rsplit(".", maxsplit=1)[-1]
     dtype_code = (
         _DTYPE_CODES.index(dtype_name) if dtype_name in _DTYPE_CODES else len(_DTYPE_CODES)
@@ -542,6 +550,7 @@ def reduce_class_stats(
             head,
             xp.reshape(xp.astype(stats.num_samples, xp.int64), (1,)),
             xp.reshape(exponent, (1,)),
+            xp.asarray([step], dtype=xp.int64, device=device),
         ]
     )
     table = to_host(xp.stack(list(all_gather(meta)))).tolist()
@@ -596,6 +605,7 @@ def _check_layout(table: list[list[int]], rank: int) -> None:
         "dim": [row[1] if row[4] > 0 else None for row in table],
         "gram": [bool(row[2]) for row in table],
         "dtype": [_dtype_label(row[3]) for row in table],
+        "step": [row[6] for row in table],
     }
     problems = []
     for field, values in fields.items():

@@ -137,10 +137,11 @@ def test_distributed_reduction_recentres_on_the_global_means():
     np.testing.assert_array_equal(stats.counts, np.bincount(y, minlength=k))
 
 
-def _reduce_in_lock_step(parts):
+def _reduce_in_lock_step(parts, steps=None):
     """Run `reduce_class_stats` for every rank of a simulated world; return rank 0's result.
 
-    Each rank runs in its own thread; collectives meet at a barrier.
+    Each rank runs in its own thread; collectives meet at a barrier. An error
+    on any rank is raised (after every rank has finished).
     """
     import threading
 
@@ -160,22 +161,38 @@ def _reduce_in_lock_step(parts):
         return call
 
     def work(rank):
-        results[rank] = reduce_class_stats(
-            parts[rank],
-            rank=rank,
-            world_size=world,
-            all_gather=collective(rank, lambda xs: xs),
-            all_reduce=collective(rank, lambda xs: sum(xs[1:], xs[0])),
-        )
+        try:
+            results[rank] = reduce_class_stats(
+                parts[rank],
+                rank=rank,
+                world_size=world,
+                all_gather=collective(rank, lambda xs: xs),
+                all_reduce=collective(rank, lambda xs: sum(xs[1:], xs[0])),
+                step=0 if steps is None else steps[rank],
+            )
+        except ValueError as err:
+            results[rank] = err
 
     threads = [threading.Thread(target=work, args=(r,)) for r in range(world)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    errors = [r for r in results if isinstance(r, Exception)]
+    if errors:
+        assert len(errors) == world  # every rank learns of it, none waits
+        raise errors[0]
     for other in results[1:]:
         np.testing.assert_array_equal(other.counts, results[0].counts)
     return results[0]
+
+
+def test_ranks_out_of_step_are_refused_on_every_rank():
+    x, y = collapsed([50] * 3)
+    parts = [ClassStats.from_features(x[i::2], y[i::2], 3) for i in range(2)]
+    with pytest.raises(ValueError, match=r"disagree on step \(rank 0: 4, rank 1: 3\)"):
+        _reduce_in_lock_step(parts, steps=[4, 3])
+    assert int(_reduce_in_lock_step(parts, steps=[4, 4]).counts.sum()) == 150
 
 
 def test_dask_blocks_keep_nc1_to_1e_4():

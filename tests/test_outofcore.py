@@ -77,9 +77,16 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match=r"`split_every` must be an integer >= 2; got 1"):
         stats_from_dask(da.from_array(x), y, k, split_every=1)
     bad = y.copy()
-    bad[7] = k
-    with pytest.raises(ValueError, match=rf"`labels` must lie in \[0, {k}\); got max {k}"):
-        stats_from_dask(da.from_array(x, chunks=(10, 12)), bad, k)
+    bad[37] = k
+    # Rows are named by their place in the whole array, not in their block.
+    with pytest.raises(
+        ValueError, match=rf"`labels` must lie in \[0, {k}\); got max {k} at row 37"
+    ):
+        stats_from_dask(da.from_array(x, chunks=(10, 12)), bad, k, scheduler="sync")
+    nan = x.copy()
+    nan[43, 2] = np.nan
+    with pytest.raises(ValueError, match=r"the first is row 43"):
+        stats_from_dask(da.from_array(nan, chunks=(10, 12)), y, k, scheduler="sync")
 
 
 PEAK_SCRIPT = textwrap.dedent(
