@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import metrics as m
 from . import theory_metrics as tm
@@ -15,6 +15,10 @@ from ._array import accumulation_dtype, backend_name, detach, gather_rows, names
 from ._validate import check_features, check_labels, check_num_classes
 from .stats import ClassStats, Visit, _checked_batch, class_moments
 from .theory import UFMOptimum
+from .vocabulary import METRIC_NAMES
+
+if TYPE_CHECKING:
+    from .verdict import Verdict
 
 __all__ = ["NCReport", "nc_report"]
 
@@ -26,24 +30,14 @@ class NCReport:
     """Neural-collapse metrics of one set of features, as Python floats.
 
     A metric the inputs do not allow is None, and `unavailable` says why
-    (e.g. no classifier was given). Definitions: `ncgeom.metrics`.
+    (e.g. no classifier was given). Definitions: `ncgeom.metrics`; names and
+    symbols: `ncgeom.vocabulary`. The text (``str(report)``) and `to_dict`
+    lead with a `ncgeom.verdict.Verdict`: the objective's gap to the optimum,
+    which classes collapse, and each metric against its value at the optimum;
+    `with_theory` adds what the verdict needs from the predicted optimum.
     """
 
-    METRICS: ClassVar[tuple[str, ...]] = (
-        "nc1",
-        "cdnv",
-        "within_variance",
-        "etf_error",
-        "equinorm",
-        "equiangularity",
-        "orthogonality_error",
-        "self_duality_error",
-        "scaled_alignment_error",
-        "ncc_agreement",
-        "gof_error",
-        "classifier_gram_error",
-        "logit_structure_error",
-    )
+    METRICS: ClassVar[tuple[str, ...]] = METRIC_NAMES
     PER_CLASS: ClassVar[tuple[str, ...]] = (
         "margins_measured",
         "margins_predicted",
@@ -77,9 +71,52 @@ class NCReport:
     feature_norms_measured: tuple[float, ...] | None = None
     feature_norms_predicted: tuple[float, ...] | None = None
     unavailable: tuple[tuple[str, str], ...] = ()
+    objective: float | None = None
+    theory: Mapping[str, Any] | None = dataclasses.field(default=None, hash=False)
+
+    def with_theory(
+        self, optimum: UFMOptimum | None, *, objective: float | None = None
+    ) -> NCReport:
+        """This report with the optimum's numbers (`ncgeom.verdict.theory_context`)
+        and the measured UFM+ objective, for the verdict.
+
+        Parameters
+        ----------
+        optimum : UFMOptimum or None
+            The predicted optimum for the training counts and lambdas; None
+            keeps the report's current theory context.
+        objective : float, optional
+            The UFM+ objective measured at the same point (e.g. the training
+            loss with the regulariser).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from ncgeom import nc_report
+        >>> from ncgeom.theory import ufm_relu_optimum
+        >>> opt = ufm_relu_optimum([30, 20, 3, 1], 2e-2, 2e-2)
+        >>> y = np.repeat(np.arange(4), [30, 20, 3, 1])
+        >>> report = nc_report((opt.means()[y], y), opt.classifier(), theory=opt)
+        >>> report = report.with_theory(opt, objective=float(opt.objective))
+        >>> report.to_dict()["verdict"]["gap"], report.to_dict()["verdict"]["predicted_collapsed"]
+        (0.0, [3])
+        """
+        from .verdict import theory_context
+
+        context = self.theory
+        if optimum is not None:
+            context = theory_context(optimum, global_mean=self.global_mean)
+        value = self.objective if objective is None else float(objective)
+        return dataclasses.replace(self, theory=context, objective=value)
+
+    def verdict(self) -> Verdict:
+        """The `ncgeom.verdict.Verdict` of this report."""
+        from .verdict import Verdict
+
+        return Verdict.of(self)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dictionary (tuples become lists)."""
+        """Plain JSON-ready dictionary (tuples become lists), with the verdict."""
         out = dataclasses.asdict(self)
         out["counts"] = list(self.counts)
         out["excluded"] = [{"class": k, "reason": why} for k, why in self.excluded]
@@ -87,6 +124,8 @@ class NCReport:
         for name in self.PER_CLASS:
             if out[name] is not None:
                 out[name] = list(out[name])
+        out["theory"] = None if self.theory is None else dict(self.theory)
+        out["verdict"] = self.verdict().to_dict()
         return out
 
     def __str__(self) -> str:
@@ -94,25 +133,13 @@ class NCReport:
             f"NCReport: {self.num_classes} classes, {self.num_samples} samples, dim {self.dim} "
             f"({self.backend}, {self.dtype}, global mean over {self.global_mean})"
         )
-        lines = [head, f"  {'metric':<24} value"]
-        why = dict(self.unavailable)
-        for name in self.METRICS:
-            value = getattr(self, name)
-            shown = f"{value:.6g}" if value is not None else f"- ({why.get(name, 'n/a')})"
-            lines.append(f"  {name:<24} {shown}")
+        verdict = self.verdict()
+        lines = [head, *verdict.lines()]
         if self.feature_norms_measured is not None:
-            lines.append(
-                f"  {'class':>5} {'n_k':>8} {'norm':>10} {'predicted':>10}"
-                f" {'margin':>10} {'predicted':>10}"
-            )
-            margins = self.margins_measured or (None,) * self.num_classes
-            for k in range(self.num_classes):
-                margin = "-" if margins[k] is None else f"{margins[k]:.4g}"
-                predicted = "-" if margins[k] is None else f"{self.margins_predicted[k]:.4g}"
-                lines.append(
-                    f"  {k:>5} {self.counts[k]:>8} {self.feature_norms_measured[k]:>10.4g}"
-                    f" {self.feature_norms_predicted[k]:>10.4g} {margin:>10} {predicted:>10}"
-                )
+            lines += [
+                "Per class (_meas = measured, _opt = at the optimum)",
+                *verdict.class_lines(),
+            ]
         if self.excluded:
             lines.append("  excluded: " + ", ".join(f"class {k} ({w})" for k, w in self.excluded))
         return "\n".join(lines)

@@ -8,6 +8,7 @@ evaluated with `NCTracker.evaluate`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import traceback
 from datetime import timedelta
@@ -138,7 +139,11 @@ def single() -> dict[str, NCReport]:
     h = features_of(model, x).numpy()
     weight = model[4].weight.detach().numpy()
     stats = ClassStats.from_features(h, y.numpy(), K)
-    return {"with_classifier": nc_report(stats, weight), "plain": nc_report(stats)}
+    with_classifier = nc_report(stats, weight)
+    # evaluate() adds the NCC agreement over all ranks' samples (its second pass)
+    ncc = nc_report((h, y.numpy()), weight, num_classes=K).ncc_agreement
+    evaluated = dataclasses.replace(with_classifier, ncc_agreement=ncc)
+    return {"with_classifier": with_classifier, "plain": nc_report(stats), "evaluated": evaluated}
 
 
 def assert_report(got: dict[str, Any], want: NCReport) -> None:
@@ -173,7 +178,7 @@ def test_distributed_evaluate_through_ddp(
     ranks: list[dict[str, Any]], single: dict[str, NCReport]
 ) -> None:
     for result in ranks:
-        assert_report(result["evaluate"], single["with_classifier"])
+        assert_report(result["evaluate"], single["evaluated"])
 
 
 def test_rank_without_batches_takes_part(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import threading
@@ -14,11 +15,12 @@ import array_api_compat.torch as torch_xp
 import torch
 from torch import nn
 
-from ncgeom.checks import check_num_classes, check_positive
+from ncgeom._json import jsonable
+from ncgeom._validate import check_num_classes, check_positive
+from ncgeom.metrics import ncc_agreement
 from ncgeom.report import NCReport, nc_report
 from ncgeom.stats import ClassStats
 from ncgeom.theory import UFMOptimum, ufm_relu_optimum
-from ncgeom.utils import jsonable
 
 from ._plugin import all_reduce_stats
 from .regularizer import classifier_weight
@@ -194,6 +196,7 @@ class NCTracker:
         lambda_w: float | None = None,
         lambda_h: float | None = None,
         device: torch.device | str | None = None,
+        ncc: bool = True,
     ) -> NCReport:
         """Statistics of one pass of `model` over `loader`, then `report`.
 
@@ -202,6 +205,22 @@ class NCTracker:
         eval mode, and restores each module's train/eval mode afterwards,
         also on errors. The classifier metrics use `layer`'s weight when it
         has one of shape (K, d).
+
+        With such a classifier, `evaluate` also measures what statistics
+        alone cannot give:
+
+        - the UFM+ objective at the evaluated features, ``(1/N) sum_i CE_i +
+          (lambda_w/2)||W||_F^2 + (lambda_h/2) sum_i ||h_i||^2`` (logits
+          ``W h_i + b`` from `layer`'s weight and bias), when the lambdas are
+          given: the verdict's gap to the optimum;
+        - the NCC agreement (``ncc_agreement``): the nearest class centre
+          needs the final class means, so a second pass over `loader`
+          compares each sample's nearest centre with the classifier's
+          argmax. It costs one more forward pass; ``ncc=False`` skips it, and
+          a one-shot iterator (``iter(loader) is loader``) cannot be
+          replayed, so there the report says why the value is missing.
+
+        Both sums are combined across ranks like the statistics.
 
         Parameters
         ----------
@@ -214,19 +233,42 @@ class NCTracker:
         step : int, optional
             Recorded in `history` (e.g. the epoch).
         lambda_w, lambda_h : float, optional
-            Regularisation of the UFM+ objective, for the theory comparison.
+            Regularisation of the UFM+ objective, for the theory comparison
+            (the conventions of `ncgeom.loss`: lambda_h multiplies the sum of
+            ``||h_i||^2`` over all N samples).
         device : torch.device or str, optional
             Where inputs go; default the device of the model's parameters.
+        ncc : bool
+            Make the second pass for the NCC agreement (default True).
 
         Returns
         -------
         NCReport
+            With the verdict's theory context and measured objective when
+            the lambdas are given.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from torch import nn
+        >>> from ncgeom_torch import NCTracker
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x, y = torch.randn(60, 5, generator=g), torch.arange(60) % 3
+        >>> model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3, bias=False))
+        >>> report = NCTracker(3).evaluate(
+        ...     model, [(x, y)], model[2], lambda_w=1e-3, lambda_h=1e-3
+        ... )
+        >>> 0 <= report.ncc_agreement <= 1, report.objective > 0
+        (True, True)
         """
         tap = FeatureTap(model, layer)
         self.reset()
         if device is None:
             device = _model_device(model)
         modes = [(module, module.training) for module in model.modules()]
+        with_theory = lambda_w is not None and lambda_h is not None
+        sums: list[torch.Tensor] = []
+        classifier = None
         model.eval()
         try:
             with torch.no_grad(), tap:
@@ -236,13 +278,69 @@ class NCTracker:
                         inputs = inputs.to(device, non_blocking=True)
                     model(inputs)
                     self.observe(tap.features, labels)
+                    classifier = self._classifier_of(tap.layer)
+                    if classifier is not None and with_theory:
+                        sums.append(_objective_sums(tap.features, labels, tap.layer))
+                replay = ncc and classifier is not None and iter(loader) is not loader
+                if replay:
+                    means = self.combined_stats().means
+                    agreement = None
+                    for batch in loader:
+                        inputs, labels = _split_batch(batch)
+                        if isinstance(inputs, torch.Tensor):
+                            inputs = inputs.to(device, non_blocking=True)
+                        model(inputs)
+                        found = ncc_agreement(
+                            tap.features, tap.layer.weight, means, getattr(tap.layer, "bias", None)
+                        )
+                        agreement = found if agreement is None else agreement.merge(found)
         finally:
             for module, training in modes:
                 module.training = training
-        weight = getattr(tap.layer, "weight", None)
+        objective = None
+        if sums:
+            total = self._all_sum(torch.stack(sums).sum(dim=0))
+            ce_sum, sq_sum, count = (float(v) for v in total.cpu())
+            weight = tap.layer.weight.detach()
+            objective = (
+                ce_sum / count
+                + 0.5 * lambda_w * float((weight.double() ** 2).sum())
+                + 0.5 * lambda_h * sq_sum
+            )
+        why_ncc = None
+        if classifier is None:
+            why_ncc = "no classifier: `layer` has no (K, d) weight"
+        elif not ncc:
+            why_ncc = "skipped: evaluate(..., ncc=False)"
+        elif not replay:
+            why_ncc = (
+                "`loader` is a one-shot iterator: the second pass that NCC needs is impossible"
+            )
+        with self._lock:
+            report = self._report(classifier, lambda_w, lambda_h, None, objective)
+            if why_ncc is None:
+                pair = self._all_sum(torch.stack([agreement.matches, agreement.total]).double())
+                matches, total = (float(v) for v in pair.cpu())
+                report = _with_metric(report, "ncc_agreement", matches / total, None)
+            else:
+                report = _with_metric(report, "ncc_agreement", None, why_ncc)
+            self._record(report, step, lambda_w, lambda_h)
+        return report
+
+    def _classifier_of(self, layer: nn.Module) -> nn.Module | None:
+        weight = getattr(layer, "weight", None)
         usable = isinstance(weight, torch.Tensor) and weight.ndim == 2
-        classifier = tap.layer if usable and weight.shape[0] == self.num_classes else None
-        return self.report(classifier, lambda_w=lambda_w, lambda_h=lambda_h, step=step)
+        return layer if usable and weight.shape[0] == self.num_classes else None
+
+    def _all_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """`values` summed over the ranks (unchanged when not distributed)."""
+        if not self._distributed():
+            return values
+        import torch.distributed as dist
+
+        values = values.clone()
+        dist.all_reduce(values, group=self.group)
+        return values
 
     # ------------------------------------------------------------------ report
     def combined_stats(self) -> ClassStats:
@@ -282,6 +380,7 @@ class NCTracker:
         lambda_h: float | None = None,
         counts: Any = None,
         step: int | None = None,
+        objective: float | None = None,
     ) -> NCReport:
         """Neural-collapse report of the observed samples (of all ranks).
 
@@ -302,17 +401,38 @@ class NCTracker:
             the observed counts.
         step : int, optional
             Recorded in `history`; default the number of earlier reports.
+        objective : float, optional
+            The UFM+ objective measured at these features (e.g. the training
+            loss with `ufm_penalty`); with the lambdas, the verdict gives its
+            gap to the optimum.
 
         Returns
         -------
         NCReport
-            The same on every rank of a distributed job.
+            The same on every rank of a distributed job. Its
+            ``ncc_agreement`` is None with a reason: statistics alone cannot
+            give it (the nearest centre needs the final means);
+            `evaluate` measures it with a second pass.
 
         Raises
         ------
         RuntimeError
             If no batch was observed (on any rank).
         """
+        with self._lock:
+            report = self._report(classifier, lambda_w, lambda_h, counts, objective)
+            self._record(report, step, lambda_w, lambda_h)
+        return report
+
+    def _report(
+        self,
+        classifier: nn.Module | torch.Tensor | None,
+        lambda_w: float | None,
+        lambda_h: float | None,
+        counts: Any,
+        objective: float | None,
+    ) -> NCReport:
+        """The report (with the verdict's context), not yet in `history`."""
         if (lambda_w is None) != (lambda_h is None):
             msg = (
                 "`lambda_w` and `lambda_h` must be given together; "
@@ -332,12 +452,18 @@ class NCTracker:
             if with_theory:
                 theory = self._theory(stats, counts, lambda_w, lambda_h)
             report = nc_report(stats, weight, theory=theory)
-            entry = report.to_dict()
-            if with_theory:
-                entry["lambda_w"] = lambda_w
-                entry["lambda_h"] = lambda_h
-            self.history.append((len(self.history) if step is None else int(step), entry))
-        return report
+        if weight is not None:
+            report = _with_metric(report, "ncc_agreement", None, _NCC_FROM_STATISTICS)
+        return report.with_theory(theory, objective=objective)
+
+    def _record(
+        self, report: NCReport, step: int | None, lambda_w: float | None, lambda_h: float | None
+    ) -> None:
+        entry = report.to_dict()
+        if lambda_w is not None:
+            entry["lambda_w"] = lambda_w
+            entry["lambda_h"] = lambda_h
+        self.history.append((len(self.history) if step is None else int(step), entry))
 
     def _theory(
         self, stats: ClassStats, counts: Any, lambda_w: float, lambda_h: float
@@ -416,6 +542,35 @@ class NCTracker:
             f"NCTracker(num_classes={self.num_classes}, dtype={self.dtype}, "
             f"{self._num_batches} batches, {len(self.history)} reports)"
         )
+
+
+_NCC_FROM_STATISTICS = (
+    "statistics alone cannot give it (the nearest centre needs the final means): "
+    "NCTracker.evaluate measures it with a second pass"
+)
+
+
+def _with_metric(report: NCReport, name: str, value: float | None, why: str | None) -> NCReport:
+    """`report` with metric `name` set to `value`, or None with reason `why`."""
+    unavailable = tuple((k, v) for k, v in report.unavailable if k != name)
+    if why is not None:
+        unavailable += ((name, why),)
+    return dataclasses.replace(report, unavailable=unavailable, **{name: value})
+
+
+def _objective_sums(
+    features: torch.Tensor, labels: torch.Tensor, layer: nn.Module
+) -> torch.Tensor:
+    """(sum of cross-entropies, sum of ||h_i||^2, rows) of one batch, in float64."""
+    import torch.nn.functional as F
+
+    h = features.double()
+    bias = getattr(layer, "bias", None)
+    logits = F.linear(h, layer.weight.double(), None if bias is None else bias.double())
+    ce = F.cross_entropy(logits, labels.to(logits.device), reduction="sum")
+    return torch.stack(
+        [ce, (h * h).sum(), torch.tensor(float(len(h)), dtype=h.dtype, device=h.device)]
+    )
 
 
 def _model_device(model: nn.Module) -> torch.device:
