@@ -15,12 +15,12 @@ import array_api_compat.torch as torch_xp
 import torch
 from torch import nn
 
-from ncgeom._json import jsonable
-from ncgeom._validate import check_num_classes, check_positive
+from ncgeom.checks import check_num_classes, check_positive
 from ncgeom.metrics import ncc_agreement
 from ncgeom.report import NCReport, nc_report
 from ncgeom.stats import ClassStats
 from ncgeom.theory import UFMOptimum, ufm_relu_optimum
+from ncgeom.utils import jsonable
 
 from ._plugin import all_reduce_stats
 from .regularizer import classifier_weight
