@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
-PUBLIC = ["ncgeom.checks", "ncgeom.utils", "ncgeom.plugins", "ncgeom.testing.conformance"]
+PUBLIC = [
+    "ncgeom.checks",
+    "ncgeom.utils",
+    "ncgeom.plugins",
+    "ncgeom.testing.conformance",
+    "ncgeom_jax",
+]
 
 
 @pytest.mark.parametrize("name", PUBLIC)
