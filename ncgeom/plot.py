@@ -25,9 +25,13 @@ def theory_figure(optimum: UFMOptimum, *, figsize: tuple[float, float] = (12.0, 
 
     Three panels against ``n_k`` (log scale): the margin ``M_k``, the feature
     norm ``||h_k||`` and the classifier norm ``||w_k||`` of each class. The
-    lines show the margin and feature norm a class of ``n`` samples would have
-    with the same total count ``N``; the shaded band left of the collapse
-    boundary ``n_crit`` holds the classes whose features collapse to zero.
+    lines are the closed forms: the margin and feature norm a class of ``n``
+    samples would have with the same total count ``N``, and the classifier
+    norm ``gamma sqrt(n ||h(n)||^2 (1 - 2/K) + S/K^2)`` of such a class with
+    the other classes as they are (``S = sum_k n_k ||h_k||^2``,
+    ``gamma = sqrt(K lambda_H / ((K-1) lambda_W))``; it passes through every
+    class's point). The shaded band left of the collapse boundary ``n_crit``
+    holds the classes whose features collapse to zero.
 
     Parameters
     ----------
@@ -69,6 +73,9 @@ def theory_figure(optimum: UFMOptimum, *, figsize: tuple[float, float] = (12.0, 
     ax_m, ax_h, ax_w = fig.subplots(1, 3)
     ax_m.plot(curve_n, curve["margins"], color="C0", lw=1, label="closed form, same N")
     ax_h.plot(curve_n, curve["feature_norms"], color="C0", lw=1, label="closed form, same N")
+    ax_w.plot(
+        curve_n, curve["classifier_norms"], color="C0", lw=1, label="closed form, others fixed"
+    )
     for ax, values in ((ax_m, margins), (ax_h, h_norms), (ax_w, w_norms)):
         ax.scatter(counts[alive], values[alive], color="C0", zorder=3, label="alive class")
         ax.scatter(
@@ -83,9 +90,13 @@ def theory_figure(optimum: UFMOptimum, *, figsize: tuple[float, float] = (12.0, 
         ax.set_xlabel("samples in the class, n_k")
         ax.grid(alpha=0.3)
     ax_m.legend(fontsize="small")
+    ax_w.legend(fontsize="small")
     ax_m.set_title("margin M_k")
-    ax_h.set_title("feature norm ||h_k||")
-    ax_w.set_title("classifier norm ||w_k||")
+    ax_h.set_title("feature norm ‖h_k‖")
+    ax_w.set_title("classifier norm ‖w_k‖")
+    ax_m.set_ylabel("true logit minus each other logit, M_k")
+    ax_h.set_ylabel("length of the class-mean feature, ‖h_k‖")
+    ax_w.set_ylabel("length of the classifier row, ‖w_k‖")
     fig.suptitle(
         f"UFM+ optimum: K = {optimum.num_classes}, N = {int(counts.sum())}, "
         f"lambda_W = {optimum.lambda_w:g}, lambda_H = {optimum.lambda_h:g}"
@@ -112,4 +123,15 @@ def _curves(optimum: UFMOptimum, counts: np.ndarray) -> tuple[np.ndarray, dict[s
         optimum.lambda_h,
         xp,
     )
-    return grid, {"margins": margins, "feature_norms": np.sqrt(feature_sq)}
+    # w_j = gamma (sqrt(n_j) h_j - (1/K) sum_k sqrt(n_k) h_k) with orthogonal
+    # h_k: ||w_j||^2 = gamma^2 (n_j ||h_j||^2 (1 - 2/K) + S / K^2).
+    k = optimum.num_classes
+    gamma_sq = k * optimum.lambda_h / ((k - 1) * optimum.lambda_w)
+    own_sq = to_host(optimum.feature_norms).astype(np.float64) ** 2
+    total = float(np.sum(to_host(optimum.counts).astype(np.float64) * own_sq))
+    w_sq = gamma_sq * (grid * np.asarray(feature_sq) * (1 - 2 / k) + total / k**2)
+    return grid, {
+        "margins": margins,
+        "feature_norms": np.sqrt(feature_sq),
+        "classifier_norms": np.sqrt(w_sq),
+    }

@@ -43,7 +43,7 @@ def test_short_run_writes_every_file_and_metrics_fall(tmp_path):
     assert history[-1]["loss"] < history[0]["loss"]
     assert saved["counts"] == summary["counts"]
     assert len(history[-1]["margins_predicted"]) == 10
-    assert "| nc1 |" in (tmp_path / "report.md").read_text()
+    assert "| nc1 (NC1) |" in (tmp_path / "report.md").read_text()
 
 
 def test_command_line_runs_and_checks_its_options(tmp_path, capsys):

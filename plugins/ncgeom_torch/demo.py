@@ -12,9 +12,11 @@ folder receives ``report.json``, ``report.md`` and PNG figures.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,15 @@ import numpy as np
 from ncgeom.cli import Command, check_output_dir
 from ncgeom.utils import Progress, jsonable
 
-__all__ = ["DemoConfig", "check_device", "command", "default_counts", "load_dataset", "run_demo"]
+__all__ = [
+    "DemoConfig",
+    "check_device",
+    "command",
+    "default_counts",
+    "flush_denormal",
+    "load_dataset",
+    "run_demo",
+]
 
 DATASETS = ("digits", "synthetic")
 
@@ -37,7 +47,7 @@ class DemoConfig:
     counts: tuple[int, ...] | None = None
     ratio: float = 0.1
     epochs: int = 3000
-    eval_every: int = 100
+    eval_every: int = 25
     lambda_w: float = 1e-3
     lambda_h: float = 1e-3
     width: int = 256
@@ -144,51 +154,57 @@ def run_demo(config: DemoConfig, *, progress: bool = True) -> dict[str, Any]:
     theory = ufm_relu_optimum(counts, config.lambda_w, config.lambda_h, dim=config.width)
 
     model = _build_model(x.shape[1], config.width, config.depth, num_classes).to(device)
-    body, classifier = model[0], model[1]
+    classifier = model[1]
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.epochs)
     tracker = NCTracker(num_classes, dtype=torch.float64)
-    bar = Progress(config.epochs, force=False) if progress else None
+    bar = Progress(config.epochs, log_every=10.0) if progress else None
     evaluations: list[dict[str, Any]] = []
+    losses: list[float] = []
     started = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
-        with FeatureTap(model, classifier, detach=False) as tap:
-            logits = model(x)
-        loss = F.cross_entropy(logits, y) + ufm_penalty(
-            classifier.weight,
-            tap.features,
-            lambda_w=config.lambda_w,
-            lambda_h=config.lambda_h,
-            num_samples=num,
-        )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        objective = float(loss.detach())
-        if epoch % config.eval_every == 0 or epoch in (1, config.epochs):
-            with torch.no_grad():
-                features = body(x)
-                accuracy = float((classifier(features).argmax(dim=1) == y).double().mean())
-            tracker.reset()
-            tracker.observe(features, y)
-            report = tracker.report(
-                classifier, lambda_w=config.lambda_w, lambda_h=config.lambda_h, step=epoch
+    with flush_denormal():
+        for epoch in range(1, config.epochs + 1):
+            with FeatureTap(model, classifier, detach=False) as tap:
+                logits = model(x)
+            loss = F.cross_entropy(logits, y) + ufm_penalty(
+                classifier.weight,
+                tap.features,
+                lambda_w=config.lambda_w,
+                lambda_h=config.lambda_h,
+                num_samples=num,
             )
-            evaluations.append(
-                {
-                    "epoch": epoch,
-                    "loss": objective,
-                    "train_accuracy": accuracy,
-                    **report.to_dict(),
-                }
-            )
-        if bar is not None:
-            last = evaluations[-1]
-            bar.update(
-                epoch,
-                f"loss {objective:.4f}  acc {last['train_accuracy']:.3f}  NC1 {last['nc1']:.2e}",
-            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(float(loss.detach()))
+            if epoch % config.eval_every == 0 or epoch in (1, config.epochs):
+                # The objective, NCC agreement and geometry after this step.
+                report = tracker.evaluate(
+                    model,
+                    [(x, y)],
+                    classifier,
+                    lambda_w=config.lambda_w,
+                    lambda_h=config.lambda_h,
+                    step=epoch,
+                )
+                with torch.no_grad():
+                    accuracy = float((model(x).argmax(dim=1) == y).double().mean())
+                evaluations.append(
+                    {
+                        "epoch": epoch,
+                        "loss": losses[-1],  # the training objective before this step
+                        "train_accuracy": accuracy,
+                        **report.to_dict(),  # "objective": the same after this step
+                    }
+                )
+            if bar is not None:
+                last = evaluations[-1]
+                bar.update(
+                    epoch,
+                    f"objective {losses[-1]:.4f}  acc {last['train_accuracy']:.3f}  "
+                    f"NC1 {last['nc1']:.2e}",
+                )
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - started
@@ -200,6 +216,7 @@ def run_demo(config: DemoConfig, *, progress: bool = True) -> dict[str, Any]:
         "theory": jsonable(theory.to_dict()),
         "objective_optimum": float(theory.objective),
         "history": jsonable(evaluations),
+        "objective_per_epoch": losses,
         "final": jsonable(evaluations[-1]),
         "seconds": seconds,
     }
@@ -210,11 +227,54 @@ def run_demo(config: DemoConfig, *, progress: bool = True) -> dict[str, Any]:
         from .demo_plots import write_figures
 
         means = tracker.stats.means.cpu().numpy()
-        files += write_figures(out, evaluations, means, np.asarray(theory.feature_gram()), counts)
+        files += write_figures(
+            out,
+            evaluations,
+            means,
+            np.asarray(theory.feature_gram()),
+            counts,
+            objective=losses,
+            optimum=float(theory.objective),
+        )
     summary["files"] = [str(path) for path in files]
     files[0].write_text(json.dumps(summary, indent=2) + "\n")
     files[1].write_text(_markdown(summary))
     return summary
+
+
+@contextlib.contextmanager
+def flush_denormal() -> Iterator[bool]:
+    """Flush subnormal floats to zero on the CPU while training (a context manager).
+
+    Adam's second-moment estimates of weights whose gradients have died out
+    decay into the subnormal range (below 1.2e-38 in float32), where each
+    arithmetic operation costs tens to hundreds of cycles on x86 CPUs: the
+    demo's run time then depended on how many entries had got there. With
+    flush-to-zero they become 0, which changes the optimiser's steps by less
+    than 1e-38 relative. PyTorch has no getter for the setting, so it is
+    switched off again on exit (its default).
+
+    Yields
+    ------
+    bool
+        Whether this CPU supports flush-to-zero.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ncgeom_torch.demo import flush_denormal
+    >>> with flush_denormal() as supported:
+    ...     tiny = torch.tensor([1e-40]) * 1.0
+    >>> bool(tiny.item() == 0.0) == supported
+    True
+    """
+    import torch
+
+    supported = torch.set_flush_denormal(True)
+    try:
+        yield supported
+    finally:
+        torch.set_flush_denormal(False)
 
 
 def check_device(name: Any) -> Any:
@@ -271,64 +331,73 @@ def _check_config(config: DemoConfig) -> None:
             raise ValueError(msg)
 
 
-_SUMMARY_METRICS = (
-    "nc1",
-    "cdnv",
-    "orthogonality_error",
-    "etf_error",
-    "scaled_alignment_error",
-    "self_duality_error",
-    "gof_error",
-    "classifier_gram_error",
-    "logit_structure_error",
-    "ncc_agreement",
-)
-
-
 def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.3g}"
 
 
 def _markdown(summary: dict[str, Any]) -> str:
+    """``report.md``: the verdict first, then the run, the per-class table and figures."""
+    from ncgeom.vocabulary import METRICS
+
     config, final, history = summary["config"], summary["final"], summary["history"]
     first = history[0]
+    report = _final_report(summary)
+    verdict = report.verdict()
     lines = [
         "# ncgeom demo",
         "",
         f"Data set `{config['dataset']}`, {summary['num_samples']} samples, counts "
         f"{summary['counts']}; bias-free ReLU MLP, depth {config['depth']}, width "
         f"{config['width']}; lambda_W = {config['lambda_w']:g}, lambda_H = "
-        f"{config['lambda_h']:g}; {config['epochs']} full-batch epochs "
-        f"({summary['seconds']:.0f} s).",
+        f"{config['lambda_h']:g} (lambda_H multiplies the sum of ||h_i||^2 over all "
+        f"samples); {config['epochs']} full-batch epochs ({summary['seconds']:.0f} s). "
+        f"Train accuracy {final['train_accuracy']:.3f}.",
         "",
-        f"Objective at the end {final['loss']:.6g}; the closed-form optimum of the "
-        f"unconstrained model is {summary['objective_optimum']:.6g}. Train accuracy "
-        f"{final['train_accuracy']:.3f}.",
+        verdict.markdown().rstrip("\n"),
         "",
-        "| metric | first evaluation | final |",
+        "## During training",
+        "",
+        f"| metric | epoch {first['epoch']} | epoch {final['epoch']} |",
         "|---|---|---|",
     ]
-    lines += [f"| {m} | {_fmt(first.get(m))} | {_fmt(final.get(m))} |" for m in _SUMMARY_METRICS]
-    lines += [
-        "",
-        "| class | n_k | norm | predicted norm | margin | predicted margin |",
-        "|---|---|---|---|---|---|",
-    ]
-    for k, n in enumerate(summary["counts"]):
-        lines.append(
-            f"| {k} | {n} | {_fmt(final['feature_norms_measured'][k])} | "
-            f"{_fmt(final['feature_norms_predicted'][k])} | "
-            f"{_fmt(final['margins_measured'][k])} | {_fmt(final['margins_predicted'][k])} |"
-        )
-    if summary.get("files"):
-        lines += ["", "Figures: " + ", ".join(Path(f).name for f in summary["files"][2:])]
+    for name, metric in METRICS.items():
+        before, after = first.get(name), final.get(name)
+        why = final["unavailable"].get(name)
+        cell = _fmt(after) if after is not None else f"- ({why})" if why else "-"
+        lines.append(f"| {metric.label} | {_fmt(before)} | {cell} |")
+    lines += ["", "## Per class (final epoch)", "", verdict.class_table().rstrip("\n")]
+    figures = [Path(f).name for f in summary.get("files", [])[2:]]
+    if figures:
+        lines += ["", "## Figures", ""]
+        lines += [f"![{Path(name).stem}]({name})" for name in figures]
     return "\n".join(lines) + "\n"
+
+
+def _final_report(summary: dict[str, Any]) -> Any:
+    """The final evaluation as an `NCReport` (for its verdict)."""
+    import dataclasses
+
+    from ncgeom.report import NCReport
+
+    final = summary["final"]
+    fields = {f.name for f in dataclasses.fields(NCReport)}
+    values = {k: v for k, v in final.items() if k in fields}
+    for name in NCReport.PER_CLASS:
+        if values.get(name) is not None:
+            values[name] = tuple(values[name])
+    values["counts"] = tuple(values["counts"])
+    values["excluded"] = tuple((e["class"], e["reason"]) for e in values["excluded"])
+    values["unavailable"] = tuple(values["unavailable"].items())
+    return NCReport(**values)
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = DemoConfig()
     parser.add_argument(
-        "--dataset", choices=DATASETS, default=defaults.dataset, help="training data"
+        "--dataset",
+        choices=DATASETS,
+        default=defaults.dataset,
+        help="training data: scikit-learn's 8x8 digits or a Gaussian mixture",
     )
     parser.add_argument(
         "--counts",
@@ -339,32 +408,58 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "--ratio",
         type=float,
         default=defaults.ratio,
-        help="smallest class over largest, for the default counts",
+        help="smallest class over largest, for the default geometric counts",
     )
     parser.add_argument(
-        "--epochs", type=int, default=defaults.epochs, help="full-batch training epochs"
+        "--epochs",
+        type=int,
+        default=defaults.epochs,
+        help="full-batch training epochs (Adam, cosine learning-rate decay)",
     )
     parser.add_argument(
-        "--eval-every", type=int, default=defaults.eval_every, help="epochs between evaluations"
+        "--eval-every",
+        type=int,
+        default=defaults.eval_every,
+        help="epochs between evaluations of the metrics, the NCC agreement and the objective",
     )
     parser.add_argument(
-        "--lambda-w", type=float, default=defaults.lambda_w, help="weight decay on the classifier"
+        "--lambda-w",
+        type=float,
+        default=defaults.lambda_w,
+        help="lambda_W of the UFM+ objective: (lambda_W/2)||W||_F^2 on the classifier",
     )
     parser.add_argument(
         "--lambda-h",
         type=float,
         default=defaults.lambda_h,
-        help="weight decay on the penultimate features",
+        help="lambda_H of the UFM+ objective: (lambda_H/2) sum_i ||h_i||^2, summed over "
+        "the penultimate features of all N samples",
     )
-    parser.add_argument("--width", type=int, default=defaults.width, help="hidden layer width")
-    parser.add_argument("--depth", type=int, default=defaults.depth, help="hidden layers")
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="Adam learning rate")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of data and model")
+    parser.add_argument(
+        "--width",
+        type=int,
+        default=defaults.width,
+        help="width of each hidden layer (the feature dimension d)",
+    )
+    parser.add_argument(
+        "--depth", type=int, default=defaults.depth, help="number of bias-free hidden ReLU layers"
+    )
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="initial Adam learning rate")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=defaults.seed,
+        help="seed of the data subset and the initial weights",
+    )
     parser.add_argument(
         "--device", default=defaults.device, help="torch device, e.g. cpu, cuda, cuda:1"
     )
     parser.add_argument("--out", default=defaults.out, help="output folder, created if missing")
-    parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    parser.add_argument(
+        "--no-plots",
+        action="store_true",
+        help="skip the PNG figures (report.md and report.json only)",
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
