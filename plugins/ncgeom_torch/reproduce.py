@@ -170,7 +170,7 @@ class Preset:
     )
     digits_lambda: float = 5e-4
     digits_epochs: int = 1500
-    mnist1d_head: int = 500
+    mnist1d_head: int = 1000
     mnist1d_profiles: tuple[tuple[str, float], ...] = (("step", 10.0), ("longtail", 100.0))
     mnist1d_lambdas: tuple[float, float] = (5e-3, 1e-5)
     mnist1d_epochs: int = 150
