@@ -665,11 +665,10 @@ def _scaled_class_means(
     """
     num_classes = counts.shape[0]
     num, dim = features.shape
-    own = accumulation_dtype(xp, features.dtype)
-    if own == xp.float64 or (host and int(to_host(xp.max(counts))) <= SMALL_CLASS_ROWS):
-        acc = own
-    else:
-        acc = xp.float64
+    # float64 unless float32 statistics of small classes on the host, whose
+    # rounding the second pass's class sums of the deviations then remove.
+    small = host and int(to_host(xp.max(counts))) <= SMALL_CLASS_ROWS
+    acc = dtype if small else xp.float64
     itemsize = 8 if acc == xp.float64 else 4
     if chunk_size is not None:
         rows = check_positive_int(chunk_size, "chunk_size")
@@ -695,9 +694,10 @@ def _scaled_class_means(
     scale = xp.where(far, xp.pow(two, exponent), xp.ones_like(largest))
     scaled = xp.astype(means / scale, dtype)
     residual = None
-    if acc != dtype:
+    if acc == xp.float64:
         n = xp.astype(counts, acc)[:, None]
-        residual = xp.astype(total / scale - n * xp.astype(scaled, acc), dtype)
+        with quiet_invalid():  # Inf in the features: found through the means next
+            residual = xp.astype(total / scale - n * xp.astype(scaled, acc), dtype)
     return scaled, xp.astype(scale, dtype), residual
 
 
