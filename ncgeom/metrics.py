@@ -21,20 +21,38 @@ from ._validate import check_features, check_positive_int
 from .stats import ClassStats, chunk_rows, row_chunks
 
 __all__ = [
+    "Classes",
+    "DEGENERATE_METRICS",
+    "DEGENERATE_REASONS",
     "GLOBAL_MEANS",
     "NCCAgreement",
     "NearestCentre",
+    "PAIR_BLOCK_ELEMENTS",
     "PAIR_METRICS",
+    "between_basis",
     "cdnv",
+    "centre_of",
+    "check_classifier",
+    "check_global_mean",
+    "checked_classifier",
+    "class_view",
     "equiangularity",
     "equinorm",
+    "equinorm_of",
     "etf_error",
     "nc1",
+    "nc1_from_scatter",
+    "nc1_of",
     "ncc_agreement",
     "orthogonality_error",
+    "pair_block_rows",
     "pair_metrics",
+    "populated",
+    "scale_free",
     "scaled_alignment_error",
+    "scaled_alignment_error_of",
     "self_duality_error",
+    "self_duality_error_of",
 ]
 
 Array = Any
@@ -280,10 +298,11 @@ def nc1(stats: ClassStats, *, global_mean: str = "samples") -> Array:
     0.034483
     """
     view = populated(stats, global_mean)
-    return _undefined(_nc1(view), view, "nc1")
+    return _undefined(nc1_of(view), view, "nc1")
 
 
-def _nc1(view: Classes) -> Array:
+def nc1_of(view: Classes) -> Array:
+    """NC1 of a class view whose statistics keep the Gram (the kernel of `nc1`)."""
     stats = view.stats
     if stats is None or stats.gram is None:
         msg = (
@@ -500,10 +519,11 @@ def equinorm(stats: ClassStats, *, global_mean: str = "samples") -> Array:
     True
     """
     view = populated(stats, global_mean)
-    return _undefined(_equinorm(view), view, "equinorm")
+    return _undefined(equinorm_of(view), view, "equinorm")
 
 
-def _equinorm(view: Classes) -> Array:
+def equinorm_of(view: Classes) -> Array:
+    """Equinorm of a class view (the kernel of `equinorm`)."""
     xp = view.xp
     norms = xp.linalg.vector_norm(view.centred, axis=1)
     mean = xp.mean(norms)
@@ -554,7 +574,7 @@ def checked_classifier(
     return xp.astype(detach(classifier), xp.result_type(classifier.dtype, dtype))
 
 
-def _unit_max(a: Array, xp: ModuleType) -> Array:
+def scale_free(a: Array, xp: ModuleType) -> Array:
     """`a` divided by its largest absolute entry (unchanged if all zero): the
     squares of the result cannot overflow or underflow."""
     largest = xp.max(xp.abs(a))
@@ -563,7 +583,7 @@ def _unit_max(a: Array, xp: ModuleType) -> Array:
 
 def _normalised_distance(a: Array, b: Array, xp: ModuleType) -> Array:
     """``|| a/||a||_F - b/||b||_F ||_F``, scale-free."""
-    a, b = _unit_max(a, xp), _unit_max(b, xp)
+    a, b = scale_free(a, xp), scale_free(b, xp)
     norm_a, norm_b = xp.linalg.matrix_norm(a), xp.linalg.matrix_norm(b)
     # A zero matrix has no direction: NaN, without a division warning.
     nan = xp.full_like(norm_a, xp.nan)
@@ -592,10 +612,11 @@ def self_duality_error(
     """
     weights = check_classifier(classifier, stats)
     view = populated(stats, global_mean)
-    return _undefined(_self_duality_error(weights, view), view, "self_duality_error")
+    return _undefined(self_duality_error_of(weights, view), view, "self_duality_error")
 
 
-def _self_duality_error(classifier: Array, view: Classes) -> Array:
+def self_duality_error_of(classifier: Array, view: Classes) -> Array:
+    """Self-duality error of a checked classifier against a class view."""
     return _normalised_distance(view.take(classifier), view.centred, view.xp)
 
 
@@ -619,10 +640,11 @@ def scaled_alignment_error(classifier: Array, stats: ClassStats) -> Array:
     """
     weights = check_classifier(classifier, stats)
     view = populated(stats)
-    return _undefined(_scaled_alignment_error(weights, view), view, "scaled_alignment_error")
+    return _undefined(scaled_alignment_error_of(weights, view), view, "scaled_alignment_error")
 
 
-def _scaled_alignment_error(classifier: Array, view: Classes) -> Array:
+def scaled_alignment_error_of(classifier: Array, view: Classes) -> Array:
+    """Scaled alignment error of a checked classifier against a class view."""
     xp = view.xp
     scaled = xp.sqrt(view.counts)[:, None] * view.means
     target = view.size * scaled - xp.sum(scaled, axis=0)

@@ -215,7 +215,7 @@ def nc_report(
             classifier = m.check_classifier(classifier, stats)
         view = m.populated(stats, global_mean)
         if stats.gram is not None:
-            values["nc1"] = m._nc1(view)
+            values["nc1"] = m.nc1_of(view)
         else:
             unavailable["nc1"] = "statistics without Gram"
         unavailable["ncc_agreement"] = "needs features, not statistics"
@@ -240,10 +240,10 @@ def nc_report(
     scale = xp.astype(stats.unit_scale, xp.float64)
     spread = xp.sum(view.counts * view.variances) / xp.sum(view.counts)
     values["within_variance"] = xp.astype(spread, xp.float64) * scale * scale
-    values["equinorm"] = m._equinorm(view)
+    values["equinorm"] = m.equinorm_of(view)
     if classifier is not None:
-        values["self_duality_error"] = m._self_duality_error(classifier, view)
-        values["scaled_alignment_error"] = m._scaled_alignment_error(classifier, view)
+        values["self_duality_error"] = m.self_duality_error_of(classifier, view)
+        values["scaled_alignment_error"] = m.scaled_alignment_error_of(classifier, view)
     else:
         for name in ("self_duality_error", "scaled_alignment_error", "ncc_agreement"):
             unavailable.setdefault(name, "no classifier given")
@@ -381,7 +381,7 @@ def _scan_features(
         state.update(first=first, weights=weights, basis=basis)
         weight = state.get("classifier")
         if weight is not None:
-            weight = m._unit_max(weight, xp)  # argmax is scale-free; no logit overflows
+            weight = m.scale_free(weight, xp)  # argmax is scale-free; no logit overflows
         shift = None
         if bias is not None:
             largest = xp.max(xp.abs(state["classifier"]))
