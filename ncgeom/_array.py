@@ -20,6 +20,9 @@ __all__ = [
     "backend_name",
     "detach",
     "gather_rows",
+    "is_array",
+    "is_host_data",
+    "like",
     "has_native_segment_sum",
     "namespace",
     "on_host",
@@ -90,6 +93,30 @@ def resolve_namespace(xp: ModuleType | None) -> ModuleType:
     except (AttributeError, TypeError):
         msg = f"`xp` must be an array library module; got {xp!r}"
         raise TypeError(msg) from None
+
+
+def is_host_data(value: Any) -> bool:
+    """Whether `value` is host data (a NumPy array, a list, a number, ...) rather
+    than an array of another array library (torch, CuPy, ...).
+
+    The one test of "host data or array?": host data is copied to wherever the
+    computation runs; an array decides where it runs.
+    """
+    return isinstance(value, np.ndarray) or not compat.is_array_api_obj(value)
+
+
+def is_array(value: Any) -> bool:
+    """Whether `value` is an array of an array-API library (NumPy included)."""
+    return bool(compat.is_array_api_obj(value))
+
+
+def like(value: Any, reference: Array, dtype: Any = None) -> Array:
+    """Host data `value` as an array in the namespace, on the device and in the
+    dtype (or `dtype`) of `reference`."""
+    xp = namespace(reference=reference)
+    return xp.asarray(
+        value, dtype=reference.dtype if dtype is None else dtype, device=array_device(reference)
+    )
 
 
 def array_device(x: Array) -> Any:

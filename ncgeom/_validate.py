@@ -7,10 +7,9 @@ import numbers
 from types import ModuleType
 from typing import Any
 
-import array_api_compat as compat
 import numpy as np
 
-from ._array import to_host
+from ._array import is_host_data, to_host
 
 __all__ = [
     "check_batch",
@@ -238,7 +237,7 @@ def check_counts(counts: Any) -> np.ndarray:
         msg = f"`counts` must be a sequence of positive integers; got {counts!r}"
         raise TypeError(msg)
     try:
-        host = to_host(counts) if compat.is_array_api_obj(counts) else np.asarray(counts)
+        host = np.asarray(counts) if is_host_data(counts) else to_host(counts)
     except (TypeError, ValueError, OverflowError) as err:
         msg = f"`counts` must be a sequence of positive integers; got {_short(counts)}"
         raise TypeError(msg) from err

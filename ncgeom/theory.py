@@ -22,10 +22,9 @@ from fractions import Fraction
 from types import ModuleType
 from typing import Any
 
-import array_api_compat as compat
 import numpy as np
 
-from ._array import to_host
+from ._array import array_device, is_host_data, namespace, resolve_namespace, to_host
 from ._validate import (
     check_counts,
     check_device,
@@ -119,7 +118,7 @@ class UFMOptimum:
     @property
     def num_samples(self) -> int:
         """Total number of samples ``N``."""
-        return int(to_host(compat.array_namespace(self.counts).sum(self.counts)))
+        return int(to_host(namespace(counts=self.counts).sum(self.counts)))
 
     def feature_gram(self) -> Array:
         """Gram matrix of the class means, ``means @ means.T``, shape (K, K).
@@ -132,7 +131,7 @@ class UFMOptimum:
         >>> ufm_relu_optimum([3, 1], 0.2, 0.2).feature_gram().round(4).tolist()
         [[0.2954, 0.0], [0.0, 0.0]]
         """
-        xp = compat.array_namespace(self.margins)
+        xp = namespace(margins=self.margins)
         sq = self.feature_norms * self.feature_norms
         return self._eye(xp) * sq[None, :]
 
@@ -149,7 +148,7 @@ class UFMOptimum:
         >>> ufm_relu_optimum([5, 5], 1e-2, 1e-2).classifier_gram().round(3).tolist()
         [[5.41, -5.41], [-5.41, 5.41]]
         """
-        xp = compat.array_namespace(self.margins)
+        xp = namespace(margins=self.margins)
         k = self.num_classes
         nu = self._scaled_sq_norms(xp)
         total = xp.sum(nu)
@@ -170,7 +169,7 @@ class UFMOptimum:
         >>> ufm_relu_optimum([10, 10, 10], 1e-2, 1e-3).logits().round(3).tolist()[0]
         [2.918, -1.459, -1.459]
         """
-        xp = compat.array_namespace(self.margins)
+        xp = namespace(margins=self.margins)
         k = self.num_classes
         return self.margins[:, None] * (self._eye(xp) - 1.0 / k)
 
@@ -188,9 +187,9 @@ class UFMOptimum:
         >>> ufm_relu_optimum([12, 8, 4, 2], 5e-3, 5e-3, dim=5).means().shape
         (4, 5)
         """
-        xp = compat.array_namespace(self.margins)
+        xp = namespace(margins=self.margins)
         dtype = self.margins.dtype
-        device = compat.device(self.margins)
+        device = array_device(self.margins)
         slot = xp.cumulative_sum(xp.astype(self.alive, xp.int64)) - 1
         axes = xp.arange(self.dim, dtype=xp.int64, device=device)
         onehot = xp.logical_and(slot[:, None] == axes[None, :], self.alive[:, None])
@@ -209,7 +208,7 @@ class UFMOptimum:
         >>> bool(abs(opt.classifier().sum(axis=0)).max() < 1e-12)
         True
         """
-        xp = compat.array_namespace(self.margins)
+        xp = namespace(margins=self.margins)
         k = self.num_classes
         gamma = math.sqrt(k * self.lambda_h / ((k - 1) * self.lambda_w))
         scaled = xp.sqrt(xp.astype(self.counts, self.margins.dtype))[:, None] * self.means()
@@ -241,7 +240,7 @@ class UFMOptimum:
 
     def _eye(self, xp: ModuleType) -> Array:
         k = self.num_classes
-        return xp.eye(k, dtype=self.margins.dtype, device=compat.device(self.margins))
+        return xp.eye(k, dtype=self.margins.dtype, device=array_device(self.margins))
 
     def _scaled_sq_norms(self, xp: ModuleType) -> Array:
         counts = xp.astype(self.counts, self.margins.dtype)
@@ -640,21 +639,12 @@ def _resolve_backend(
     counts: Any, xp: ModuleType | None, device: Any, dtype: Any
 ) -> tuple[ModuleType, Any, Any]:
     """The namespace, device and floating dtype of results."""
-    if xp is None:
-        if compat.is_array_api_obj(counts) and not isinstance(counts, np.ndarray):
-            xp = compat.array_namespace(counts)
-            if device is None:
-                device = compat.device(counts)
-        else:
-            import array_api_compat.numpy as np_xp
-
-            xp = np_xp
+    if xp is None and not is_host_data(counts):
+        xp = namespace(counts=counts)
+        if device is None:
+            device = array_device(counts)
     else:
-        try:
-            xp = compat.array_namespace(xp.asarray(0.0))
-        except (AttributeError, TypeError) as err:
-            msg = f"`xp` must be an array-API namespace; got {xp!r}"
-            raise TypeError(msg) from err
+        xp = resolve_namespace(xp)
     dtype = check_float_dtype(dtype, xp)
     check_device(xp, device, dtype)
     return xp, device, dtype

@@ -25,10 +25,9 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any, Literal, NamedTuple
 
-import array_api_compat as compat
 import numpy as np
 
-from ._array import array_device, backend_name, namespace, to_host
+from ._array import array_device, backend_name, is_host_data, like, namespace, to_host
 from ._validate import check_features, check_positive
 from .theory import UFMOptimum
 
@@ -438,15 +437,15 @@ def _vector(value: Any, name: str, k: int, like: Array, xp: ModuleType) -> Array
     return out
 
 
-def _on(value: Any, name: str, like: Array, xp: ModuleType) -> Array:
-    """`value` in the namespace, device and dtype of `like`.
+def _on(value: Any, name: str, reference: Array, xp: ModuleType) -> Array:
+    """`value` in the namespace, device and dtype of `reference`.
 
-    Host data (lists, tuples, NumPy arrays) is copied to the device of `like`;
+    Host data (lists, tuples, NumPy arrays) is copied to the device of `reference`;
     an array of another library or on another device is an error.
     """
-    device = array_device(like)
-    if compat.is_array_api_obj(value) and not isinstance(value, np.ndarray):
-        other = compat.array_namespace(value)
+    device = array_device(reference)
+    if not is_host_data(value):
+        other = namespace(**{name: value})
         if other is not xp:
             msg = (
                 f"`{name}` must be host data or a {backend_name(xp)} array like the "
@@ -456,7 +455,7 @@ def _on(value: Any, name: str, like: Array, xp: ModuleType) -> Array:
         if array_device(value) != device:
             msg = f"`{name}` must be on device {device}; got {array_device(value)}"
             raise ValueError(msg)
-        return xp.astype(value, like.dtype)
+        return xp.astype(value, reference.dtype)
     try:
         host = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
@@ -465,8 +464,8 @@ def _on(value: Any, name: str, like: Array, xp: ModuleType) -> Array:
     if not np.all(np.isfinite(host)):
         msg = f"`{name}` must be finite; got {host.tolist()}"
         raise ValueError(msg)
-    return xp.asarray(host, dtype=like.dtype, device=device)
+    return like(host, reference)
 
 
 def _host(value: Any) -> np.ndarray:
-    return to_host(value) if compat.is_array_api_obj(value) else np.asarray(value)
+    return np.asarray(value) if is_host_data(value) else to_host(value)

@@ -504,7 +504,7 @@ def test_bias_points_to_solver(bias):
 def test_bad_dtype_and_namespace():
     with pytest.raises(TypeError, match=r"`dtype` must be a real floating dtype"):
         ufm_relu_optimum([5, 3], 1e-3, 1e-3, dtype=np.int64)
-    with pytest.raises(TypeError, match=r"`xp` must be an array-API namespace"):
+    with pytest.raises(TypeError, match=r"`xp` must be an array library module"):
         ufm_relu_optimum([5, 3], 1e-3, 1e-3, xp=math)
 
 
