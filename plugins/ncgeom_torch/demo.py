@@ -30,6 +30,7 @@ __all__ = [
     "DemoConfig",
     "check_device",
     "command",
+    "cpu_threads",
     "default_counts",
     "flush_denormal",
     "load_dataset",
@@ -55,6 +56,7 @@ class DemoConfig:
     lr: float = 2e-3
     seed: int = 0
     device: str = "cpu"
+    threads: int = 1
     out: str = "ncgeom-demo"
     plots: bool = True
 
@@ -162,7 +164,7 @@ def run_demo(config: DemoConfig, *, progress: bool = True) -> dict[str, Any]:
     evaluations: list[dict[str, Any]] = []
     losses: list[float] = []
     started = time.perf_counter()
-    with flush_denormal():
+    with flush_denormal(), cpu_threads(config.threads if device.type == "cpu" else None):
         for epoch in range(1, config.epochs + 1):
             with FeatureTap(model, classifier, detach=False) as tap:
                 logits = model(x)
@@ -243,15 +245,49 @@ def run_demo(config: DemoConfig, *, progress: bool = True) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
+def cpu_threads(count: int | None) -> Iterator[None]:
+    """Run torch's CPU operations on `count` threads, restoring the number on exit.
+
+    The demo's model is small (a few hundred rows of width 256), so one
+    thread is about as fast as two on an idle machine; on a machine whose
+    cores are shared, a second intra-op thread waits for a busy core at every
+    operation, and the demo's run time grew from under a minute to many
+    minutes. None leaves the setting alone.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ncgeom_torch.demo import cpu_threads
+    >>> before = torch.get_num_threads()
+    >>> with cpu_threads(1):
+    ...     torch.get_num_threads()
+    1
+    >>> torch.get_num_threads() == before
+    True
+    """
+    import torch
+
+    if count is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
 def flush_denormal() -> Iterator[bool]:
     """Flush subnormal floats to zero on the CPU while training (a context manager).
 
-    Adam's second-moment estimates of weights whose gradients have died out
-    decay into the subnormal range (below 1.2e-38 in float32), where each
-    arithmetic operation costs tens to hundreds of cycles on x86 CPUs: the
-    demo's run time then depended on how many entries had got there. With
-    flush-to-zero they become 0, which changes the optimiser's steps by less
-    than 1e-38 relative. PyTorch has no getter for the setting, so it is
+    Adam's moment estimates of weights whose gradients have died out decay
+    into the subnormal range (below 1.2e-38 in float32): in the default demo
+    about 72,000 of its 300,032 entries from epoch 1000 on. Arithmetic on
+    subnormals is slow on many x86 CPUs (tens to hundreds of cycles an
+    operation); with flush-to-zero they become 0, which changes the
+    optimiser's steps by less than 1e-38 relative. PyTorch has no getter for the setting, so it is
     switched off again on exit (its default).
 
     Yields
@@ -319,7 +355,7 @@ def check_device(name: Any) -> Any:
 
 
 def _check_config(config: DemoConfig) -> None:
-    for name in ("epochs", "eval_every", "width", "depth"):
+    for name in ("epochs", "eval_every", "width", "depth", "threads"):
         value = getattr(config, name)
         if not isinstance(value, int) or value < 1:
             msg = f"`{name}` must be a positive integer; got {value!r}"
@@ -454,6 +490,12 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", default=defaults.device, help="torch device, e.g. cpu, cuda, cuda:1"
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=defaults.threads,
+        help="torch CPU threads while training (1 keeps the run time steady on shared cores)",
+    )
     parser.add_argument("--out", default=defaults.out, help="output folder, created if missing")
     parser.add_argument(
         "--no-plots",
@@ -483,6 +525,7 @@ def _run(args: argparse.Namespace) -> int:
         lr=args.lr,
         seed=args.seed,
         device=args.device,
+        threads=args.threads,
         out=args.out,
         plots=not args.no_plots,
     )
