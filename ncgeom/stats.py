@@ -408,9 +408,9 @@ class ClassStats:
         )
 
     # ---------------------------------------------------------------- derived
-    @property
+    @functools.cached_property
     def xp(self) -> ModuleType:
-        """The array namespace of the statistics."""
+        """The array namespace of the statistics (resolved once per object)."""
         return namespace(stats=self.shift)
 
     @property
