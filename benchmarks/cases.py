@@ -121,6 +121,8 @@ _TIME_TARGETS: dict[tuple[str, str], dict[tuple[str, str], float]] = {
         ("report", "matmul"): 2.0,
         ("update_gram", "gram"): 1.5,
         ("class_sums", "read"): 5.0,
+        ("from_features", "scatter"): 2.5,
+        ("pair_metrics", "means_gram"): 1.5,
     },
     ("gpu", "large"): {
         ("report", "matmul"): 1.5,
@@ -400,6 +402,20 @@ def _class_sums(ctx: Context) -> Prepared:
     )
 
 
+def _from_features(ctx: Context) -> Prepared:
+    from ncgeom import ClassStats
+
+    data = ctx.data("segments")
+    x, y = data["x"], data["y"]
+    classes = data["shape"][2]
+    return Prepared(
+        lambda: ClassStats.from_features(x, y, classes, gram=False),
+        _feature_floors(ctx, data, ("read", "scatter")),
+        _input_bytes(ctx, x, y),
+        _params(data, "N,d,K"),
+    )
+
+
 def _pairs(ctx: Context, names: tuple[str, ...]) -> Prepared:
     from ncgeom import metrics
 
@@ -534,6 +550,12 @@ CASES: dict[str, Case] = {
             "ncgeom._array.segment_sum(X, y, K): the class-wise scatter-add",
             "segments",
             _class_sums,
+        ),
+        Case(
+            "from_features",
+            "ClassStats.from_features(X, y, K, gram=False) at large K: both passes",
+            "segments",
+            _from_features,
         ),
         Case(
             "cdnv",
