@@ -353,6 +353,9 @@ def _scan_features(
     num, dim = features.shape
     if num_classes is None:
         num_classes = _infer_num_classes(labels, classifier, num, xp)
+    if num == 0:
+        msg = "`features` must hold at least one sample; got 0 rows"
+        raise ValueError(msg)
     num_classes = check_num_classes(num_classes)
     features, labels = _checked_batch(features, labels, num_classes, xp, check_finite)
     dtype = accumulation_dtype(xp, features.dtype)

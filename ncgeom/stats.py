@@ -548,9 +548,10 @@ def _checked_batch(
     that would cost a second host read, so the batch check scans first.
     """
     scan = check_finite and not on_host(xp, array_device(features))
-    checked = check_batch(features, labels, num_classes, xp, check_finite=scan)
-    if checked is not None:
-        labels = checked
+    labels = check_batch(features, labels, num_classes, xp, check_finite=scan)
+    if features.shape[1] == 0:
+        msg = f"`features` must have at least one column; got shape {tuple(features.shape)}"
+        raise ValueError(msg)
     return detach(features), labels
 
 
