@@ -13,6 +13,7 @@ from ._array import is_host_data, to_host
 
 __all__ = [
     "check_batch",
+    "check_bias_decay",
     "check_columns",
     "check_counts",
     "check_device",
@@ -78,6 +79,15 @@ def check_real(value: Any, name: str) -> float:
         msg = f"`{name}` must be a real number; got {value!r}"
         raise TypeError(msg) from None
     _require(math.isfinite(number), name, "finite", repr(value))
+    return number
+
+
+def check_bias_decay(lambda_b: Any, has_bias: bool, how: str) -> float:
+    """`lambda_b` >= 0, and 0 unless there is a bias (`how` says how to add one)."""
+    number = check_nonnegative(lambda_b, "lambda_b")
+    if not has_bias and number != 0.0:
+        msg = f"`lambda_b` acts on a bias; {how} or leave `lambda_b` at 0; got {lambda_b!r}"
+        raise ValueError(msg)
     return number
 
 

@@ -31,6 +31,7 @@ import numpy as np
 from ._array import array_device, namespace, segment_count, to_host
 from ._validate import (
     check_batch,
+    check_bias_decay,
     check_columns,
     check_features,
     check_nonnegative,
@@ -39,9 +40,14 @@ from ._validate import (
 
 __all__ = [
     "CollapsedGradients",
+    "LossData",
+    "LossOptions",
     "UFMGradients",
+    "collapsed_data",
     "collapsed_gradients",
     "collapsed_objective",
+    "evaluate",
+    "full_data",
     "ufm_gradients",
     "ufm_objective",
 ]
@@ -168,20 +174,11 @@ def ufm_objective(
     >>> round(float(ufm_objective(W, H, y, 1e-2, 1e-2)), 6)
     0.244039
     """
-    problem = full_problem(
-        classifier,
-        features,
-        labels,
-        lambda_w,
-        lambda_h,
-        bias=bias,
-        lambda_b=lambda_b,
-        class_weights=class_weights,
-        logit_adjustment=logit_adjustment,
-        prior=prior,
-        xp=xp,
+    options = LossOptions(lambda_b, class_weights, logit_adjustment, prior)
+    data, variables = full_problem(
+        classifier, features, labels, lambda_w, lambda_h, bias, options, xp
     )
-    return _evaluate(problem)[0]
+    return evaluate_value(data, variables)
 
 
 def ufm_gradients(
@@ -230,20 +227,11 @@ def ufm_gradients(
     >>> grads.features.shape
     (3, 2)
     """
-    problem = full_problem(
-        classifier,
-        features,
-        labels,
-        lambda_w,
-        lambda_h,
-        bias=bias,
-        lambda_b=lambda_b,
-        class_weights=class_weights,
-        logit_adjustment=logit_adjustment,
-        prior=prior,
-        xp=xp,
+    options = LossOptions(lambda_b, class_weights, logit_adjustment, prior)
+    data, variables = full_problem(
+        classifier, features, labels, lambda_w, lambda_h, bias, options, xp
     )
-    value, g_w, g_h, g_b = _evaluate(problem, grad=True)
+    value, g_w, g_h, g_b = evaluate(data, *variables, grad=True)
     return UFMGradients(objective=value, classifier=g_w, features=g_h, bias=g_b)
 
 
@@ -317,20 +305,11 @@ def collapsed_objective(
     >>> round(float(collapsed_objective(W, means, [1, 2], 1e-2, 1e-2)), 6)
     0.229085
     """
-    problem = collapsed_problem(
-        classifier,
-        means,
-        counts,
-        lambda_w,
-        lambda_h,
-        bias=bias,
-        lambda_b=lambda_b,
-        class_weights=class_weights,
-        logit_adjustment=logit_adjustment,
-        prior=prior,
-        xp=xp,
+    options = LossOptions(lambda_b, class_weights, logit_adjustment, prior)
+    data, variables = collapsed_problem(
+        classifier, means, counts, lambda_w, lambda_h, bias, options, xp
     )
-    return _evaluate(problem)[0]
+    return evaluate_value(data, variables)
 
 
 def collapsed_gradients(
@@ -379,20 +358,11 @@ def collapsed_gradients(
     >>> grads.means.shape
     (2, 2)
     """
-    problem = collapsed_problem(
-        classifier,
-        means,
-        counts,
-        lambda_w,
-        lambda_h,
-        bias=bias,
-        lambda_b=lambda_b,
-        class_weights=class_weights,
-        logit_adjustment=logit_adjustment,
-        prior=prior,
-        xp=xp,
+    options = LossOptions(lambda_b, class_weights, logit_adjustment, prior)
+    data, variables = collapsed_problem(
+        classifier, means, counts, lambda_w, lambda_h, bias, options, xp
     )
-    value, g_w, g_h, g_b = _evaluate(problem, grad=True)
+    value, g_w, g_h, g_b = evaluate(data, *variables, grad=True)
     return CollapsedGradients(objective=value, classifier=g_w, means=g_h, bias=g_b)
 
 
@@ -401,52 +371,68 @@ def collapsed_gradients(
 
 
 @dataclass(frozen=True)
-class RowProblem:
-    """The data of one UFM+ objective in row form (everything but the variables).
+class LossOptions:
+    """The keyword options shared by every UFM+ loss function.
 
-    ``f = sum_r row_weight[r] CE(features_r W^T + b + offsets, target_r)
-    + (lambda_w/2)||W||^2 + (1/2) sum_r row_decay[r] ||features_r||^2
+    Attributes
+    ----------
+    lambda_b : float
+        Weight decay on the bias (>= 0; needs a bias when > 0).
+    class_weights : array or sequence (K,), optional
+        Per-class weights of the cross-entropy.
+    logit_adjustment : float, optional
+        Temperature ``tau`` of the logit adjustment.
+    prior : array or sequence (K,), optional
+        Class prior of the logit adjustment.
+    """
+
+    lambda_b: float = 0.0
+    class_weights: Any = None
+    logit_adjustment: float | None = None
+    prior: Any = None
+
+
+@dataclass(frozen=True)
+class LossData:
+    """The fixed data of one UFM+ objective in row form: everything but the variables.
+
+    ``f(W, H, b) = sum_r row_weight[r] CE(H_r W^T + b + logit_shift, target_r)
+    + (lambda_w/2)||W||^2 + (1/2) sum_r row_decay[r] ||H_r||^2
     + (lambda_b/2)||b||^2``. Full form: rows are samples, ``row_weight =
     w_{y_i}/N`` and ``row_decay = lambda_h``. Collapsed form: rows are classes,
     ``row_weight = n_k w_k / N`` and ``row_decay = lambda_h n_k``.
-
-    ``classifier``, ``features`` and ``bias`` hold the validated inputs the
-    problem was built from, cast to the working dtype.
     """
 
     xp: ModuleType
     onehot: Array  # (R, K) targets, in the working dtype
     row_weight: Array  # (R,)
     row_decay: Array  # (R,)
-    offsets: Array | None  # (K,) logit adjustment tau * log(prior)
+    logit_shift: Array | None  # (K,) logit adjustment tau * log(prior)
     lambda_w: float
     lambda_b: float
-    classifier: Array
-    features: Array
-    bias: Array | None
 
 
-def evaluate_rows(
-    problem: RowProblem,
+def evaluate(
+    data: LossData,
     classifier: Array,
     features: Array,
     bias: Array | None,
     *,
     grad: bool = False,
 ) -> tuple[Array, ...]:
-    """Value, or value and gradients ``(f, dW, dH, db)``, of a row-form problem.
+    """Value, or value and gradients ``(f, dW, dH, db)``, of the objective at (W, H, b).
 
     The variables may carry leading batch axes (the solver stacks its restarts):
     classifier (..., K, d), features (..., R, d), bias (..., K); the value then
     has the batch shape. No input checks: callers validate.
     """
-    xp = problem.xp
-    onehot = problem.onehot
+    xp = data.xp
+    onehot = data.onehot
     logits = xp.matmul(features, xp.matrix_transpose(classifier))
     if bias is not None:
         logits = logits + bias[..., None, :]
-    if problem.offsets is not None:
-        logits = logits + problem.offsets
+    if data.logit_shift is not None:
+        logits = logits + data.logit_shift
     # Shift each row by its target logit: s_j = z_j - z_y, so CE = log sum_j e^{s_j}.
     # With m = max_j s_j >= 0 and e = exp(s - m): CE = m + log(e^{-m} + others),
     # others = sum_{j != y} e_j. A confident row (m = 0) gives CE = log1p(others),
@@ -460,39 +446,127 @@ def evaluate_rows(
     top = top[..., 0]
     total = others + xp.exp(-top)
     ce = xp.where(top > 0, top + xp.log(total), xp.log1p(others))
-    decay = problem.row_decay[:, None]
+    decay = data.row_decay[:, None]
     value = (
-        xp.sum(problem.row_weight * ce, axis=-1)
-        + (0.5 * problem.lambda_w) * xp.sum(classifier * classifier, axis=(-2, -1))
+        xp.sum(data.row_weight * ce, axis=-1)
+        + (0.5 * data.lambda_w) * xp.sum(classifier * classifier, axis=(-2, -1))
         + 0.5 * xp.sum(decay * (features * features), axis=(-2, -1))
     )
-    if bias is not None and problem.lambda_b != 0.0:
-        value = value + (0.5 * problem.lambda_b) * xp.sum(bias * bias, axis=-1)
+    if bias is not None and data.lambda_b != 0.0:
+        value = value + (0.5 * data.lambda_b) * xp.sum(bias * bias, axis=-1)
     if not grad:
         return (value,)
     # P - Y, with the target entry p_y - 1 = -others / total (no cancellation).
-    scale = problem.row_weight / total
+    scale = data.row_weight / total
     residual = (off_target - onehot * others[..., None]) * scale[..., None]
-    g_w = xp.matmul(xp.matrix_transpose(residual), features) + problem.lambda_w * classifier
+    g_w = xp.matmul(xp.matrix_transpose(residual), features) + data.lambda_w * classifier
     g_h = xp.matmul(residual, classifier) + decay * features
     g_b = None
     if bias is not None:
         g_b = xp.sum(residual, axis=-2)
-        if problem.lambda_b != 0.0:
-            g_b = g_b + problem.lambda_b * bias
-    return value, g_w, g_h, g_b
+        if data.lambda_b != 0.0:
+            g_b = g_b + data.lambda_b * bias
+    return (xp.asarray(value), g_w, g_h, g_b)  # NumPy reductions give scalars
 
 
-def _evaluate(problem: RowProblem, *, grad: bool = False) -> tuple[Array, ...]:
-    """`evaluate_rows` at the problem's own inputs, with a 0-d array as the value."""
-    value, *grads = evaluate_rows(
-        problem, problem.classifier, problem.features, problem.bias, grad=grad
-    )
-    return (problem.xp.asarray(value), *grads)  # NumPy reductions give scalars, not 0-d arrays
+def evaluate_value(data: LossData, variables: tuple[Array, Array, Array | None]) -> Array:
+    """The objective alone, as a 0-d array."""
+    return data.xp.asarray(evaluate(data, *variables)[0])
 
 
 # ---------------------------------------------------------------------------
-# validation and assembly
+# problem data, and the validated variables of the public functions
+
+
+def full_data(
+    labels: Array,
+    num_classes: int,
+    lambda_w: float,
+    lambda_h: float,
+    options: LossOptions,
+    *,
+    xp: ModuleType,
+    dtype: Any,
+    has_bias: bool,
+) -> LossData:
+    """The data of the full-sample objective for validated int64 `labels` (N >= 1)."""
+    lam_w, lam_h, lam_b, tau = _check_decays(lambda_w, lambda_h, options, has_bias)
+    device = array_device(labels)
+    num_rows = labels.shape[0]
+    targets = xp.arange(num_classes, dtype=labels.dtype, device=device)
+
+    def label_frequencies() -> Array:
+        return xp.astype(segment_count(labels, num_classes, xp), dtype) / num_rows
+
+    weights = _vector(options.class_weights, "class_weights", num_classes, labels, xp, dtype)
+    row_weight = xp.full((num_rows,), 1.0 / num_rows, dtype=dtype, device=device)
+    if weights is not None:
+        row_weight = row_weight * xp.take(weights, labels, axis=0)
+    return LossData(
+        xp=xp,
+        onehot=xp.astype(labels[:, None] == targets[None, :], dtype),
+        row_weight=row_weight,
+        row_decay=xp.full((num_rows,), lam_h, dtype=dtype, device=device),
+        logit_shift=_logit_shift(
+            tau,
+            options.prior,
+            label_frequencies,
+            " (default: the label frequencies; pass `prior` when a class has no sample)",
+            num_classes,
+            labels,
+            xp,
+            dtype,
+        ),
+        lambda_w=lam_w,
+        lambda_b=lam_b,
+    )
+
+
+def collapsed_data(
+    counts: Any,
+    num_classes: int,
+    lambda_w: float,
+    lambda_h: float,
+    options: LossOptions,
+    *,
+    xp: ModuleType,
+    dtype: Any,
+    has_bias: bool,
+    like: Array,
+) -> LossData:
+    """The data of the class-collapsed objective (`counts` checked here; arrays
+    and sequences land on the namespace and device of `like`)."""
+    lam_w, lam_h, lam_b, tau = _check_decays(lambda_w, lambda_h, options, has_bias)
+    counts_arr = _vector(counts, "counts", num_classes, like, xp, dtype)
+    total = float(to_host(xp.sum(counts_arr)))
+    if total <= 0:
+        msg = f"`counts` must have a positive total; got {to_host(counts_arr).tolist()}"
+        raise ValueError(msg)
+    weights = _vector(options.class_weights, "class_weights", num_classes, like, xp, dtype)
+    row_weight = counts_arr / total
+    if weights is not None:
+        row_weight = row_weight * weights
+    return LossData(
+        xp=xp,
+        onehot=xp.eye(num_classes, dtype=dtype, device=array_device(like)),
+        row_weight=row_weight,
+        row_decay=lam_h * counts_arr,
+        logit_shift=_logit_shift(
+            tau,
+            options.prior,
+            lambda: counts_arr / total,
+            " (default: counts / N; pass `prior` when a count is 0)",
+            num_classes,
+            like,
+            xp,
+            dtype,
+        ),
+        lambda_w=lam_w,
+        lambda_b=lam_b,
+    )
+
+
+Variables = tuple[Array, Array, Array | None]
 
 
 def full_problem(
@@ -501,46 +575,32 @@ def full_problem(
     labels: Array,
     lambda_w: float,
     lambda_h: float,
-    *,
-    bias: Array | None = None,
-    lambda_b: float = 0.0,
-    class_weights: Any = None,
-    logit_adjustment: float | None = None,
-    prior: Any = None,
-    xp: ModuleType | None = None,
-) -> RowProblem:
-    """Validate the full-sample inputs and build their row form."""
+    bias: Array | None,
+    options: LossOptions,
+    xp: ModuleType | None,
+) -> tuple[LossData, Variables]:
+    """Validate the full-sample inputs: the problem data and the variables (W, H, b)."""
     _require_arrays(classifier=classifier, features=features, labels=labels)
     if xp is None:
         xp = namespace(classifier=classifier, features=features, labels=labels, bias=bias)
-    shared = _check_shared(
-        classifier, features, "features", lambda_w, lambda_h, lambda_b, bias, logit_adjustment, xp
-    )
-    num_classes, dtype = shared.num_classes, shared.dtype
+    _check_decays(lambda_w, lambda_h, options, bias is not None)
+    num_classes, dtype = _check_classifier(classifier, features, "features", xp)
     check_columns(features, "features", classifier.shape[1], "classifier", rows="samples")
-    num_rows = features.shape[0]
-    if num_rows == 0:
+    if features.shape[0] == 0:
         msg = "`features` must hold at least one sample; got 0 rows"
         raise ValueError(msg)
     labels = check_batch(features, labels, num_classes, xp)
-    device = array_device(features)
-    targets = xp.arange(num_classes, dtype=labels.dtype, device=device)
-
-    def label_frequencies() -> Array:
-        return xp.astype(segment_count(labels, num_classes, xp), dtype) / num_rows
-
-    return _assemble(
-        shared,
-        features,
-        onehot=xp.astype(labels[:, None] == targets[None, :], dtype),
-        row_weight=xp.full((num_rows,), 1.0 / num_rows, dtype=dtype, device=device),
-        row_decay=xp.full((num_rows,), shared.lambda_h, dtype=dtype, device=device),
-        row_class=labels,
-        class_weights=class_weights,
-        prior=prior,
-        default_prior=label_frequencies,
-        default_hint=" (default: the label frequencies; pass `prior` when a class has no sample)",
+    data = full_data(
+        labels,
+        num_classes,
+        lambda_w,
+        lambda_h,
+        options,
+        xp=xp,
+        dtype=dtype,
+        has_bias=bias is not None,
     )
+    return data, _variables(classifier, features, bias, num_classes, xp, dtype)
 
 
 def collapsed_problem(
@@ -549,22 +609,16 @@ def collapsed_problem(
     counts: Any,
     lambda_w: float,
     lambda_h: float,
-    *,
-    bias: Array | None = None,
-    lambda_b: float = 0.0,
-    class_weights: Any = None,
-    logit_adjustment: float | None = None,
-    prior: Any = None,
-    xp: ModuleType | None = None,
-) -> RowProblem:
-    """Validate the class-collapsed inputs and build their row form."""
+    bias: Array | None,
+    options: LossOptions,
+    xp: ModuleType | None,
+) -> tuple[LossData, Variables]:
+    """Validate the class-collapsed inputs: the problem data and the variables (W, H, b)."""
     _require_arrays(classifier=classifier, means=means)
     if xp is None:
         xp = namespace(classifier=classifier, means=means, bias=bias)
-    shared = _check_shared(
-        classifier, means, "means", lambda_w, lambda_h, lambda_b, bias, logit_adjustment, xp
-    )
-    num_classes, dtype = shared.num_classes, shared.dtype
+    _check_decays(lambda_w, lambda_h, options, bias is not None)
+    num_classes, dtype = _check_classifier(classifier, means, "means", xp)
     if tuple(means.shape) != tuple(classifier.shape):
         msg = (
             f"`means` must have the shape of `classifier` {tuple(classifier.shape)}; "
@@ -572,38 +626,33 @@ def collapsed_problem(
         )
         raise ValueError(msg)
     _check_finite(means, "means", xp)
-    counts_arr = _vector(counts, "counts", num_classes, classifier, xp, dtype)
-    total = float(to_host(xp.sum(counts_arr)))
-    if total <= 0:
-        msg = f"`counts` must have a positive total; got {to_host(counts_arr).tolist()}"
-        raise ValueError(msg)
-    return _assemble(
-        shared,
-        means,
-        onehot=xp.eye(num_classes, dtype=dtype, device=array_device(means)),
-        row_weight=counts_arr / total,
-        row_decay=shared.lambda_h * counts_arr,
-        row_class=None,
-        class_weights=class_weights,
-        prior=prior,
-        default_prior=lambda: counts_arr / total,
-        default_hint=" (default: counts / N; pass `prior` when a count is 0)",
+    data = collapsed_data(
+        counts,
+        num_classes,
+        lambda_w,
+        lambda_h,
+        options,
+        xp=xp,
+        dtype=dtype,
+        has_bias=bias is not None,
+        like=classifier,
     )
+    return data, _variables(classifier, means, bias, num_classes, xp, dtype)
 
 
-@dataclass(frozen=True)
-class _Shared:
-    """The validated inputs that both forms share."""
-
-    xp: ModuleType
-    classifier: Array
-    bias: Array | None
-    num_classes: int
-    dtype: Any  # working dtype: that of the classifier and the feature rows together
-    lambda_w: float
-    lambda_h: float
-    lambda_b: float
-    tau: float  # temperature of the logit adjustment, 0 without one
+def _variables(
+    classifier: Array,
+    rows: Array,
+    bias: Array | None,
+    num_classes: int,
+    xp: ModuleType,
+    dtype: Any,
+) -> Variables:
+    return (
+        _cast(classifier, dtype, xp),
+        _cast(rows, dtype, xp),
+        _check_bias(bias, num_classes, xp, dtype),
+    )
 
 
 def _require_arrays(**arrays: Any) -> None:
@@ -614,76 +663,40 @@ def _require_arrays(**arrays: Any) -> None:
             raise TypeError(msg)
 
 
-def _check_shared(
-    classifier: Array,
-    rows: Array,
-    rows_name: str,
-    lambda_w: Any,
-    lambda_h: Any,
-    lambda_b: Any,
-    bias: Any,
-    logit_adjustment: Any,
-    xp: ModuleType,
-) -> _Shared:
-    """Check the weight decays, the logit adjustment and the classifier."""
+def _check_decays(
+    lambda_w: Any, lambda_h: Any, options: LossOptions, has_bias: bool
+) -> tuple[float, float, float, float]:
+    """The weight decays and the logit adjustment's temperature (0 without one)."""
     lam_w = check_nonnegative(lambda_w, "lambda_w")
     lam_h = check_nonnegative(lambda_h, "lambda_h")
-    lam_b = check_nonnegative(lambda_b, "lambda_b")
-    if bias is None and lam_b != 0.0:
-        msg = f"`lambda_b` acts on a bias; pass `bias` or leave `lambda_b` at 0; got {lambda_b!r}"
-        raise ValueError(msg)
-    tau = 0.0 if logit_adjustment is None else check_real(logit_adjustment, "logit_adjustment")
-    num_classes, dtype = _check_classifier(classifier, rows, rows_name, xp)
-    return _Shared(xp, classifier, bias, num_classes, dtype, lam_w, lam_h, lam_b, tau)
+    lam_b = check_bias_decay(options.lambda_b, has_bias, "pass `bias`")
+    tau = (
+        0.0
+        if options.logit_adjustment is None
+        else check_real(options.logit_adjustment, "logit_adjustment")
+    )
+    return lam_w, lam_h, lam_b, tau
 
 
-def _assemble(
-    shared: _Shared,
-    rows: Array,
-    *,
-    onehot: Array,
-    row_weight: Array,
-    row_decay: Array,
-    row_class: Array | None,
-    class_weights: Any,
+def _logit_shift(
+    tau: float,
     prior: Any,
     default_prior: Callable[[], Array],
     default_hint: str,
-) -> RowProblem:
-    """Apply the class weights and the logit adjustment, check the bias, build the problem.
-
-    `row_class` holds the class of each row, None when row k is class k.
-    `default_prior` gives the prior when `prior` is None; `default_hint` then
-    says so in the message if that prior is not positive.
-    """
-    xp, dtype = shared.xp, shared.dtype
-    num_classes, classifier = shared.num_classes, shared.classifier
-    weights = _vector(class_weights, "class_weights", num_classes, classifier, xp, dtype)
-    if weights is not None:
-        if row_class is not None:
-            weights = xp.take(weights, xp.astype(row_class, xp.int64), axis=0)
-        row_weight = row_weight * weights
-    offsets = None
-    if shared.tau != 0.0:
-        hint = ""
-        if prior is None:
-            prior, hint = default_prior(), default_hint
-        prior = _vector(
-            prior, "prior", num_classes, classifier, xp, dtype, positive=True, hint=hint
-        )
-        offsets = shared.tau * xp.log(prior)
-    return RowProblem(
-        xp=xp,
-        onehot=onehot,
-        row_weight=row_weight,
-        row_decay=row_decay,
-        offsets=offsets,
-        lambda_w=shared.lambda_w,
-        lambda_b=shared.lambda_b,
-        classifier=_cast(classifier, dtype, xp),
-        features=_cast(rows, dtype, xp),
-        bias=_check_bias(shared.bias, num_classes, xp, dtype),
-    )
+    num_classes: int,
+    like: Array,
+    xp: ModuleType,
+    dtype: Any,
+) -> Array | None:
+    """``tau * log(prior)`` (None without a logit adjustment); `default_prior`
+    when `prior` is None, and `default_hint` then says so if it is not positive."""
+    if tau == 0.0:
+        return None
+    hint = ""
+    if prior is None:
+        prior, hint = default_prior(), default_hint
+    prior = _vector(prior, "prior", num_classes, like, xp, dtype, positive=True, hint=hint)
+    return tau * xp.log(prior)
 
 
 def _check_classifier(
@@ -728,7 +741,8 @@ def _vector(
     positive: bool = False,
     hint: str = "",
 ) -> Array | None:
-    """A per-class vector (an array of `like`'s library, or a sequence) as `dtype`.
+    """A per-class vector (an array of `like`'s library and device, or a
+    sequence) as `dtype`.
 
     Its entries must be finite and >= 0 (> 0 with `positive`).
     """
@@ -737,7 +751,7 @@ def _vector(
     if isinstance(value, (list, tuple, range)):
         arr = xp.asarray(value, device=array_device(like))
     else:
-        namespace(classifier=like, **{name: value})
+        namespace(arrays=like, **{name: value})
         arr = value
     if arr.ndim != 1 or arr.shape[0] != size:
         msg = f"`{name}` must have shape ({size},); got {tuple(arr.shape)}"

@@ -19,15 +19,15 @@ import numpy as np
 
 from ._array import array_device, resolve_namespace, segment_sum, to_host
 from ._validate import (
+    check_bias_decay,
     check_counts,
     check_device,
     check_float_dtype,
-    check_nonnegative,
     check_positive,
     check_positive_int,
     check_weight_decay,
 )
-from .loss import RowProblem, collapsed_problem, evaluate_rows, full_problem
+from .loss import LossData, LossOptions, collapsed_data, evaluate, full_data
 
 __all__ = ["MAX_BYTES", "UFMSolution", "solve_ufm", "working_memory"]
 
@@ -228,10 +228,7 @@ def solve_ufm(
     num_classes = counts_host.shape[0]
     lam_w = check_weight_decay(lambda_w, "lambda_w")
     lam_h = check_weight_decay(lambda_h, "lambda_h")
-    lam_b = check_nonnegative(lambda_b, "lambda_b")
-    if not bias and lam_b != 0.0:
-        msg = f"`lambda_b` acts on a bias; pass bias=True or leave it at 0; got {lambda_b!r}"
-        raise ValueError(msg)
+    lam_b = check_bias_decay(lambda_b, bool(bias), "pass bias=True")
     dim = check_positive_int(dim, "dim")
     if form not in _FORMS:
         msg = f"`form` must be one of {_FORMS}; got {form!r}"
@@ -254,7 +251,6 @@ def solve_ufm(
         lam_w,
         lam_h,
         lam_b,
-        dim,
         bias,
         form,
         class_weights,
@@ -433,7 +429,7 @@ class _Stacked:
     gradient's norm in D^-1.
     """
 
-    problem: RowProblem
+    problem: LossData
     num_classes: int
     scale: Array  # (K + R, 1): D on the stacked rows
     lower: Array  # (K + R, 1): -inf on classifier rows, 0 on feature rows
@@ -442,7 +438,7 @@ class _Stacked:
 
     @staticmethod
     def build(
-        problem: RowProblem, counts: np.ndarray, lam_w: float, lam_h: float, lam_b: float
+        problem: LossData, counts: np.ndarray, lam_w: float, lam_h: float, lam_b: float
     ) -> _Stacked:
         xp = problem.xp
         decay = problem.row_decay
@@ -460,7 +456,7 @@ class _Stacked:
 
     def evaluate(self, v: Array, b: Array | None) -> tuple[Array, Array, Array | None]:
         """Objective (S,), stacked gradient and bias gradient."""
-        value, g_w, g_h, g_b = evaluate_rows(self.problem, *self.split(v), b, grad=True)
+        value, g_w, g_h, g_b = evaluate(self.problem, *self.split(v), b, grad=True)
         return value, self.xp.concat([g_w, g_h], axis=-2), g_b
 
     def step(
@@ -599,7 +595,6 @@ def _build_problem(
     lam_w: float,
     lam_h: float,
     lam_b: float,
-    dim: int,
     bias: bool,
     form: str,
     class_weights: Any,
@@ -607,28 +602,32 @@ def _build_problem(
     xp: ModuleType,
     device: Any,
     dtype: Any,
-) -> tuple[RowProblem, Array | None]:
+) -> tuple[LossData, Array | None]:
+    """The problem data for the counts (no variables: the starts supply them),
+    and the labels of the full form."""
     num_classes = counts.shape[0]
-    classifier = xp.zeros((num_classes, dim), dtype=dtype, device=device)
-    bias_arr = xp.zeros((num_classes,), dtype=dtype, device=device) if bias else None
     if class_weights is not None and not isinstance(class_weights, (list, tuple, range)):
         class_weights = to_host(class_weights).tolist()
-    options = {
-        "bias": bias_arr,
-        "lambda_b": lam_b,
-        "class_weights": class_weights,
-        "logit_adjustment": logit_adjustment,
-        "xp": xp,
-    }
     if form == "collapsed":
         counts_arr = xp.asarray(counts, dtype=dtype, device=device)
-        problem = collapsed_problem(classifier, classifier, counts_arr, lam_w, lam_h, **options)
-        return problem, None
+        options = LossOptions(lam_b, class_weights, logit_adjustment)
+        data = collapsed_data(
+            counts_arr,
+            num_classes,
+            lam_w,
+            lam_h,
+            options,
+            xp=xp,
+            dtype=dtype,
+            has_bias=bias,
+            like=counts_arr,
+        )
+        return data, None
     labels = xp.asarray(np.repeat(np.arange(num_classes), counts), device=device)
-    rows = xp.zeros((labels.shape[0], dim), dtype=dtype, device=device)
     prior = (counts / counts.sum()).tolist() if logit_adjustment is not None else None
-    problem = full_problem(classifier, rows, labels, lam_w, lam_h, prior=prior, **options)
-    return problem, labels
+    options = LossOptions(lam_b, class_weights, logit_adjustment, prior)
+    data = full_data(labels, num_classes, lam_w, lam_h, options, xp=xp, dtype=dtype, has_bias=bias)
+    return data, labels
 
 
 def _starts(
