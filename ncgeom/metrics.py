@@ -18,7 +18,7 @@ from typing import Any
 
 from ._array import array_device, detach, namespace, quiet_division, to_host
 from ._validate import check_features, check_positive_int
-from .stats import ClassStats, chunk_rows, row_chunks
+from .stats import ClassStats, row_chunks, rows_per_chunk
 
 __all__ = [
     "Classes",
@@ -815,7 +815,7 @@ def ncc_agreement(
     kept = kept / scale
     centre = xp.mean(kept, axis=0)
     rule = NearestCentre.of(kept - centre, present)
-    rows = chunk_rows(
+    rows = rows_per_chunk(
         num, max(dim, classifier.shape[0]), dtype, xp, chunk_size, array_device(features)
     )
     matches = xp.zeros((), dtype=xp.int64, device=array_device(features))

@@ -614,7 +614,7 @@ def class_moments(
     if check_finite and host and not bool(xp.all(xp.isfinite(means))):
         _raise_unrepresentable(features, labels, num_classes, xp, "class means")
     visit = None if visitor is None else visitor(counts, means)
-    rows = chunk_rows(num, dim, dtype, xp, chunk_size, device, gram=gram)
+    rows = rows_per_chunk(num, dim, dtype, xp, chunk_size, device, gram=gram)
     unit = host and float(to_host(scale)) == 1.0
     with quiet_invalid() if check_finite and host else contextlib.nullcontext():
         sums, sqnorms, gram_sum, extra = _deviation_moments(
@@ -747,7 +747,7 @@ def _deviation_moments(
     return sums, sqnorms, gram_sum, extra
 
 
-def chunk_rows(
+def rows_per_chunk(
     num_rows: int,
     dim: int,
     dtype: Any,
