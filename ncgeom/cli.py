@@ -21,6 +21,7 @@ import math
 import os
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -369,10 +370,19 @@ def _theory_arguments(parser: argparse.ArgumentParser) -> None:
         "to read them from a file (commas or whitespace)",
     )
     parser.add_argument(
-        "--lambda-w", type=float, required=True, metavar="X", help="weight decay on W, > 0"
+        "--lambda-w",
+        type=float,
+        required=True,
+        metavar="X",
+        help="lambda_W > 0: the penalty (lambda_W/2)||W||_F^2 on the classifier",
     )
     parser.add_argument(
-        "--lambda-h", type=float, required=True, metavar="X", help="weight decay on H, > 0"
+        "--lambda-h",
+        type=float,
+        required=True,
+        metavar="X",
+        help="lambda_H > 0: the penalty (lambda_H/2) sum_i ||h_i||^2, summed over all N "
+        "samples' features (a per-sample mean penalty beta is lambda_H = beta / N)",
     )
     parser.add_argument(
         "--dim",
@@ -381,7 +391,12 @@ def _theory_arguments(parser: argparse.ArgumentParser) -> None:
         help="feature dimension of the optimal instance, at least the number of alive "
         "classes (default: the number of classes)",
     )
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON instead of a table (adds critical_regularization, "
+        "min_samples_to_survive and survival_interval per class)",
+    )
     parser.add_argument(
         "--plot",
         metavar="FILE",
@@ -413,6 +428,10 @@ def _run_theory(args: argparse.Namespace) -> int:
         data["num_samples"] = opt.num_samples
         data["critical_regularization"] = critical
         data["min_samples_to_survive"] = survive
+        data["survival_interval"] = [
+            None if span is None else list(span)
+            for span in _survival_intervals(counts, opt.lambda_w, opt.lambda_h)
+        ]
         print(json.dumps(jsonable(data), indent=2))
     else:
         _print_theory(opt, critical, survive, sys.stdout)
@@ -450,9 +469,19 @@ def _print_theory(
         )
         print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)), file=out)
     print(file=out)
+    _say(
+        "columns: n_k = samples of class k; alive = the class keeps a non-zero feature mean "
+        "(no: minority collapse, h_k = 0); M_k = margin, the true logit minus each other "
+        "logit of a class-k feature (logits W h_k = M_k (e_k - 1/K)); ||h_k|| = length of "
+        "the class-mean feature; ||w_k|| = length of the classifier row; cos(w_k,h_k) = "
+        "their cosine ('-' where h_k = 0, as the angle is undefined)",
+        out,
+    )
+    print(file=out)
     print(
-        f"collapse threshold: a class with n_k <= {opt.collapse_count:.6g} samples collapses "
-        f"(h_k = 0); {opt.num_alive} of {k} classes alive",
+        f"collapse threshold at this total N = {n_total}: a class with n_k <= "
+        f"{opt.collapse_count:.6g} samples collapses (h_k = 0), n_crit = N^2 lambda_W "
+        f"lambda_H K/(K-1); {opt.num_alive} of {k} classes alive",
         file=out,
     )
     print(
@@ -460,6 +489,26 @@ def _print_theory(
         f"{min(critical):.6g} (the limit of the rarest class)",
         file=out,
     )
+    _say(
+        "the inverse question: giving class k more samples also raises N, and n_crit grows "
+        "as N^2, so the threshold above does not say which count keeps a class alive. With "
+        "the other counts fixed, class k survives exactly for counts in [a, b] "
+        "(n_k (K-1) > N^2 K lambda_W lambda_H); none when the other classes alone are too "
+        "many for this regularisation:",
+        out,
+    )
+    intervals = _survival_intervals(to_host(opt.counts), opt.lambda_w, opt.lambda_h)
+    shown = range(k) if k <= 20 else [i for i in range(k) if not data["alive"][i]][:20]
+    for i in shown:
+        span = intervals[i]
+        where = "none" if span is None else f"[{span[0]}, {span[1]}]"
+        state = "alive" if data["alive"][i] else "collapsed"
+        print(
+            f"  class {i} ({state} with n_k = {data['counts'][i]}): survives for n_k in {where}",
+            file=out,
+        )
+    if k > 20:
+        print("  (--json lists every class)", file=out)
     dead = [i for i in range(k) if not data["alive"][i]]
     if dead:
         parts = [
@@ -468,6 +517,44 @@ def _print_theory(
         ]
         print("samples a collapsed class needs to survive: " + ", ".join(parts), file=out)
     print(f"optimal objective f* = {data['objective']:.12g}", file=out)
+
+
+def _say(text: str, out: TextIO) -> None:
+    """Print a paragraph wrapped at 88 columns."""
+    print(textwrap.fill(text, width=88), file=out)
+
+
+def _survival_intervals(
+    counts: Any, lambda_w: float, lambda_h: float
+) -> list[tuple[int, int] | None]:
+    """Per class, the counts [a, b] that keep it alive with the other counts fixed.
+
+    Solved once per distinct count; the bounds are settled with the exact
+    integer test of `ncgeom.theory`.
+    """
+    from .theory import _min_count, _survives
+
+    host = [int(n) for n in counts]
+    total, num = sum(host), len(host)
+    cache: dict[int, tuple[int, int] | None] = {}
+    out = []
+    for n in host:
+        if n not in cache:
+            rest = total - n
+            low = _min_count(rest, num, lambda_w, lambda_h)
+            if low is None:
+                cache[n] = None
+            else:
+                c = num * lambda_w * lambda_h / (num - 1)
+                disc = max(1.0 - 4.0 * c * rest, 0.0)
+                high = max(low, math.floor((1.0 - 2.0 * c * rest + math.sqrt(disc)) / (2.0 * c)))
+                while high > low and not _survives(high, rest, num, lambda_w, lambda_h):
+                    high -= 1
+                while _survives(high + 1, rest, num, lambda_w, lambda_h):
+                    high += 1
+                cache[n] = (low, high)
+        out.append(cache[n])
+    return out
 
 
 # ---------------------------------------------------------------------------
