@@ -24,6 +24,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from ._array import to_host
+from ._validate import check_integer
 from .stats import ClassStats
 
 __all__ = [
@@ -592,10 +593,12 @@ def reduce_class_stats(
 
 
 def _check_index(value: Any, name: str, *, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    """An integer (TypeError otherwise, as everywhere) >= `low` (ValueError)."""
+    number = check_integer(value, name)
+    if number < low:
         msg = f"`{name}` must be an integer >= {low}; got {value!r}"
         raise ValueError(msg)
-    return value
+    return number
 
 
 def _check_layout(table: list[list[int]], rank: int) -> None:
