@@ -123,3 +123,20 @@ BACKENDS = [
 def backend(request: pytest.FixtureRequest) -> Backend:
     """Each array library (and device) the core must support."""
     return _make(request.param)
+
+
+# JAX runs the core op by op, compiling every new operation and shape on first use:
+# these cases cost 5-10 s each on two CPU cores, and each repeats, on another code
+# path of the same functions, a JAX case that does run by default. They run with
+# `-m slow`.
+_SLOW_ON_JAX = {
+    "tests/test_solve.py::test_full_form_on_every_backend[jax]",
+    "tests/test_stats.py::test_float32_near_collapse_keeps_nc1_to_1e_3[jax-in_memory_report]",
+    "tests/test_stats.py::test_float32_near_collapse_keeps_nc1_to_1e_3[jax-streaming]",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.nodeid in _SLOW_ON_JAX:
+            item.add_marker(pytest.mark.slow)
