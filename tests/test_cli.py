@@ -130,7 +130,10 @@ def test_verify_text(capsys):
     out = capsys.readouterr().out
     assert "2 random configurations, collapsed form, backend numpy" in out
     assert "worst objective gap" in out and "worst geometry gap" in out
-    assert code == (0 if "all configurations within the limits" in out else 1)
+    # The solver reaches the closed form on these small configurations: a
+    # verify that reported them as failed would be wrong, not merely honest.
+    assert "all configurations within the limits" in out
+    assert code == 0
 
 
 def test_verify_json_full_form(capsys):
@@ -143,7 +146,8 @@ def test_verify_json_full_form(capsys):
         assert 2 <= len(row["counts"]) <= 3
         assert all(1 <= n <= 6 for n in row["counts"])
         assert row["nc1"] is not None  # the full form reports the within-class spread
-    assert code == (1 if data["failed"] else 0)
+    assert not data["failed"]
+    assert code == 0
 
 
 def test_verify_with_bias(capsys):
@@ -152,7 +156,8 @@ def test_verify_with_bias(capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["bias"] is True
     assert all(row["geometry"] is None for row in data["configs"])
-    assert code == (1 if data["failed"] else 0)
+    assert not data["failed"]
+    assert code == 0
 
 
 def test_verify_without_solver(monkeypatch, capsys):
