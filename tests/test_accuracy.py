@@ -277,6 +277,21 @@ def test_statistics_never_keep_an_autograd_graph():
     assert sum(ref() is not None for ref in alive) == 0  # every batch's graph was freed
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("order", ["shuffled", "outlier"])
+def test_cuda_paths_keep_nc1_and_cdnv_to_1e_4(order):
+    k = 10
+    x, y = collapsed([20_000] * k, order=order)
+    want = exact(x, y, k)
+    xc, yc = torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda()
+    stats = ClassStats.empty(k, 64, xp=torch, device=xc.device, dtype=torch.float32)
+    for lo in range(0, len(y), 8192):
+        stats = stats.update(xc[lo : lo + 8192], yc[lo : lo + 8192])
+    for source in ((xc, yc), ClassStats.from_features(xc, yc, k), stats):
+        np.testing.assert_allclose(measured(source), want, rtol=TOL)
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     per_class=st.lists(st.integers(1, 3000), min_size=2, max_size=6),
