@@ -478,16 +478,16 @@ def _print_theory(
         out,
     )
     print(file=out)
-    print(
+    _say(
         f"collapse threshold at this total N = {n_total}: a class with n_k <= "
         f"{opt.collapse_count:.6g} samples collapses (h_k = 0), n_crit = N^2 lambda_W "
         f"lambda_H K/(K-1); {opt.num_alive} of {k} classes alive",
-        file=out,
+        out,
     )
-    print(
+    _say(
         f"lambda_W * lambda_H = {product:.6g}; all classes stay alive only below "
         f"{min(critical):.6g} (the limit of the rarest class)",
-        file=out,
+        out,
     )
     _say(
         "the inverse question: giving class k more samples also raises N, and n_crit grows "

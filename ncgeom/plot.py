@@ -94,7 +94,7 @@ def theory_figure(optimum: UFMOptimum, *, figsize: tuple[float, float] = (12.0, 
     ax_m.set_title("margin M_k")
     ax_h.set_title("feature norm ‖h_k‖")
     ax_w.set_title("classifier norm ‖w_k‖")
-    ax_m.set_ylabel("true logit minus each other logit, M_k")
+    ax_m.set_ylabel("true minus other logit, M_k")
     ax_h.set_ylabel("length of the class-mean feature, ‖h_k‖")
     ax_w.set_ylabel("length of the classifier row, ‖w_k‖")
     fig.suptitle(

@@ -38,3 +38,31 @@ def test_solver_with_a_bias_on_the_page_example():
         sol = solve_ufm([5000, 2000, 500, 100, 20], 5e-4, 1e-4, 5, bias=True, seed=0)
     norms, _ = _geometry(sol)
     assert norms[0] < 1e-9 * norms.max()
+
+
+def test_cli_page_verify_example_stays_within_its_limits(capsys):
+    """docs/cli.md, the `ncgeom verify` example."""
+    from ncgeom.cli import main
+
+    assert main(["verify", "--configs", "3", "--max-classes", "4", "--max-count", "20"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("3 random configurations, collapsed form, backend numpy: 3 converged")
+    assert "all configurations within the limits" in out
+    gaps = [float(line.split(": ")[1].split()[0]) for line in out.splitlines()[1:3]]
+    assert gaps[0] < 1e-12 and gaps[1] < 1e-8
+
+
+def test_theory_page_console_output_is_what_the_command_prints(capsys, tmp_path):
+    """docs/theory.md, the worked example: every number as the command prints it."""
+    from pathlib import Path
+
+    from ncgeom.cli import main
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "theory.md").read_text()
+    command = "ncgeom theory --counts 5000,2000,500,100,20 --lambda-w 5e-3 --lambda-h 1e-3"
+    start = page.index(f"$ {command} --plot theory.png\n")
+    block = page[start : page.index("```", start)].splitlines()[1:]
+    figure = tmp_path / "theory.png"
+    assert main([*command.split()[1:], "--plot", str(figure)]) == 0
+    printed = capsys.readouterr().out.replace(str(figure), "theory.png").splitlines()
+    assert printed == block
