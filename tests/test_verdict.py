@@ -114,3 +114,21 @@ def test_theory_context_names_undefined_targets():
     assert context["alive"] == [False, False]
     missing = [name for name, value in context["targets"].items() if value is None]
     assert missing and all(context["target_reasons"][name] for name in missing)
+
+
+def test_docs_name_table_is_the_registry():
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "metrics.md").read_text()
+    rows = [line for line in page.splitlines() if line.startswith("| `")]
+    documented = {}
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        if len(cells) == 4 and cells[0].strip("`") in METRICS:
+            documented[cells[0].strip("`")] = (cells[1], cells[2])
+    assert documented == {name: (m.symbol, m.words) for name, m in METRICS.items()}
+
+
+def test_registry_text_fits_in_markdown_tables():
+    for metric in METRICS.values():
+        assert "|" not in metric.symbol + metric.words, metric.name
