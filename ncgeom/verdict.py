@@ -33,8 +33,9 @@ __all__ = ["COLLAPSED_FRACTION", "ClassCheck", "MetricCheck", "Verdict", "theory
 #: A class counts as collapsed when its mean's norm is at most this fraction
 #: of the largest class-mean norm.
 COLLAPSED_FRACTION = 0.1
-#: Above this many entries (N x K) the optimum's metric values are not evaluated.
-_TARGET_ENTRIES = 50_000_000
+#: Above this many entries (N x K, float64: 32 MB) the optimum's metric values are
+#: not evaluated (they are computed from the N rows of the optimum's features).
+_TARGET_ENTRIES = 4_000_000
 
 
 def theory_context(optimum: Any, *, global_mean: str = "samples") -> dict[str, Any]:
