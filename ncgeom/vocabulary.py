@@ -61,7 +61,7 @@ _ALL = (
     Metric("etf_error", "NC2_ETF", "centred means vs a simplex ETF", "value"),
     Metric("equinorm", "NC2_norm", "spread of centred mean norms, std/mean", "value"),
     Metric("equiangularity", "NC2_angle", "centred means' angles vs -1/(K-1)", "value"),
-    Metric("orthogonality_error", "NC2_orth", "mean absolute cosine between uncentred means", "zero"),
+    Metric("orthogonality_error", "NC2_orth", "mean absolute cosine, uncentred means", "zero"),
     Metric("self_duality_error", "NC3", "W vs centred means, nf distance", "value"),
     Metric("scaled_alignment_error", "NC2_W", "W vs sqrt(n)-scaled centred means", "zero"),
     Metric("ncc_agreement", "NC4", "classifier agrees with nearest class centre", "value"),
