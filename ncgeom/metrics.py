@@ -624,8 +624,12 @@ def scaled_alignment_error(classifier: Array, stats: ClassStats) -> Array:
     """``|| nf(W) - nf(S) ||_F`` with ``S_k = K sqrt(n_k) mu_k - sum_j sqrt(n_j) mu_j``.
 
     The imbalanced generalisation of self-duality: at the optimum of the
-    ReLU unconstrained-feature model, W is aligned with the sqrt(n)-scaled,
-    centred (uncentred) class means.
+    ReLU unconstrained-feature model, W is aligned with the sqrt(n)-scaled
+    class means, centred at their unweighted mean (S_k / K is
+    ``sqrt(n_k) mu_k`` minus the mean of those rows). With equal counts, S is
+    a multiple of the means centred at their mean, so the error equals
+    `self_duality_error` (whose centre, the mean of all samples, is then the
+    same point).
 
     Examples
     --------
