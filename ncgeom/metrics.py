@@ -115,15 +115,15 @@ DEGENERATE_REASONS = {
     "means": "every class mean is zero (dead features)",
     "coincident": "two class means coincide (their distance is below rounding)",
 }
-#: The flags that make each metric undefined.
+#: The flags that make each metric undefined, the most specific reason first.
 DEGENERATE_METRICS = {
-    "nc1": ("between",),
-    "cdnv": ("between", "coincident"),
-    "etf_error": ("between",),
-    "equinorm": ("between",),
-    "equiangularity": ("between",),
+    "nc1": ("means", "between"),
+    "cdnv": ("means", "between", "coincident"),
+    "etf_error": ("means", "between"),
+    "equinorm": ("means", "between"),
+    "equiangularity": ("means", "between"),
     "orthogonality_error": ("means",),
-    "self_duality_error": ("between",),
+    "self_duality_error": ("means", "between"),
     "scaled_alignment_error": ("means",),
 }
 
