@@ -108,6 +108,16 @@ def _worker(rank: int, init_file: str, out: str) -> None:
         except ValueError as error:
             results["mismatch_error"] = str(error)
 
+        # a rank whose earlier merge failed after the others' succeeded is out
+        # of step (its count of merges lags): refused on every rank
+        lagging = NCTracker(K)
+        lagging.observe(h[rows], y[rows])
+        lagging._merges = 2 - rank
+        try:
+            lagging.report()
+        except ValueError as error:
+            results["step_error"] = str(error)
+
         # the same statistics are still usable after the failed report
         results["after_error"] = tracker.report().to_dict()
     except Exception:
@@ -188,6 +198,11 @@ def test_rank_without_batches_takes_part(
         assert_report(result["idle"], single["plain"])
         assert "no batch has been observed yet" in result["empty_error"]
         assert "(on any rank)" in result["empty_error"]
+
+
+def test_a_rank_out_of_step_is_refused_on_every_rank(ranks: list[dict[str, Any]]) -> None:
+    for rank, result in enumerate(ranks):
+        assert "disagree on step (rank 0: 2, rank 1: 1)" in result["step_error"], rank
 
 
 def test_mismatched_num_classes_raises_on_every_rank(ranks: list[dict[str, Any]]) -> None:

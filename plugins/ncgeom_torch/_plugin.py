@@ -63,7 +63,7 @@ class TorchPlugin:
         return "TorchPlugin(name='torch')"
 
 
-def all_reduce_stats(stats: ClassStats, *, group: Any = None) -> ClassStats:
+def all_reduce_stats(stats: ClassStats, *, group: Any = None, step: int = 0) -> ClassStats:
     """Combine the `ClassStats` of every rank of a ``torch.distributed`` job.
 
     Returns `stats` unchanged when ``torch.distributed`` is not initialised
@@ -80,12 +80,15 @@ def all_reduce_stats(stats: ClassStats, *, group: Any = None) -> ClassStats:
         This rank's statistics (torch backend).
     group : ProcessGroup, optional
         Default: the world.
+    step : int
+        The caller's count of reductions so far; ranks that disagree on it
+        (one skipped a report, or retried after a failure) get an error.
 
     Raises
     ------
     ValueError
         On every rank, if the ranks' statistics differ in number of classes,
-        dimension, dtype or Gram setting.
+        dimension, dtype or Gram setting, or the ranks differ in `step`.
 
     Examples
     --------
@@ -131,6 +134,7 @@ def all_reduce_stats(stats: ClassStats, *, group: Any = None) -> ClassStats:
         world_size=world_size,
         all_gather=all_gather,
         all_reduce=all_reduce,
+        step=step,
     )
 
 

@@ -427,7 +427,7 @@ class NeuralCollapseCallback(pl.Callback):
                     device=stats.device,
                     dtype=stats.dtype,
                 )
-        return nc_report(stats, weight, theory=theory)
+        return nc_report(stats, weight, theory=theory).with_theory(theory)
 
     def _layer_name(self, pl_module: pl.LightningModule) -> str:
         for name, module in pl_module.named_modules():

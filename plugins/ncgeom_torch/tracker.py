@@ -117,6 +117,9 @@ class NCTracker:
         self._stats: ClassStats | None = None
         self._num_batches = 0
         self._lock = threading.RLock()
+        # Cross-rank merges so far: every rank states it, so that a rank that
+        # skipped a report (or retried one that failed) is refused, not mixed in.
+        self._merges = 0
 
     # ------------------------------------------------------------------ accumulate
     @property
@@ -356,7 +359,8 @@ class NCTracker:
                 return self._stats
             local = self._stats if self._stats is not None else self._placeholder()
             try:
-                combined = all_reduce_stats(local, group=self.group)
+                combined = all_reduce_stats(local, group=self.group, step=self._merges)
+                self._merges += 1
             except (ValueError, TypeError):
                 raise  # raised alike on every rank; nothing changed here
             except Exception as error:
