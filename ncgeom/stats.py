@@ -61,11 +61,6 @@ CHUNK_BYTES = 32 * 2**20
 #: between the operations that read them, and that its buffer is reused by the
 #: allocator instead of being mapped (and zeroed) afresh for every chunk.
 HOST_CHUNK_BYTES = 2 * 2**20
-#: On the host, class means of a batch whose classes all hold at most this many
-#: rows are summed in the batch's own precision: the sum of m rows rounds by at
-#: most ``m * eps / 2`` of the mean's size (3e-6 for float32). Larger classes
-#: are summed in float64.
-SMALL_CLASS_ROWS = 64
 #: Features whose largest class-mean entry lies within ``2**+-SCALE_FREE_EXPONENT``
 #: are used as they are (scale 1); others are divided by a power of two first.
 SCALE_FREE_EXPONENT = 16
@@ -241,8 +236,11 @@ class ClassStats:
     ) -> ClassStats:
         """Return new statistics that also hold one batch.
 
-        The batch's own statistics (`class_moments`) are merged in with
-        `merge`, which re-centres every class on its new mean: the result
+        On the host, a batch whose classes all have samples already is summed
+        about the running means (one pass) and added; where that would cost
+        precision (a batch far from the running means), and on a GPU, the
+        batch's own statistics (`class_moments`) are merged in with `merge`,
+        which re-centres every class on its new mean. Either way the result
         does not depend on how the samples were split into batches, nor on
         their order, beyond rounding. The batch must be on the statistics'
         namespace and device; an empty batch returns ``self``. Framework
@@ -274,7 +272,12 @@ class ClassStats:
             gram=self.gram is not None,
             chunk_size=chunk_size,
             check_finite=check_finite,
+            pilot=self,
         )
+        if batch.shift is self.shift:
+            # Deviations from these very shifts, within the cancellation bound:
+            # the sums add exactly, and the running offsets stay within it too.
+            return self._plus(batch)
         return self.merge(batch)
 
     # ------------------------------------------------------------------ merge
@@ -565,16 +568,25 @@ def class_moments(
     chunk_size: int | None = None,
     check_finite: bool = True,
     visitor: Callable[[Array, Array], Visit] | None = None,
+    pilot: ClassStats | None = None,
 ) -> tuple[ClassStats, tuple[Array, ...] | None]:
     """The statistics engine: `ClassStats` of one validated batch, in two passes.
 
-    1. Class counts and class means: sums in float64 (in the batch's own
-       precision on the host when every class has at most `SMALL_CLASS_ROWS`
-       rows), so the mean carries no rounding beyond its last bit in `dtype`.
+    1. Class counts and reference points (the shifts): the class means, or
+       the running means of `pilot` when it holds every class of the batch.
        The largest mean entry sets `scale`.
-    2. Deviations ``x / scale - mean_y`` in `dtype`: their class sums, squared
-       norms and, with `gram`, their Gram; and, with `visitor`, the chunk-wise
-       sums of ``visitor(counts, means)(x_chunk, dev_chunk, y_chunk)``.
+    2. Deviations ``x / scale - shift_y`` in `dtype`: their class sums (the
+       residual that makes ``shift + sums / n`` the exact mean), squared norms
+       and, with `gram`, their Gram; and, with `visitor`, the chunk-wise sums
+       of ``visitor(counts, shifts)(x_chunk, dev_chunk, y_chunk)``.
+
+    The squared deviations lose ``F = |shift - mean|^2 / variance`` times
+    their rounding to cancellation (see ``docs/accuracy.md``). On a GPU the
+    means are summed in float64, which makes F negligible at once. On the
+    host a first try uses means summed in the batch's own precision (or the
+    pilot's shifts) and measures F for every class from its own results, at
+    no cost; only a batch with F > `MAX_CANCELLATION` (collapsed features of
+    large, sorted or drifting classes) is summed again with float64 means.
 
     Every path that makes statistics from features (`ClassStats.from_features`,
     `ClassStats.update`, `ncgeom.nc_report`, Dask blocks, the trackers) calls
@@ -594,8 +606,13 @@ def class_moments(
     check_finite : bool
         On the host, raise if the class means show NaN/Inf in `features`.
     visitor : callable, optional
-        ``visitor(counts, scaled_means)`` returns the visit function of the
-        second pass, which can then use the means (e.g. to project on them).
+        ``visitor(counts, scaled_shifts)`` returns the visit function of the
+        second pass, which can then use the shifts (e.g. to project on them).
+    pilot : ClassStats, optional
+        Running statistics (same K, d and dtype) whose shifts serve as the
+        reference points on the host when they cover every class of the batch.
+        The result then shares the pilot's shifts and scale (`ClassStats._plus`
+        adds them exactly).
 
     Returns
     -------
@@ -604,23 +621,56 @@ def class_moments(
         The summed results of the visit function.
     """
     xp = namespace(features=features, labels=labels)
-    num, dim = features.shape
     device = array_device(features)
     counts = segment_count(labels, num_classes, xp)
     host = on_host(xp, device)
-    means, scale, residual = _scaled_class_means(
-        features, labels, counts, dtype, xp, chunk_size, host
-    )
-    if check_finite and host and not bool(xp.all(xp.isfinite(means))):
+    exact = not host
+    shifts = None
+    if host and pilot is not None:
+        uncovered = (counts > 0) & (pilot.counts == 0)
+        if not bool(xp.any(uncovered)):
+            shifts = (pilot.shift, pilot.unit_scale, None)
+    while True:
+        if shifts is None:
+            shifts = _scaled_class_means(
+                features, labels, counts, dtype, xp, chunk_size, host, exact=exact
+            )
+        stats, extra = _moments_about(
+            features, labels, counts, shifts, dtype, xp, gram, chunk_size, check_finite, visitor
+        )
+        if exact or _cancellation(stats, xp) <= MAX_CANCELLATION:
+            return stats, extra
+        exact, shifts = True, None
+
+
+def _moments_about(
+    features: Array,
+    labels: Array,
+    counts: Array,
+    shifts: tuple[Array, Array, Array | None],
+    dtype: Any,
+    xp: ModuleType,
+    gram: bool,
+    chunk_size: int | None,
+    check_finite: bool,
+    visitor: Callable[[Array, Array], Visit] | None,
+) -> tuple[ClassStats, tuple[Array, ...] | None]:
+    """The second pass: statistics of the deviations from the given shifts."""
+    num, dim = features.shape
+    device = array_device(features)
+    host = on_host(xp, device)
+    shift, scale, residual = shifts
+    num_classes = counts.shape[0]
+    if check_finite and host and not bool(xp.all(xp.isfinite(shift))):
         _raise_unrepresentable(features, labels, num_classes, xp, "class means")
-    visit = None if visitor is None else visitor(counts, means)
+    visit = None if visitor is None else visitor(counts, shift)
     rows = rows_per_chunk(num, dim, dtype, xp, chunk_size, device, gram=gram)
     unit = host and float(to_host(scale)) == 1.0
     with quiet_invalid() if check_finite and host else contextlib.nullcontext():
         sums, sqnorms, gram_sum, extra = _deviation_moments(
             features,
             labels,
-            means,
+            shift,
             None if unit else 1 / scale,
             xp,
             rows,
@@ -632,7 +682,27 @@ def class_moments(
         sums = residual
     if check_finite and host and not bool(xp.all(xp.isfinite(sqnorms))):
         _raise_unrepresentable(features, labels, num_classes, xp, "squared deviations")
-    return ClassStats(counts, means, sums, sqnorms, gram_sum, scale), extra
+    return ClassStats(counts, shift, sums, sqnorms, gram_sum, scale), extra
+
+
+#: Largest accepted ratio ``|shift - mean|^2 / variance`` of a class on the
+#: host's first try (the factor by which cancellation multiplies rounding).
+MAX_CANCELLATION = 1.0
+
+
+def _cancellation(stats: ClassStats, xp: ModuleType) -> float:
+    """``max_k |shift_k - mean_k|^2 / v_k`` over classes with samples (a host read).
+
+    A class whose variance is zero has no rounding to amplify, unless its
+    shift is off its mean: then the ratio is infinite.
+    """
+    n = xp.clip(xp.astype(stats.counts, stats.dtype), min=1)
+    offset = xp.vecdot(stats.sums, stats.sums) / (n * n)
+    spread = stats.sqnorms / n - offset
+    tiny = xp.finfo(stats.dtype).smallest_normal
+    ratio = offset / xp.clip(spread, min=tiny)
+    ratio = xp.where((stats.counts > 0) & (offset > 0), ratio, xp.zeros_like(ratio))
+    return float(to_host(xp.max(ratio)))
 
 
 def _raise_unrepresentable(
@@ -655,21 +725,21 @@ def _scaled_class_means(
     xp: ModuleType,
     chunk_size: int | None,
     host: bool,
+    *,
+    exact: bool,
 ) -> tuple[Array, Array, Array | None]:
     """Class means divided by a power-of-two scale (in `dtype`), the scale (0-d),
     and the class sums of the deviations from those means when the sums were
-    taken in a wider dtype than `dtype` (None otherwise: the second pass sums
-    them).
+    taken in float64 (None otherwise: the second pass sums them).
+
+    With `exact`, the sums are taken in float64; otherwise in `dtype`.
 
     From float64 sums the residual ``sum_i x_i / scale - n_k mean_k`` is exact
     to float64 rounding, so the second pass need not sum the deviations.
     """
     num_classes = counts.shape[0]
     num, dim = features.shape
-    # float64 unless float32 statistics of small classes on the host, whose
-    # rounding the second pass's class sums of the deviations then remove.
-    small = host and int(to_host(xp.max(counts))) <= SMALL_CLASS_ROWS
-    acc = dtype if small else xp.float64
+    acc = xp.float64 if exact else dtype
     itemsize = 8 if acc == xp.float64 else 4
     if chunk_size is not None:
         rows = check_positive_int(chunk_size, "chunk_size")
