@@ -321,3 +321,24 @@ def test_100_000_samples_a_class(order):
     want = exact(x, y, k)
     for source in ((x, y), ClassStats.from_features(x, y, k), streamed(x, y, k, 8192)):
         np.testing.assert_allclose(measured(source), want, rtol=TOL)
+
+
+def test_the_float64_means_run_only_where_float32_would_cost_precision(monkeypatch):
+    import ncgeom.stats as engine
+
+    calls = []
+    original = engine._scaled_class_means
+
+    def spy(*args, exact, **kwargs):
+        calls.append(exact)
+        return original(*args, exact=exact, **kwargs)
+
+    monkeypatch.setattr(engine, "_scaled_class_means", spy)
+    ordinary, y = collapsed([2000] * 5, spread=0.3)
+    ClassStats.from_features(ordinary, y, 5)
+    assert calls == [False]  # one pass for the means, in float32
+    calls.clear()
+    tight, y = collapsed([20_000] * 5, spread=1e-5, order="sorted")
+    got = ClassStats.from_features(tight, y, 5)
+    assert calls == [False, True]  # the bound failed: float64 means, and exact
+    np.testing.assert_allclose(measured(got), exact(tight, y, 5), rtol=TOL)
