@@ -539,7 +539,7 @@ def test_failed_merge_leaves_the_tracker_as_it_was(monkeypatch):
     tracker.observe(torch.eye(2).repeat(3, 1), torch.tensor([0, 1] * 3))
     before = tracker.stats
 
-    def timed_out(stats, group=None):
+    def timed_out(stats, group=None, step=0):
         raise RuntimeError("Timed out waiting for rank 1")
 
     monkeypatch.setattr(NCTracker, "_distributed", lambda self: True)
@@ -548,12 +548,21 @@ def test_failed_merge_leaves_the_tracker_as_it_was(monkeypatch):
         tracker.report()
     assert tracker.stats is before and tracker.history == [] and tracker.num_batches == 1
 
-    def disagree(stats, group=None):
+    def disagree(stats, group=None, step=0):
         raise ValueError("cannot combine statistics across ranks: they disagree on dim")
 
     monkeypatch.setattr(tracker_module, "all_reduce_stats", disagree)
     with pytest.raises(ValueError, match="disagree on dim"):  # the same on every rank
         tracker.report()
-    monkeypatch.setattr(tracker_module, "all_reduce_stats", lambda stats, group=None: stats)
+    steps = []
+
+    def succeed(stats, group=None, step=0):
+        steps.append(step)
+        return stats
+
+    monkeypatch.setattr(tracker_module, "all_reduce_stats", succeed)
     assert tracker.report().num_samples == 6
-    assert len(tracker.history) == 1
+    assert tracker.report().num_samples == 6
+    assert len(tracker.history) == 2
+    # Failed merges are not counted: every rank states the same count next time.
+    assert steps == [0, 1]
