@@ -168,17 +168,20 @@ def class_view(
     finite = xp.all(xp.isfinite(means) | ~present)
     host = to_host(xp.concat([counts, xp.reshape(xp.astype(finite, xp.int64), (1,))]))
     host_counts = host[:-1]
+    # The argument the user passed: the statistics, or the features and labels.
+    argument = {"statistics": "stats", "features": "features"}.get(what, what)
     if not host[-1]:
         msg = (
-            f"the class means of the {what} are not finite: the {what} hold NaN or Inf "
+            f"`{argument}` are not finite: their class means hold NaN or Inf "
             "(check_finite=False skipped the check that would have located them)"
         )
         raise ValueError(msg)
     index = tuple(int(k) for k in range(means.shape[0]) if host_counts[k] > 0)
     excluded = tuple(int(k) for k in range(means.shape[0]) if host_counts[k] == 0)
     if len(index) < 2:
+        named = "stats" if argument == "stats" else "labels"
         msg = (
-            f"the metrics need at least two classes with samples; got {len(index)} "
+            f"`{named}` must hold at least two classes with samples; got {len(index)} "
             f"(counts {host_counts.tolist()})"
         )
         raise ValueError(msg)
