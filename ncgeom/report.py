@@ -297,6 +297,11 @@ def _mark_degenerate(floats: dict[str, Any], unavailable: dict[str, str], raised
         warnings.warn(f"degenerate class geometry, {text} (NaN in the report)", stacklevel=3)
 
 
+#: The report projects on the centred means of the first pass: their error, as a
+#: fraction of the between-class spread, enters NC1 about twice.
+BASIS_TOLERANCE = 1e-5
+
+
 def _infer_num_classes(
     labels: Array, classifier: Array | None, num_rows: int, xp: ModuleType
 ) -> int:
@@ -394,7 +399,10 @@ def _scan_features(
 
         def visit(x: Array, dev: Array, y: Array) -> tuple[Array, ...]:
             dev_along = dev @ basis
-            sums = (xp.sum(dev_along * dev_along, axis=0),)
+            # Squares summed in float64: one far sample (an outlier) would
+            # otherwise make every other row's square round at its size.
+            wide = xp.astype(dev_along, xp.float64)
+            sums = (xp.sum(wide * wide, axis=0),)
             if weight is None:
                 return sums
             logits = xp.astype(x, dtype, copy=False) @ weight.T
@@ -414,6 +422,7 @@ def _scan_features(
         chunk_size=chunk_size,
         check_finite=check_finite,
         visitor=visitor,
+        shift_tolerance=BASIS_TOLERANCE,
     )
     first: m.Classes = state["first"]
     # Same counts as the first view: reuse its host-side index, with the final
@@ -430,7 +439,7 @@ def _scan_features(
     basis_weights = state["weights"]
     residual = first.take(stats.sums) @ state["basis"]
     correction = xp.sum(residual * residual / view.counts[:, None], axis=0)
-    scatter = xp.clip(extra[0] - correction, min=0)
+    scatter = xp.clip(xp.astype(extra[0], dtype) - correction, min=0)
     nc1 = m.nc1_from_scatter(scatter, basis_weights, xp.sum(view.counts))
     agreement = None
     if classifier is not None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -569,6 +570,7 @@ def class_moments(
     check_finite: bool = True,
     visitor: Callable[[Array, Array], Visit] | None = None,
     pilot: ClassStats | None = None,
+    shift_tolerance: float | None = None,
 ) -> tuple[ClassStats, tuple[Array, ...] | None]:
     """The statistics engine: `ClassStats` of one validated batch, in two passes.
 
@@ -613,6 +615,11 @@ def class_moments(
         reference points on the host when they cover every class of the batch.
         The result then shares the pilot's shifts and scale (`ClassStats._plus`
         adds them exactly).
+    shift_tolerance : float, optional
+        Also require every shift to lie within this fraction of the
+        between-class spread (RMS of the centred shifts) of its class mean on
+        the first try: a visitor that uses the shifts themselves (the report's
+        basis of the centred means) needs them that accurate.
 
     Returns
     -------
@@ -638,7 +645,10 @@ def class_moments(
         stats, extra = _moments_about(
             features, labels, counts, shifts, dtype, xp, gram, chunk_size, check_finite, visitor
         )
-        if exact or _cancellation(stats, xp) <= MAX_CANCELLATION:
+        if exact or (
+            _cancellation(stats, xp) <= MAX_CANCELLATION
+            and (shift_tolerance is None or _shift_error(stats, xp) <= shift_tolerance)
+        ):
             return stats, extra
         exact, shifts = True, None
 
@@ -688,6 +698,22 @@ def _moments_about(
 #: Largest accepted ratio ``|shift - mean|^2 / variance`` of a class on the
 #: host's first try (the factor by which cancellation multiplies rounding).
 MAX_CANCELLATION = 1.0
+
+
+def _shift_error(stats: ClassStats, xp: ModuleType) -> float:
+    """``max_k |shift_k - mean_k| / rms_k |shift_k - centre|`` over classes with
+    samples (a host read); 0 when the shifts have no spread to compare with."""
+    n = xp.astype(stats.counts, stats.dtype)
+    present = stats.counts > 0
+    offset = xp.vecdot(stats.sums, stats.sums) / xp.clip(n * n, min=1)
+    centre = (n @ stats.shift) / xp.sum(n)
+    spread = xp.vecdot(stats.shift - centre, stats.shift - centre)
+    mean_spread = xp.sum(xp.where(present, spread, xp.zeros_like(spread))) / xp.sum(
+        xp.astype(present, stats.dtype)
+    )
+    largest = xp.max(xp.where(present, offset, xp.zeros_like(offset)))
+    values = to_host(xp.stack([largest, mean_spread]))
+    return math.sqrt(values[0] / values[1]) if values[1] > 0 else 0.0
 
 
 def _cancellation(stats: ClassStats, xp: ModuleType) -> float:
