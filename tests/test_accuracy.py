@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ncgeom import ClassStats, merge_stats, metrics, nc_report
@@ -58,6 +58,24 @@ def exact(x32, y, k):
     i, j = np.triu_indices(k, 1)
     cdnv = np.mean((var[i] + var[j]) / (2 * ((mu[i] - mu[j]) ** 2).sum(axis=1)))
     return float(nc1), float(cdnv)
+
+
+def gram_conditioning(x32, y, k):
+    """``||S_W||_2 sum_r w_r / sum_r w_r u_r^T S_W u_r``: how much a float32
+    (d, d) within-class Gram, rounded entry by entry, can move NC1 (u_r, w_r:
+    the between-class directions and their inverse eigenvalues). Near 1 for
+    isotropic spread; large when one far sample dominates the scatter away from
+    the between-class directions."""
+    x = x32.astype(np.float64)
+    mu = np.stack([x[y == c].mean(axis=0) for c in range(k)])
+    centred = mu - x.mean(axis=0)
+    dev = x - mu[y]
+    scatter = dev.T @ dev
+    lam, u = np.linalg.eigh(centred.T @ centred)
+    keep = lam > max(x.shape[1], k) * np.finfo(np.float64).eps * lam.max()
+    weights, basis = 1 / lam[keep], u[:, keep]
+    along = np.einsum("ir,ij,jr->r", basis, scatter, basis)
+    return float(np.linalg.norm(scatter, 2) * weights.sum() / (weights * along).sum())
 
 
 def measured(source):
@@ -301,16 +319,22 @@ def test_cuda_paths_keep_nc1_and_cdnv_to_1e_4(order):
     batch=st.integers(50, 5000),
     seed=st.integers(0, 2**16),
 )
+@example(per_class=[50, 1], spread=1e-5, order="outlier", log_scale=0, batch=50, seed=1140)
+@example(per_class=[2782, 2], spread=1e-5, order="outlier", log_scale=0, batch=50, seed=10)
 def test_streamed_and_in_memory_agree_with_float64(
     per_class, spread, order, log_scale, batch, seed
 ):
     k = len(per_class)
     x, y = collapsed(per_class, d=16, spread=spread, order=order, scale=10.0**log_scale, seed=seed)
     want = exact(x, y, k)
+    # NC1 from a float32 Gram: within 1e-4, or within the Gram's own rounding
+    # where one outlier dominates the scatter (see docs/accuracy.md).
+    nc1_tol = TOL + 4 * np.finfo(np.float32).eps * gram_conditioning(x, y, k)
     for source in ((x, y), ClassStats.from_features(x, y, k), streamed(x, y, k, batch)):
         got = measured(source)
         assert got[0] >= 0
-        np.testing.assert_allclose(got, want, rtol=TOL)
+        np.testing.assert_allclose(got[0], want[0], rtol=nc1_tol)
+        np.testing.assert_allclose(got[1], want[1], rtol=TOL)
 
 
 @pytest.mark.slow
