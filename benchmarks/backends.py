@@ -18,12 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from ncgeom._array import BACKENDS
+
 __all__ = ["BACKENDS", "BackendUnavailable", "BenchBackend", "make_backend"]
 
 Array = Any
-
-#: Names accepted by ``--backend``.
-BACKENDS = ("numpy", "torch", "cupy", "array-api-strict")
 
 
 class BackendUnavailable(RuntimeError):

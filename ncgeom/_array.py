@@ -8,6 +8,7 @@ generic path that uses only the array-API standard.
 
 from __future__ import annotations
 
+import importlib
 from types import ModuleType
 from typing import Any
 
@@ -15,9 +16,11 @@ import array_api_compat as compat
 import numpy as np
 
 __all__ = [
+    "BACKENDS",
     "accumulation_dtype",
     "array_device",
     "backend_name",
+    "backend_namespace",
     "detach",
     "gather_rows",
     "is_array",
@@ -35,6 +38,31 @@ __all__ = [
 ]
 
 Array = Any
+
+#: The array libraries the command line and the benchmarks offer, by name.
+BACKENDS = ("numpy", "torch", "cupy", "array-api-strict")
+_BACKEND_MODULES = {
+    "numpy": "array_api_compat.numpy",
+    "torch": "array_api_compat.torch",
+    "cupy": "array_api_compat.cupy",
+    "array-api-strict": "array_api_strict",
+}
+
+
+def backend_namespace(name: str) -> ModuleType:
+    """The array-API namespace of the library called `name` (one of `BACKENDS`).
+
+    Raises
+    ------
+    ValueError
+        For a name not in `BACKENDS`.
+    ImportError
+        When the library is not installed.
+    """
+    if name not in _BACKEND_MODULES:
+        msg = f"`backend` must be one of {BACKENDS}; got {name!r}"
+        raise ValueError(msg)
+    return importlib.import_module(_BACKEND_MODULES[name])
 
 
 def namespace(**arrays: Array) -> ModuleType:

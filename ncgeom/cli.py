@@ -28,7 +28,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, NamedTuple, NoReturn, TextIO
 
-from ._array import to_host
+from ._array import BACKENDS, backend_namespace, to_host
 from ._json import jsonable
 from ._progress import Progress
 from .plugins import load_entry_points
@@ -560,8 +560,6 @@ def _survival_intervals(
 # ---------------------------------------------------------------------------
 # ncgeom verify
 
-_BACKENDS = ("numpy", "torch", "cupy", "array-api-strict")
-
 
 class _Gaps(NamedTuple):
     objective: float  # relative, signed: (solver - closed form) / closed form
@@ -575,7 +573,7 @@ def _verify_arguments(parser: argparse.ArgumentParser) -> None:
         "--configs", type=int, default=20, metavar="N", help="random configurations to solve"
     )
     parser.add_argument(
-        "--backend", choices=_BACKENDS, default="numpy", help="array library of the solver"
+        "--backend", choices=BACKENDS, default="numpy", help="array library of the solver"
     )
     parser.add_argument(
         "--bias",
@@ -819,21 +817,11 @@ def _print_verify(
 
 def _backend(name: str) -> tuple[ModuleType, Any]:
     try:
-        if name == "numpy":
-            import array_api_compat.numpy as xp
-
-            return xp, None
+        xp = backend_namespace(name)
         if name == "torch":
-            import array_api_compat.torch as xp
             import torch
 
             return xp, "cuda" if torch.cuda.is_available() else "cpu"
-        if name == "cupy":
-            import array_api_compat.cupy as xp
-
-            return xp, None
-        import array_api_strict as xp
-
         return xp, None
     except ImportError as err:
         msg = f"`--backend` {name!r} is not installed ({err})"

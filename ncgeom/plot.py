@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._array import to_host
+from ._array import resolve_namespace, to_host
 from .theory import UFMOptimum, _margins
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ def theory_figure(optimum: UFMOptimum, *, figsize: tuple[float, float] = (12.0, 
 
 def _curves(optimum: UFMOptimum, counts: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
     """Per-class formulas on a grid of counts, N held at its actual value."""
-    import array_api_compat.numpy as xp
+    xp = resolve_namespace(None)
 
     n_crit = optimum.collapse_count
     low = max(min(counts.min(), n_crit) / 2.0, 1e-3)
