@@ -29,11 +29,11 @@ from torch import nn
 from ncgeom import ClassStats, NCReport, nc_report
 from ncgeom.checks import check_num_classes, check_positive, check_positive_int
 from ncgeom.plugins import reduce_class_stats
-from ncgeom.theory import ufm_relu_optimum
 from ncgeom.utils import jsonable
 
 from .regularizer import classifier_weight
 from .tap import resolve_layer
+from .tracker import optimum_for
 
 __all__ = ["NeuralCollapseCallback", "default_labels", "last_linear_layer"]
 
@@ -405,28 +405,7 @@ class NeuralCollapseCallback(pl.Callback):
             weight = weight.to(device=stats.device, dtype=stats.dtype)
         theory = None
         if with_theory:
-            counts = self.counts
-            if counts is None:
-                observed = stats.counts.cpu()
-                if bool((observed == 0).any()):
-                    missing = torch.nonzero(observed == 0).flatten().tolist()
-                    warnings.warn(
-                        f"classes {missing} were not observed: no theory comparison; pass "
-                        "the training counts as `counts` to compare anyway",
-                        UserWarning,
-                        stacklevel=3,
-                    )
-                else:
-                    counts = observed.tolist()
-            if counts is not None:
-                theory = ufm_relu_optimum(
-                    counts,
-                    self.lambda_w,
-                    self.lambda_h,
-                    xp=torch_xp,
-                    device=stats.device,
-                    dtype=stats.dtype,
-                )
+            theory = optimum_for(stats, self.counts, self.lambda_w, self.lambda_h)
         return nc_report(stats, weight, theory=theory).with_theory(theory)
 
     def _layer_name(self, pl_module: pl.LightningModule) -> str:

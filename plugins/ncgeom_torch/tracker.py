@@ -473,21 +473,7 @@ class NCTracker:
         self, stats: ClassStats, counts: Any, lambda_w: float, lambda_h: float
     ) -> UFMOptimum | None:
         """The UFM+ optimum for `counts` (default: the observed counts) and the lambdas."""
-        if counts is None:
-            counts = stats.counts.cpu()
-            if bool((counts == 0).any()):
-                missing = torch.nonzero(counts == 0).flatten().tolist()
-                warnings.warn(
-                    f"classes {missing} were not observed: no theory comparison; pass the "
-                    "training counts as `counts` to compare anyway",
-                    UserWarning,
-                    stacklevel=3,
-                )
-                return None
-            counts = counts.tolist()
-        return ufm_relu_optimum(
-            counts, lambda_w, lambda_h, xp=torch_xp, device=stats.device, dtype=stats.dtype
-        )
+        return optimum_for(stats, counts, lambda_w, lambda_h)
 
     def save(self, path: str | Path) -> Path:
         """Write the history to a JSON file and return its path.
@@ -574,6 +560,29 @@ def _objective_sums(
     ce = F.cross_entropy(logits, labels.to(logits.device), reduction="sum")
     return torch.stack(
         [ce, (h * h).sum(), torch.tensor(float(len(h)), dtype=h.dtype, device=h.device)]
+    )
+
+
+def optimum_for(
+    stats: ClassStats, counts: Any, lambda_w: float, lambda_h: float
+) -> UFMOptimum | None:
+    """The UFM+ optimum for `counts` (default: the counts of `stats`) and the
+    lambdas, on the statistics' device and dtype; None, with a warning, when
+    a class was not observed and no counts were given."""
+    if counts is None:
+        counts = stats.counts.cpu()
+        if bool((counts == 0).any()):
+            missing = torch.nonzero(counts == 0).flatten().tolist()
+            warnings.warn(
+                f"classes {missing} were not observed: no theory comparison; pass the "
+                "training counts as `counts` to compare anyway",
+                UserWarning,
+                stacklevel=4,
+            )
+            return None
+        counts = counts.tolist()
+    return ufm_relu_optimum(
+        counts, lambda_w, lambda_h, xp=torch_xp, device=stats.device, dtype=stats.dtype
     )
 
 
