@@ -199,9 +199,10 @@ def to_host(x: Array) -> np.ndarray:
 
 
 def quiet_invalid() -> np.errstate:
-    """Silence NumPy's "invalid value" warnings (NaN made from Inf) in a block
-    whose results are checked for NaN afterwards. Other libraries do not warn."""
-    return np.errstate(invalid="ignore")
+    """Silence NumPy's "invalid value" and overflow warnings (NaN made from Inf,
+    Inf from large finite numbers) in a block whose results are checked for
+    NaN and Inf afterwards. Other libraries do not warn."""
+    return np.errstate(invalid="ignore", over="ignore")
 
 
 def quiet_division() -> np.errstate:

@@ -638,13 +638,31 @@ def class_moments(
         if not bool(xp.any(uncovered)):
             shifts = (pilot.shift, pilot.unit_scale, None)
     while True:
+        borrowed = shifts is not None
         if shifts is None:
             shifts = _scaled_class_means(
                 features, labels, counts, dtype, xp, chunk_size, host, exact=exact
             )
-        stats, extra = _moments_about(
-            features, labels, counts, shifts, dtype, xp, gram, chunk_size, check_finite, visitor
-        )
+        try:
+            stats, extra = _moments_about(
+                features,
+                labels,
+                counts,
+                shifts,
+                dtype,
+                xp,
+                gram,
+                chunk_size,
+                check_finite,
+                visitor,
+            )
+        except ValueError:
+            if not borrowed:
+                raise
+            # The running statistics' scale does not fit this batch (its squares
+            # overflow there): take the batch's own means and scale instead.
+            exact, shifts = True, None
+            continue
         if exact or (
             _cancellation(stats, xp) <= MAX_CANCELLATION
             and (shift_tolerance is None or _shift_error(stats, xp) <= shift_tolerance)

@@ -366,3 +366,19 @@ def test_the_float64_means_run_only_where_float32_would_cost_precision(monkeypat
     got = ClassStats.from_features(tight, y, 5)
     assert calls == [False, True]  # the bound failed: float64 means, and exact
     np.testing.assert_allclose(measured(got), exact(tight, y, 5), rtol=TOL)
+
+
+def test_a_batch_far_larger_than_the_running_statistics_takes_its_own_scale():
+    # Its squares would overflow in the running statistics' units: the engine
+    # falls back to the batch's own means and scale, and merges exactly.
+    k = 3
+    x, y = collapsed([400] * k, d=8, spread=1e-2)
+    mixed = x.copy()
+    mixed[600:] *= np.float32(1e20)  # the second batch, 1e20 times the first
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        stats = ClassStats.empty(k, 8, dtype=np.float32).update(mixed[:600], y[:600])
+        stats = stats.update(mixed[600:], y[600:])
+        got = measured(stats)
+    np.testing.assert_array_equal(stats.counts, np.bincount(y, minlength=k))
+    np.testing.assert_allclose(got, exact(mixed, y, k), rtol=TOL)
