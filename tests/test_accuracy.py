@@ -310,7 +310,7 @@ def test_cuda_paths_keep_nc1_and_cdnv_to_1e_4(order):
         np.testing.assert_allclose(measured(source), want, rtol=TOL)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, derandomize=True)  # reproducible in CI
 @given(
     per_class=st.lists(st.integers(1, 3000), min_size=2, max_size=6),
     spread=st.sampled_from([1e-5, 1e-4, 1e-2]),
