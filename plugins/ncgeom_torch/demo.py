@@ -73,6 +73,18 @@ def default_counts(full: int, num_classes: int, ratio: float = 0.1) -> list[int]
     return [max(1, round(full * ratio**s)) for s in steps]
 
 
+def digits_pool(extra: str) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled 8x8 digits: pixels (1797, 64) float32 in [0, 1] and
+    labels int64; `extra` names the install extra that brings scikit-learn."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as err:
+        msg = f"the digits data set needs scikit-learn: pip install 'ncgeom[{extra}]'"
+        raise ValueError(msg) from err
+    digits = load_digits()
+    return digits.data.astype(np.float32) / 16.0, digits.target.astype(np.int64)
+
+
 def load_dataset(
     name: str, counts: list[int] | tuple[int, ...] | None, ratio: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray, list[int]]:
@@ -84,13 +96,7 @@ def load_dataset(
     """
     rng = np.random.default_rng(seed)
     if name == "digits":
-        try:
-            from sklearn.datasets import load_digits
-        except ImportError as err:
-            msg = "the digits data set needs scikit-learn: pip install 'ncgeom[demo]'"
-            raise ValueError(msg) from err
-        digits = load_digits()
-        pool_x, pool_y = digits.data.astype(np.float32) / 16.0, digits.target.astype(np.int64)
+        pool_x, pool_y = digits_pool("demo")
     elif name == "synthetic":
         num_classes, dim, per_class = 10, 64, 200
         centres = rng.normal(size=(num_classes, dim))

@@ -111,13 +111,9 @@ def load_pool(dataset: str, per_class: int, seed: int = 0) -> tuple[np.ndarray, 
         msg = f"`per_class` must be a positive integer; got {per_class!r}"
         raise ValueError(msg)
     if dataset == "digits":
-        try:
-            from sklearn.datasets import load_digits
-        except ImportError as err:
-            msg = "the digits data set needs scikit-learn: pip install 'ncgeom[reproduce]'"
-            raise ValueError(msg) from err
-        digits = load_digits()
-        x, y = digits.data.astype(np.float32) / 16.0, digits.target.astype(np.int64)
+        from .demo import digits_pool
+
+        x, y = digits_pool("reproduce")
         available = int(np.bincount(y).min())
         if per_class > available:
             msg = f"`per_class` must be at most {available} for 'digits'; got {per_class}"
