@@ -23,7 +23,6 @@ __all__ = [
     "backend_namespace",
     "detach",
     "gather_rows",
-    "is_array",
     "is_host_data",
     "like",
     "has_native_segment_sum",
@@ -131,11 +130,6 @@ def is_host_data(value: Any) -> bool:
     computation runs; an array decides where it runs.
     """
     return isinstance(value, np.ndarray) or not compat.is_array_api_obj(value)
-
-
-def is_array(value: Any) -> bool:
-    """Whether `value` is an array of an array-API library (NumPy included)."""
-    return bool(compat.is_array_api_obj(value))
 
 
 def like(value: Any, reference: Array, dtype: Any = None) -> Array:
