@@ -6,8 +6,29 @@ unconstrained ReLU feature model (`ncgeom.theory`), its loss and a numerical
 solver, on NumPy, CuPy, torch and any array-API library.
 """
 
-from . import metrics, plugins
-from .loss import (
+import sys as _sys
+
+from ._lib import backend as _backend
+from ._lib import jsonable as _jsonable
+from ._lib import progress as _progress
+from ._lib import validate as _validate
+from .integrations import cli, plugins
+from .measure import metrics, outofcore, report, stats, verdict, vocabulary
+from .measure.distributed import reduce_class_stats
+from .measure.metrics import NCCAgreement, ncc_agreement
+from .measure.outofcore import stats_from_dask
+from .measure.report import NCReport, nc_report
+from .measure.stats import ClassStats, merge_stats
+from .theory import comparison as theory_metrics
+from .theory import loss, plot, solve
+from .theory.comparison import (
+    classifier_gram_error,
+    gof_error,
+    logit_structure_error,
+    margin_comparison,
+    norm_comparison,
+)
+from .theory.loss import (
     CollapsedGradients,
     UFMGradients,
     collapsed_gradients,
@@ -15,25 +36,40 @@ from .loss import (
     ufm_gradients,
     ufm_objective,
 )
-from .metrics import NCCAgreement, ncc_agreement
-from .outofcore import stats_from_dask
-from .report import NCReport, nc_report
-from .solve import UFMSolution, solve_ufm
-from .stats import ClassStats, merge_stats
-from .theory import (
+from .theory.optimum import (
     UFMOptimum,
     collapse_threshold,
     critical_regularization,
     min_samples_to_survive,
     ufm_relu_optimum,
 )
-from .theory_metrics import (
-    classifier_gram_error,
-    gof_error,
-    logit_structure_error,
-    margin_comparison,
-    norm_comparison,
-)
+from .theory.solve import UFMSolution, solve_ufm
+
+# The flat module paths of version 0.1 (``ncgeom.metrics``, ``ncgeom.loss``, ...)
+# stay importable: each names the same module object as its home in a layer
+# folder, so ``import ncgeom.metrics`` and ``from ncgeom.solve import solve_ufm``
+# keep working, and patching either path patches both.
+_SHORT_PATHS = {
+    "cli": cli,
+    "loss": loss,
+    "metrics": metrics,
+    "outofcore": outofcore,
+    "plot": plot,
+    "plugins": plugins,
+    "report": report,
+    "solve": solve,
+    "stats": stats,
+    "theory_metrics": theory_metrics,
+    "verdict": verdict,
+    "vocabulary": vocabulary,
+    "_array": _backend,
+    "_json": _jsonable,
+    "_progress": _progress,
+    "_validate": _validate,
+}
+for _name, _module in _SHORT_PATHS.items():
+    _sys.modules[f"{__name__}.{_name}"] = _module
+    globals()[_name] = _module
 
 __version__ = "0.1.0"
 
@@ -61,6 +97,7 @@ __all__ = [
     "ncc_agreement",
     "norm_comparison",
     "plugins",
+    "reduce_class_stats",
     "solve_ufm",
     "stats_from_dask",
     "ufm_gradients",

@@ -1,5 +1,5 @@
 """``python -m ncgeom``: the ``ncgeom`` command."""
 
-from .cli import main
+from .integrations.cli import main
 
 raise SystemExit(main())

@@ -24,7 +24,7 @@ ValueError: `lambda_w` must be > 0; got 0.0
 
 from __future__ import annotations
 
-from ._validate import (
+from ._lib.validate import (
     check_batch,
     check_columns,
     check_counts,

@@ -22,8 +22,8 @@ Examples
 
 from __future__ import annotations
 
-from ._array import to_host
-from ._json import jsonable
-from ._progress import Progress
+from ._lib.backend import to_host
+from ._lib.jsonable import jsonable
+from ._lib.progress import Progress
 
 __all__ = ["Progress", "jsonable", "to_host"]

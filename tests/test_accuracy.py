@@ -71,6 +71,8 @@ def gram_conditioning(x32, y, k):
     centred = mu - x.mean(axis=0)
     dev = x - mu[y]
     scatter = dev.T @ dev
+    if not scatter.any():  # no within-class spread: NC1 is exactly 0, nothing to round
+        return 1.0
     lam, u = np.linalg.eigh(centred.T @ centred)
     keep = lam > max(x.shape[1], k) * np.finfo(np.float64).eps * lam.max()
     weights, basis = 1 / lam[keep], u[:, keep]

@@ -161,7 +161,7 @@ def test_verify_with_bias(capsys):
 
 
 def test_verify_without_solver(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "ncgeom.solve", None)
+    monkeypatch.setitem(sys.modules, "ncgeom.theory.solve", None)
     assert main(["verify", "--configs", "1"]) == 2
     assert "solver is unavailable" in capsys.readouterr().err
 

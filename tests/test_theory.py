@@ -560,7 +560,7 @@ def test_largest_counts_are_exact():
 
 
 def test_survival_counts_of_every_class_match_one_by_one():
-    from ncgeom.theory import _survival_counts
+    from ncgeom.theory.optimum import _survival_counts
 
     counts = [5000, 2000, 500, 100, 20, 1]
     expected = [min_samples_to_survive(counts, k, 5e-3, 1e-3) for k in range(6)]

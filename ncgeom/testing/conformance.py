@@ -44,10 +44,10 @@ from typing import Any
 
 import numpy as np
 
-from .. import plugins as registry
-from .._array import array_device, namespace, to_host
-from ..report import NCReport, nc_report
-from ..stats import ClassStats
+from .._lib.backend import array_device, namespace, to_host
+from ..integrations import plugins as registry
+from ..measure.report import NCReport, nc_report
+from ..measure.stats import ClassStats
 
 __all__ = ["CHECKS", "ConformanceError", "check_plugin"]
 

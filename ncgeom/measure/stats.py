@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from ._array import (
+from .._lib.backend import (
     accumulation_dtype,
     array_device,
     detach,
@@ -46,7 +46,7 @@ from ._array import (
     segment_sum,
     to_host,
 )
-from ._validate import check_batch, check_float_dtype, check_num_classes, check_positive_int
+from .._lib.validate import check_batch, check_float_dtype, check_num_classes, check_positive_int
 
 __all__ = ["ClassStats", "class_moments", "merge_stats"]
 
@@ -744,7 +744,8 @@ def _cancellation(stats: ClassStats, xp: ModuleType) -> float:
     offset = xp.vecdot(stats.sums, stats.sums) / (n * n)
     spread = stats.sqnorms / n - offset
     tiny = xp.finfo(stats.dtype).smallest_normal
-    ratio = offset / xp.clip(spread, min=tiny)
+    with quiet_invalid():  # an offset over a vanishing spread: +Inf, as documented
+        ratio = offset / xp.clip(spread, min=tiny)
     ratio = xp.where((stats.counts > 0) & (offset > 0), ratio, xp.zeros_like(ratio))
     return float(to_host(xp.max(ratio)))
 

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from ._array import array_device, namespace, segment_count, to_host
-from ._validate import (
+from .._lib.backend import array_device, namespace, segment_count, to_host
+from .._lib.validate import (
     check_batch,
     check_bias_decay,
     check_columns,

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from ._array import array_device, resolve_namespace, segment_sum, to_host
-from ._validate import (
+from .._lib.backend import array_device, resolve_namespace, segment_sum, to_host
+from .._lib.validate import (
     check_bias_decay,
     check_counts,
     check_device,

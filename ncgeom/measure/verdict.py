@@ -64,7 +64,7 @@ def theory_context(optimum: Any, *, global_mean: str = "samples") -> dict[str, A
     >>> context["targets"]["nc1"], round(context["targets"]["etf_error"], 3)
     (0.0, 0.768)
     """
-    from ._array import to_host
+    from .._lib.backend import to_host
     from .report import nc_report
 
     counts = [int(n) for n in np.asarray(to_host(optimum.counts))]

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ._array import namespace
-from ._validate import check_batch, check_num_classes
+from .._lib.backend import namespace
+from .._lib.validate import check_batch, check_num_classes
 from .stats import ClassStats, merge_stats
 
 __all__ = ["stats_from_dask"]

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._array import resolve_namespace, to_host
-from .theory import UFMOptimum, _margins
+from .._lib.backend import resolve_namespace, to_host
+from .optimum import UFMOptimum, _margins
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from ._array import array_device, is_host_data, namespace, resolve_namespace, to_host
-from ._validate import (
+from .._lib.backend import array_device, is_host_data, namespace, resolve_namespace, to_host
+from .._lib.validate import (
     check_counts,
     check_device,
     check_float_dtype,

@@ -27,9 +27,9 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from ._array import array_device, backend_name, is_host_data, like, namespace, to_host
-from ._validate import check_features, check_positive
-from .theory import UFMOptimum
+from .._lib.backend import array_device, backend_name, is_host_data, like, namespace, to_host
+from .._lib.validate import check_features, check_positive
+from .optimum import UFMOptimum
 
 __all__ = [
     "Comparison",

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ._array import is_host_data, to_host
+from .backend import is_host_data, to_host
 
 __all__ = [
     "check_batch",

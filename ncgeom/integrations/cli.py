@@ -28,11 +28,16 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, NamedTuple, NoReturn, TextIO
 
-from ._array import BACKENDS, backend_namespace, to_host
-from ._json import jsonable
-from ._progress import Progress
+from .._lib.backend import BACKENDS, backend_namespace, to_host
+from .._lib.jsonable import jsonable
+from .._lib.progress import Progress
+from ..theory.optimum import (
+    UFMOptimum,
+    _survival_counts,
+    critical_regularization,
+    ufm_relu_optimum,
+)
 from .plugins import load_entry_points
-from .theory import UFMOptimum, _survival_counts, critical_regularization, ufm_relu_optimum
 
 __all__ = [
     "COMMANDS",
@@ -420,7 +425,7 @@ def _run_theory(args: argparse.Namespace) -> int:
     critical = [float(v) for v in critical_regularization(counts)]
     survive = _survival_counts(counts, opt.lambda_w, opt.lambda_h)
     if plot is not None:
-        from .plot import theory_figure
+        from ..theory.plot import theory_figure
 
         theory_figure(opt).savefig(plot)
     if args.json:
@@ -532,7 +537,7 @@ def _survival_intervals(
     Solved once per distinct count; the bounds are settled with the exact
     integer test of `ncgeom.theory`.
     """
-    from .theory import _min_count, _survives
+    from ..theory.optimum import _min_count, _survives
 
     host = [int(n) for n in counts]
     total, num = sum(host), len(host)
@@ -623,7 +628,7 @@ def _run_verify(args: argparse.Namespace) -> int:
     import numpy as np
 
     try:
-        from .solve import MAX_BYTES, _format_bytes, _solver_bytes, solve_ufm
+        from ..theory.solve import MAX_BYTES, _format_bytes, _solver_bytes, solve_ufm
     except ImportError as err:
         msg = f"the numerical solver is unavailable ({err})"
         raise ValueError(msg) from None
@@ -719,8 +724,8 @@ def _largest_fitting(cost: Callable[[int], int], high: int, limit: int) -> int:
 def _gaps(opt: UFMOptimum, solution: Any, bias: bool) -> _Gaps:
     import numpy as np
 
-    from ._array import to_host
-    from .theory_metrics import gof_error, margin_comparison, norm_comparison
+    from .._lib.backend import to_host
+    from ..theory.comparison import gof_error, margin_comparison, norm_comparison
 
     target = float(opt.objective)
     objective = (solution.objective - target) / target

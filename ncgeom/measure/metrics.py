@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from ._array import array_device, detach, namespace, quiet_division, to_host
-from ._validate import check_features, check_positive_int
+from .._lib.backend import array_device, detach, namespace, quiet_division, to_host
+from .._lib.validate import check_features, check_positive_int
 from .stats import ClassStats, row_chunks, rows_per_chunk
 
 __all__ = [

@@ -9,12 +9,19 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from .._lib.backend import (
+    accumulation_dtype,
+    backend_name,
+    detach,
+    gather_rows,
+    namespace,
+    to_host,
+)
+from .._lib.validate import check_features, check_labels, check_num_classes
+from ..theory import comparison as tm
+from ..theory.optimum import UFMOptimum
 from . import metrics as m
-from . import theory_metrics as tm
-from ._array import accumulation_dtype, backend_name, detach, gather_rows, namespace, to_host
-from ._validate import check_features, check_labels, check_num_classes
 from .stats import ClassStats, Visit, _checked_batch, class_moments
-from .theory import UFMOptimum
 from .vocabulary import METRIC_NAMES
 
 if TYPE_CHECKING:
