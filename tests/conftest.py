@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ncgeom._array import to_host
+from ncgeom._lib.backend import BACKENDS, backend_namespace, to_host
 
 
 @dataclass(frozen=True)
@@ -56,73 +56,63 @@ def _cupy_usable() -> bool:
         return False
 
 
-def _make(name: str) -> Backend:
-    if name == "numpy":
-        import array_api_compat.numpy as xp
-
-        return Backend(name, xp)
-    if name == "array_api_strict":
-        import array_api_strict as xp
-
-        return Backend(name, xp)
-    if name == "array_api_strict_device1":
-        import array_api_strict as xp
-
-        return Backend(name, xp, xp.Device("device1"))
-    if name == "torch":
-        import array_api_compat.torch as xp
-
-        return Backend(name, xp, "cpu")
-    if name == "torch_cuda":
-        import array_api_compat.torch as xp
-
-        return Backend(name, xp, "cuda")
+def _usable(name: str, device: Any) -> str | None:
+    """Why `name` on `device` cannot run here, or None when it can."""
     if name == "cupy":
-        import array_api_compat.cupy as xp
+        return None if _cupy_usable() else "no usable CuPy"
+    module = {"array-api-strict": "array_api_strict"}.get(name, name)
+    if importlib.util.find_spec(module) is None:
+        return f"{name} is not installed"
+    if device == "cuda" and not _torch_cuda():
+        return "no CUDA device"
+    return None
 
-        return Backend(name, xp)
+
+def _make(name: str, device: Any) -> Backend:
+    """The `Backend` of library `name` (from ncgeom's `BACKENDS`) on `device`."""
+    xp = backend_namespace(name)  # JAX: float64 mode, as the tests need float64
+    if name == "array-api-strict" and device is not None:
+        device = xp.Device(device)
     if name == "jax":
         import jax
 
-        # float64 arrays need x64 mode; without it JAX silently makes float32.
-        jax.config.update("jax_enable_x64", True)
-        import jax.numpy as xp
-
-        return Backend(name, xp, jax.devices("cpu")[0])
-    raise ValueError(name)
+        device = jax.devices(device)[0]
+    return Backend(name, xp, device)
 
 
-BACKENDS = [
-    pytest.param("numpy"),
-    pytest.param("array_api_strict"),
-    pytest.param("array_api_strict_device1"),
-    pytest.param(
-        "torch",
-        marks=pytest.mark.skipif(
-            importlib.util.find_spec("torch") is None, reason="torch is not installed"
-        ),
-    ),
-    pytest.param(
-        "jax",
-        marks=pytest.mark.skipif(
-            importlib.util.find_spec("jax") is None, reason="jax is not installed"
-        ),
-    ),
-    pytest.param(
-        "torch_cuda",
-        marks=[pytest.mark.gpu, pytest.mark.skipif(not _torch_cuda(), reason="no CUDA device")],
-    ),
-    pytest.param(
-        "cupy",
-        marks=[pytest.mark.gpu, pytest.mark.skipif(not _cupy_usable(), reason="no usable CuPy")],
-    ),
-]
+#: The devices the tests put each library's arrays on: the default one, a
+#: second array-api-strict device (results must stay on the input's device),
+#: and the GPUs where present.
+DEVICES = {
+    "numpy": [None],
+    "array-api-strict": [None, "device1"],
+    "torch": ["cpu", "cuda"],
+    "jax": ["cpu"],
+    "cupy": [None],
+}
+_GPU = {("torch", "cuda"), ("cupy", None)}
 
 
-@pytest.fixture(params=BACKENDS)
+def _param(name: str, device: Any) -> Any:
+    """One fixture case; its id ("torch_cuda", "array_api_strict_device1", ...)
+    names the library, and the device where it is not the first one."""
+    ident = name.replace("-", "_")
+    if device is not None and device != DEVICES[name][0]:
+        ident += f"_{device}"
+    marks = [pytest.mark.gpu] if (name, device) in _GPU else []
+    reason = _usable(name, device)
+    if reason is not None:
+        marks.append(pytest.mark.skip(reason=reason))
+    return pytest.param((name, device), id=ident, marks=marks)
+
+
+BACKEND_CASES = [_param(name, device) for name in BACKENDS for device in DEVICES[name]]
+
+
+@pytest.fixture(params=BACKEND_CASES)
 def backend(request: pytest.FixtureRequest) -> Backend:
     """Each array library (and device) the core must support."""
-    return _make(request.param)
+    return _make(*request.param)
 
 
 # JAX runs the core op by op, compiling every new operation and shape on first use:

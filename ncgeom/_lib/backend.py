@@ -38,18 +38,24 @@ __all__ = [
 
 Array = Any
 
-#: The array libraries the command line and the benchmarks offer, by name.
-BACKENDS = ("numpy", "torch", "cupy", "array-api-strict")
+#: The array libraries ncgeom supports, by name: the choices of the command
+#: line's ``--backend``, the libraries the benchmarks time and the test suite's
+#: ``backend`` fixture.
+BACKENDS = ("numpy", "array-api-strict", "torch", "jax", "cupy")
 _BACKEND_MODULES = {
     "numpy": "array_api_compat.numpy",
-    "torch": "array_api_compat.torch",
-    "cupy": "array_api_compat.cupy",
     "array-api-strict": "array_api_strict",
+    "torch": "array_api_compat.torch",
+    "jax": "jax.numpy",
+    "cupy": "array_api_compat.cupy",
 }
 
 
 def backend_namespace(name: str) -> ModuleType:
     """The array-API namespace of the library called `name` (one of `BACKENDS`).
+
+    For ``"jax"`` this turns on JAX's float64 mode (``jax_enable_x64``) for the
+    process: without it JAX makes float32 arrays where float64 is asked for.
 
     Raises
     ------
@@ -61,6 +67,10 @@ def backend_namespace(name: str) -> ModuleType:
     if name not in _BACKEND_MODULES:
         msg = f"`backend` must be one of {BACKENDS}; got {name!r}"
         raise ValueError(msg)
+    if name == "jax":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
     return importlib.import_module(_BACKEND_MODULES[name])
 
 
