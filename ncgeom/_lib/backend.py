@@ -265,6 +265,7 @@ def has_native_segment_sum(xp: ModuleType) -> bool:
         compat.is_torch_namespace(xp)
         or compat.is_numpy_namespace(xp)
         or compat.is_cupy_namespace(xp)
+        or compat.is_jax_namespace(xp)
     )
 
 
@@ -286,6 +287,10 @@ def segment_sum(values: Array, labels: Array, num_segments: int, xp: ModuleType)
         out = cupy.zeros(shape, dtype=values.dtype)
         cupy.add.at(out, labels, values)
         return out
+    if compat.is_jax_namespace(xp):
+        import jax
+
+        return jax.ops.segment_sum(values, labels, num_segments=num_segments)
     return _generic_segment_sum(values, labels, num_segments, xp)
 
 
