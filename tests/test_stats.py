@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import array_api_compat
 import numpy as np
 import pytest
 import torch
@@ -11,6 +12,12 @@ import torch
 from ncgeom import ClassStats, merge_stats, metrics, nc_report
 
 import reference as ref
+
+
+def _assert_on(value, like) -> None:
+    """`value` lives in the namespace and on the device of the input `like`."""
+    assert array_api_compat.array_namespace(value) is array_api_compat.array_namespace(like)
+    assert str(array_api_compat.device(value)) == str(array_api_compat.device(like))
 
 
 def _near_collapse(rng, n=4000, d=32, k=6, spread=1e-4):
@@ -58,16 +65,22 @@ def test_raw_second_moments_would_fail_here():
     assert abs(np.trace(raw) - np.trace(exact)) > 0.1 * np.trace(exact)
 
 
-def test_half_precision_accumulates_in_float32():
+def test_half_precision_accumulates_in_float32(backend):
+    if not hasattr(backend.xp, "float16"):
+        pytest.skip(f"{backend.name} has no float16")
     rng = np.random.default_rng(1)
-    x = torch.tensor(rng.normal(size=(64, 4)), dtype=torch.float16)
-    y = torch.tensor(rng.integers(0, 3, 64))
-    stats = ClassStats.from_features(x, y, 3)
-    assert stats.dtype == torch.float32
-    want = ref.means(x.double().numpy(), y.numpy(), 3)
-    np.testing.assert_allclose(stats.means.numpy(), want, rtol=1e-6, atol=1e-6)
-    bf = ClassStats.from_features(x.to(torch.bfloat16), y, 3)
-    assert bf.dtype == torch.float32
+    x16 = rng.normal(size=(64, 4)).astype(np.float16)
+    y = rng.integers(0, 3, 64)
+    xb, yb = backend.asarray(x16), backend.asarray(y)
+    stats = ClassStats.from_features(xb, yb, 3)
+    assert stats.dtype == backend.xp.float32
+    _assert_on(stats.means, xb)
+    want = ref.means(x16.astype(np.float64), y, 3)
+    # float16 inputs are exact in float32; the sums in float32 leave ~1e-7 relative.
+    np.testing.assert_allclose(backend.to_numpy(stats.means), want, rtol=1e-6, atol=1e-6)
+    if backend.name.startswith("torch"):
+        bf = ClassStats.from_features(xb.to(torch.bfloat16), yb, 3)
+        assert bf.dtype == torch.float32
 
 
 def test_update_keeps_namespace_and_returns_new_objects(backend):
@@ -81,15 +94,34 @@ def test_update_keeps_namespace_and_returns_new_objects(backend):
     assert type(after.sums) is type(backend.asarray(x))
 
 
-def test_empty_batch_leaves_stats_unchanged():
-    stats = ClassStats.from_features(np.eye(3), np.arange(3), 3)
-    assert stats.update(np.zeros((0, 3)), np.zeros(0, dtype=np.int64)) is stats
+def test_empty_batch_leaves_stats_unchanged(backend):
+    stats = ClassStats.from_features(backend.asarray(np.eye(3)), backend.asarray(np.arange(3)), 3)
+    empty_x, empty_y = backend.asarray(np.zeros((0, 3))), backend.asarray(np.zeros(0, np.int64))
+    assert stats.update(empty_x, empty_y) is stats
 
 
-def test_merge_promotes_dtype_and_checks_compatibility():
+def test_merge_promotes_dtype_and_keeps_the_values(backend):
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(40, 3)), rng.integers(0, 3, 40)
+    x[:20] = x[:20].astype(np.float32)  # exact in both precisions
+    a = ClassStats.from_features(
+        backend.asarray(x[:20].astype(np.float32)), backend.asarray(y[:20]), 3
+    )
+    b = ClassStats.from_features(backend.asarray(x[20:]), backend.asarray(y[20:]), 3)
+    merged = a.merge(b)
+    assert merged.dtype == backend.xp.float64
+    _assert_on(merged.means, backend.asarray(x))
+    np.testing.assert_array_equal(backend.to_numpy(merged.counts), np.bincount(y, minlength=3))
+    # The float32 half's sums carry float32 rounding (~1e-7 relative).
+    np.testing.assert_allclose(backend.to_numpy(merged.means), ref.means(x, y, 3), rtol=1e-6)
+    np.testing.assert_allclose(
+        backend.to_numpy(merged.within_covariance()), ref.within_covariance(x, y, 3), rtol=1e-5
+    )
+
+
+def test_merge_checks_compatibility():
     a = ClassStats.from_features(np.eye(2, dtype=np.float32), np.arange(2), 2)
     b = ClassStats.from_features(np.eye(2), np.arange(2), 2)
-    assert a.merge(b).dtype == np.float64
     with pytest.raises(ValueError, match="different shape: `self` has 2 classes x 2 dims"):
         a.merge(ClassStats.from_features(np.eye(3), np.arange(3), 3))
     with pytest.raises(ValueError, match="with and without a Gram: `other`"):
@@ -165,24 +197,27 @@ def test_bad_input_is_named(features, labels, k, error, match):
         ClassStats.from_features(features, labels, k)
 
 
-def test_non_finite_rows_are_counted_and_located():
+def test_non_finite_rows_are_counted_and_located(backend):
     x = np.ones((6, 2))
     x[3, 1] = np.nan
     x[5, 0] = np.inf
     y = np.array([0, 1, 0, 1, 0, 1])
+    xb, yb = backend.asarray(x), backend.asarray(y)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the error alone, no NumPy warning first
         with pytest.raises(ValueError, match=r"2 row\(s\) hold NaN or Inf, the first is row 3"):
-            ClassStats.from_features(x, y, 2)
-        stats = ClassStats.from_features(np.zeros((2, 2)), np.array([0, 1]), 2)
-        for start in (ClassStats.empty(2, 2), stats):
+            ClassStats.from_features(xb, yb, 2)
+        zeros = backend.asarray(np.zeros((2, 2)))
+        stats = ClassStats.from_features(zeros, backend.asarray(np.array([0, 1])), 2)
+        empty = ClassStats.empty(2, 2, xp=backend.xp, device=backend.device)
+        for start in (empty, stats):
             with pytest.raises(ValueError, match=r"2 row.*the first is row 3"):
-                start.update(x, y)
+                start.update(xb, yb)
         with pytest.raises(ValueError, match=r"2 row.*the first is row 3"):
-            nc_report((x, y))
+            nc_report((xb, yb))
     with np.errstate(invalid="ignore"):
-        skipped = ClassStats.from_features(x, y, 2, check_finite=False)
-    assert np.isnan(skipped.means[1, 1])  # the scan was skipped; NaN propagates
+        skipped = ClassStats.from_features(xb, yb, 2, check_finite=False)
+    assert np.isnan(backend.to_numpy(skipped.means)[1, 1])  # the scan was skipped; NaN propagates
 
 
 def test_mixed_namespaces_and_devices_are_refused():
