@@ -92,31 +92,45 @@ def _dim(counts, lw, lh, extra) -> int:
     return max(1, int(_alive_exact(counts, lw, lh).sum())) + extra
 
 
+def _optimum(backend, counts, lw, lh, **kwargs) -> UFMOptimum:
+    """The optimum computed on the backend's namespace and device."""
+    return ufm_relu_optimum(counts, lw, lh, xp=backend.xp, device=backend.device, **kwargs)
+
+
+def _host(backend, value) -> np.ndarray:
+    """`value` as NumPy, after checking it lives on the backend and its device."""
+    assert compat.array_namespace(value) is backend.xp
+    assert str(compat.device(value)) == str(_device_of(backend))
+    return backend.to_numpy(value)
+
+
 # ---------------------------------------------------------------------------
 # published values
 
 
 @pytest.mark.parametrize(("counts", "lw", "lh", "margins", "sq_norms", "f_star"), VECTORS)
-def test_published_vectors(counts, lw, lh, margins, sq_norms, f_star):
-    opt = ufm_relu_optimum(counts, lw, lh)
-    np.testing.assert_allclose(opt.margins, margins, rtol=0, atol=1e-10)
-    np.testing.assert_allclose(opt.feature_norms**2, sq_norms, rtol=0, atol=1e-10)
-    assert abs(float(opt.objective) - f_star) <= 1e-10
-    assert opt.alive.tolist() == [m > 0 for m in margins]
+def test_published_vectors(backend, counts, lw, lh, margins, sq_norms, f_star):
+    opt = _optimum(backend, counts, lw, lh)
+    np.testing.assert_allclose(_host(backend, opt.margins), margins, rtol=0, atol=1e-10)
+    norms = _host(backend, opt.feature_norms)
+    np.testing.assert_allclose(norms**2, sq_norms, rtol=0, atol=1e-10)
+    assert abs(float(_host(backend, opt.objective)) - f_star) <= 1e-10
+    assert _host(backend, opt.alive).tolist() == [m > 0 for m in margins]
 
 
-def test_balanced_case_is_simplex_etf():
-    opt = ufm_relu_optimum([7, 7, 7, 7], 1e-3, 2e-3)
-    w = opt.classifier()
+def test_balanced_case_is_simplex_etf(backend):
+    opt = _optimum(backend, [7, 7, 7, 7], 1e-3, 2e-3)
+    w = _host(backend, opt.classifier())
     gram = w @ w.T
     k = 4
     etf = (np.eye(k) - 1.0 / k) * gram[0, 0] * k / (k - 1)
     np.testing.assert_allclose(gram, etf, rtol=1e-12, atol=1e-12)
-    h = opt.means()
-    np.testing.assert_allclose(h @ h.T, np.eye(k) * opt.feature_norms[0] ** 2, rtol=1e-12)
+    h = _host(backend, opt.means())
+    norm = _host(backend, opt.feature_norms)[0]
+    np.testing.assert_allclose(h @ h.T, np.eye(k) * norm**2, rtol=1e-12)
 
 
-def test_margin_near_threshold_is_accurate():
+def test_margin_near_threshold_is_accurate(backend):
     mpmath = pytest.importorskip("mpmath")
     mpmath.mp.dps = 50
     counts = [1000, 500, 30]
@@ -124,7 +138,7 @@ def test_margin_near_threshold_is_accurate():
     # lambda_W * lambda_H a hair below class 2's limit: its margin is tiny.
     product = 30 * (k - 1) / (k * n * n) * (1 - 1e-9)
     lw = lh = math.sqrt(product)
-    opt = ufm_relu_optimum(counts, lw, lh)
+    margins = _host(backend, _optimum(backend, counts, lw, lh).margins)
     for i, c in enumerate(counts):
         ratio = (
             mpmath.mpf(n)
@@ -132,8 +146,8 @@ def test_margin_near_threshold_is_accurate():
             / mpmath.sqrt(c)
         )
         exact = mpmath.log((k - 1) * (1 / ratio - 1))
-        assert abs(float(opt.margins[i]) - float(exact)) <= 1e-12 * float(exact)
-    assert 0 < opt.margins[2] < 1e-8
+        assert abs(float(margins[i]) - float(exact)) <= 1e-12 * float(exact)
+    assert 0 < margins[2] < 1e-8
 
 
 # ---------------------------------------------------------------------------
@@ -179,29 +193,46 @@ def test_kkt_full_problem(config):
     np.testing.assert_allclose(lw * np.sum(w * w), lh * np.sum(h * h), rtol=1e-12, atol=1e-300)
 
 
-def test_minority_collapse_structure():
-    opt = ufm_relu_optimum([30, 20, 3, 1], 2e-2, 2e-2)
-    w, h = opt.classifier(), opt.means()
+def test_kkt_on_every_backend(backend):
+    # The fixed examples of the properties above, computed on each backend.
+    for counts, lw, lh, extra in (([30, 20, 3, 1], 2e-2, 2e-2, 1), ([989, 11], 0.011, 5e-4, 0)):
+        opt = _optimum(backend, counts, lw, lh, dim=_dim(counts, lw, lh, extra))
+        w, means = _host(backend, opt.classifier()), _host(backend, opt.means())
+        labels = np.repeat(np.arange(len(counts)), counts)
+        h = means[labels]
+        g = _grad_logits(h @ w.T, labels) / len(labels)
+        data_w, decay_w = g.T @ h, lw * w
+        data_h, decay_h = g @ w, lh * h
+        scale_w = max(np.abs(data_w).max(), np.abs(decay_w).max())
+        scale_h = max(np.abs(data_h).max(), np.abs(decay_h).max())
+        _check_kkt(w, h, data_w + decay_w, data_h + decay_h, scale_w, scale_h)
+
+
+def test_minority_collapse_structure(backend):
+    opt = _optimum(backend, [30, 20, 3, 1], 2e-2, 2e-2)
+    w, h = _host(backend, opt.classifier()), _host(backend, opt.means())
     assert opt.num_alive == 3
     assert np.all(h[3] == 0)
-    assert np.isnan(opt.cosines[3])
+    assert np.isnan(_host(backend, opt.cosines)[3])
     # The collapsed class's classifier row points away from every alive mean.
     assert np.all(w[3] <= 0) and np.any(w[3] < 0)
 
 
-def test_global_collapse():
+def test_global_collapse(backend):
     counts = [5, 3, 2]
     lw = lh = 1.0  # n_crit = 10^2 * 1 * 3/2 = 150 > every count
-    opt = ufm_relu_optimum(counts, lw, lh)
+    opt = _optimum(backend, counts, lw, lh)
     assert opt.num_alive == 0
-    assert not opt.alive.any()
-    assert np.all(opt.margins == 0) and np.all(opt.feature_norms == 0)
-    assert np.all(opt.classifier_norms == 0)
-    assert np.all(np.isnan(opt.cosines))
-    assert abs(float(opt.objective) - math.log(3)) <= 1e-15
-    assert np.all(opt.means() == 0) and np.all(opt.classifier() == 0)
+    assert not _host(backend, opt.alive).any()
+    assert np.all(_host(backend, opt.margins) == 0)
+    assert np.all(_host(backend, opt.feature_norms) == 0)
+    assert np.all(_host(backend, opt.classifier_norms) == 0)
+    assert np.all(np.isnan(_host(backend, opt.cosines)))
+    assert abs(float(_host(backend, opt.objective)) - math.log(3)) <= 1e-15
+    w, means = _host(backend, opt.classifier()), _host(backend, opt.means())
+    assert np.all(means == 0) and np.all(w == 0)
     labels = np.repeat(np.arange(3), counts)
-    assert _full_objective(opt.classifier(), opt.means()[labels], labels, lw, lh) == pytest.approx(
+    assert _full_objective(w, means[labels], labels, lw, lh) == pytest.approx(
         math.log(3), rel=1e-15
     )
 
@@ -258,16 +289,17 @@ def test_counts_in_any_order(config, rnd):
     assert float(perm.objective) == pytest.approx(float(opt.objective), rel=1e-14)
 
 
-def test_dim_between_alive_and_classes():
-    opt = ufm_relu_optimum([30, 20, 3, 1], 2e-2, 2e-2, dim=3)
-    h = opt.means()
+def test_dim_between_alive_and_classes(backend):
+    opt = _optimum(backend, [30, 20, 3, 1], 2e-2, 2e-2, dim=3)
+    h = _host(backend, opt.means())
     assert h.shape == (4, 3)
-    np.testing.assert_allclose(np.linalg.norm(h, axis=1), opt.feature_norms, rtol=1e-15)
-    np.testing.assert_allclose(h @ h.T, opt.feature_gram(), atol=1e-15)
+    norms = _host(backend, opt.feature_norms)
+    np.testing.assert_allclose(np.linalg.norm(h, axis=1), norms, rtol=1e-15)
+    np.testing.assert_allclose(h @ h.T, _host(backend, opt.feature_gram()), atol=1e-15)
 
 
-def test_to_dict_is_plain_python():
-    d = ufm_relu_optimum([30, 20, 3, 1], 2e-2, 2e-2).to_dict()
+def test_to_dict_is_plain_python(backend):
+    d = _optimum(backend, [30, 20, 3, 1], 2e-2, 2e-2).to_dict()
     assert d["counts"] == [30, 20, 3, 1]
     assert d["alive"] == [True, True, True, False]
     assert all(type(v) is float for v in d["margins"])
@@ -303,42 +335,45 @@ def test_alive_iff_above_collapse_threshold(config):
     np.testing.assert_allclose(limits, np.asarray(counts) * (k - 1) / (k * n * n), rtol=1e-15)
 
 
-def test_class_exactly_at_threshold_collapses():
+def test_class_exactly_at_threshold_collapses(backend):
     # N = 8, K = 2, lambda_W lambda_H = 1/64: n_crit = 64 / 64 * 2 = 2 exactly.
-    opt = ufm_relu_optimum([6, 2], 0.125, 0.125)
+    opt = _optimum(backend, [6, 2], 0.125, 0.125)
     assert opt.collapse_count == 2.0
-    assert opt.alive.tolist() == [True, False]
-    assert opt.margins[1] == 0.0 and opt.feature_norms[1] == 0.0
+    assert _host(backend, opt.alive).tolist() == [True, False]
+    assert _host(backend, opt.margins)[1] == 0.0 and _host(backend, opt.feature_norms)[1] == 0.0
 
 
-def test_threshold_decided_exactly_where_float_comparison_is_wrong():
+def test_threshold_decided_exactly_where_float_comparison_is_wrong(backend):
     # In float64, n_crit = 1000^2 * 0.011 * 5e-4 * 2 rounds to exactly 11.0, so a
     # float test would collapse the class of 11. The binary values of the lambdas
     # put the true threshold just below 11: the class survives, barely.
     counts = [989, 11]
-    opt = ufm_relu_optimum(counts, 0.011, 5e-4)
+    opt = _optimum(backend, counts, 0.011, 5e-4)
     assert opt.collapse_count == 11.0
     assert _alive_exact(counts, 0.011, 5e-4).tolist() == [True, True]
-    assert opt.alive.tolist() == [True, True]
-    assert 0 < opt.margins[1] < 1e-15
-    assert min_samples_to_survive([989, 1], 1, 0.011, 5e-4) == 11
+    assert _host(backend, opt.alive).tolist() == [True, True]
+    assert 0 < _host(backend, opt.margins)[1] < 1e-15
+    on_backend = backend.asarray(np.array([989, 1]))
+    assert min_samples_to_survive(on_backend, 1, 0.011, 5e-4) == 11
 
 
-def test_threshold_decided_exactly_where_floats_tie():
+def test_threshold_decided_exactly_where_floats_tie(backend):
     # n_crit = 8000^2 * 5e-3 * 1e-3 * 5/4 = 400 in decimal; the binary values of
     # the lambdas decide which side class 4 falls on.
     counts = [5000, 2000, 500, 100, 400]
-    opt = ufm_relu_optimum(counts, 5e-3, 1e-3)
-    np.testing.assert_array_equal(opt.alive, _alive_exact(counts, 5e-3, 1e-3))
+    opt = _optimum(backend, counts, 5e-3, 1e-3)
+    np.testing.assert_array_equal(_host(backend, opt.alive), _alive_exact(counts, 5e-3, 1e-3))
 
 
-@pytest.mark.parametrize("i", [0, 2, 3])
-def test_critical_regularization_separates_alive_and_collapsed(i):
+def test_critical_regularization_separates_alive_and_collapsed(backend):
     counts = [30, 20, 3, 1]
-    limit = float(critical_regularization(counts)[i])
-    below = ufm_relu_optimum(counts, math.sqrt(limit * 0.999), math.sqrt(limit * 0.999))
-    above = ufm_relu_optimum(counts, math.sqrt(limit * 1.001), math.sqrt(limit * 1.001))
-    assert bool(below.alive[i]) and not bool(above.alive[i])
+    limits = _host(backend, critical_regularization(counts, xp=backend.xp, device=backend.device))
+    np.testing.assert_allclose(limits, critical_regularization(counts), rtol=1e-15)
+    for i in (0, 2, 3):
+        limit = float(limits[i])
+        below = _optimum(backend, counts, math.sqrt(limit * 0.999), math.sqrt(limit * 0.999))
+        above = _optimum(backend, counts, math.sqrt(limit * 1.001), math.sqrt(limit * 1.001))
+        assert bool(_host(backend, below.alive)[i]) and not bool(_host(backend, above.alive)[i])
 
 
 def _brute_force_survival(counts, k, lw, lh):
@@ -381,11 +416,12 @@ def test_min_samples_to_survive_matches_brute_force(counts, log_w, log_h, data):
             assert not bool(ufm_relu_optimum(changed, lw, lh).alive[k])
 
 
-def test_min_samples_to_survive_impossible_and_exact_tie():
+def test_min_samples_to_survive_impossible_and_exact_tie(backend):
     # The other classes alone (1000 samples) are too many at this decay.
-    assert min_samples_to_survive([1000, 1], 1, 0.1, 0.1) is None
+    assert min_samples_to_survive(backend.asarray(np.array([1000, 1])), 1, 0.1, 0.1) is None
     # N = 8000 at m = 400 sits at the threshold in decimal arithmetic.
-    got = min_samples_to_survive([5000, 2000, 500, 100, 20], 4, 5e-3, 1e-3)
+    counts = backend.asarray(np.array([5000, 2000, 500, 100, 20]))
+    got = min_samples_to_survive(counts, 4, 5e-3, 1e-3)
     assert got == _brute_force_survival([5000, 2000, 500, 100, 20], 4, 5e-3, 1e-3)
     assert got in (400, 401)
 
@@ -511,7 +547,7 @@ def test_bad_dtype_and_namespace():
 def test_bad_class_index():
     with pytest.raises(ValueError, match=r"`k` must lie in \[0, 2\); got 2"):
         min_samples_to_survive([5, 3], 2, 1e-3, 1e-3)
-    with pytest.raises(TypeError, match=r"`k` must be an integer class index; got 0\.5"):
+    with pytest.raises(TypeError, match=r"`k` must be an integer; got 0\.5"):
         min_samples_to_survive([5, 3], 0.5, 1e-3, 1e-3)
 
 
@@ -548,12 +584,13 @@ def test_out_of_range_counts_never_wrap(counts, match):
             call()
 
 
-def test_largest_counts_are_exact():
+def test_largest_counts_are_exact(backend):
     big = 2**62
-    opt = ufm_relu_optimum([big, big - 1], 1e-40, 1e-40)
+    opt = _optimum(backend, [big, big - 1], 1e-40, 1e-40)
     assert opt.num_samples == 2**63 - 1  # no int64 wrap
     assert opt.to_dict()["counts"] == [big, big - 1]
-    assert bool(opt.alive.all()) and math.isfinite(float(opt.objective))
+    assert _host(backend, opt.counts).tolist() == [big, big - 1]
+    assert _host(backend, opt.alive).all() and math.isfinite(float(_host(backend, opt.objective)))
     assert min_samples_to_survive([big, 5], 1, 1e-40, 1e-40) is not None
     uint = np.array([3, 2**40], dtype=np.uint64)
     assert ufm_relu_optimum(uint, 1e-3, 1e-3).counts.tolist() == [3, 2**40]
