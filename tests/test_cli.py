@@ -9,6 +9,7 @@ import json
 import re
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -300,7 +301,7 @@ def test_unwritable_folder_is_reported(tmp_path, monkeypatch, capsys):
     def refuse(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(cli_module.tempfile, "NamedTemporaryFile", refuse)
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", refuse)
     assert main([*THEORY, "--plot", str(tmp_path / "fig.png")]) == 2
     err = capsys.readouterr().err
     assert "`--plot` must be writable; cannot create a file in" in err

@@ -27,7 +27,7 @@ NAMES = (
     "classifier",
     "bias",
     "chunk_size",
-    "chunk_rows",
+    "block_rows",
     "global_mean",
     "source",
     "means",
@@ -117,7 +117,7 @@ def test_report_and_statistics(budget: int) -> None:
                 assert int(stats.counts.sum()) == len(y)
                 for metric in (metrics.cdnv, metrics.etf_error, metrics.orthogonality_error):
                     value = expect_result_or_named_error(
-                        lambda m=metric: m(stats, chunk_rows=chunk), NAMES
+                        lambda m=metric: m(stats, block_rows=chunk), NAMES
                     )
                     if value is not None and not math.isnan(float(value)):
                         assert float(value) >= 0

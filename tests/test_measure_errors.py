@@ -61,12 +61,12 @@ def test_nan_with_the_scan_skipped_is_named_not_a_linalg_error():
     [metrics.cdnv, metrics.etf_error, metrics.equiangularity, metrics.orthogonality_error],
 )
 @pytest.mark.parametrize("rows", [-1, 0, 1.5, True])
-def test_bad_chunk_rows_is_named(metric, rows):
+def test_bad_block_rows_is_named(metric, rows):
     x, y = _data()
     stats = ClassStats.from_features(x, y, 3)
     error = TypeError if isinstance(rows, (bool, float)) else ValueError
-    with pytest.raises(error, match=r"`chunk_rows`"):
-        metric(stats, chunk_rows=rows)
+    with pytest.raises(error, match=r"`block_rows`"):
+        metric(stats, block_rows=rows)
 
 
 @pytest.mark.parametrize("where", ["features", "classifier", "means", "bias"])

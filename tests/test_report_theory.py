@@ -89,7 +89,7 @@ def test_theory_without_classifier_and_with_empty_class():
 
 def test_theory_must_match_the_classes():
     x, y, _, _, _ = _instance()
-    with pytest.raises(ValueError, match="`theory` has 3 classes and the features 4"):
+    with pytest.raises(ValueError, match="`theory` describes 3 classes but the features have 4"):
         nc_report((x, y), theory=ufm_relu_optimum([5, 5, 5], LW, LH))
     with pytest.raises(TypeError, match="`theory` must be a UFMOptimum"):
         nc_report((x, y), theory=[1.0, 2.0, 3.0, 4.0])

@@ -177,21 +177,60 @@ def test_zero_on_own_optimum(config):
     np.testing.assert_allclose(cmp.predicted, opt.feature_norms, rtol=1e-13)
 
 
-def test_explicit_margins_are_scale_free():
+def test_zero_on_own_optimum_on_every_backend(backend):
+    # A fixed example of the property above, on each backend: minority collapse.
+    counts, lw, lh = [30, 20, 3, 1], 2e-2, 5e-3
+    opt = ufm_relu_optimum(counts, lw, lh, xp=backend.xp, device=backend.device)
+    assert opt.num_alive == 3
+    host = ufm_relu_optimum(counts, lw, lh)
+    w, means = opt.classifier(), opt.means()
+    n = np.asarray(counts, dtype=np.float64)
+    errors = [
+        gof_error(means, opt),
+        classifier_gram_error(w, opt),
+        logit_structure_error(w, means, opt),
+        gof_error(means, host.margins, counts=n),
+        classifier_gram_error(w, host.margins, counts=n),
+    ]
+    for value in errors:
+        _assert_on_backend(value, backend, means)
+        assert float(backend.to_numpy(value)) <= 1e-13
+    for against in ("max", "mean"):
+        cmp = margin_comparison(w, means, opt, against=against)
+        _assert_on_backend(cmp.measured, backend, means)
+        np.testing.assert_allclose(
+            backend.to_numpy(cmp.measured), host.margins, rtol=1e-12, atol=1e-12
+        )
+    cmp = norm_comparison(means, opt)
+    _assert_on_backend(cmp.measured, backend, means)
+    np.testing.assert_allclose(
+        backend.to_numpy(cmp.measured), host.feature_norms, rtol=1e-13, atol=1e-15
+    )
+    cmp = norm_comparison(means, host.margins, counts=n, lambda_ratio=lw / lh)
+    np.testing.assert_allclose(backend.to_numpy(cmp.predicted), host.feature_norms, rtol=1e-13)
+
+
+def test_explicit_margins_are_scale_free(backend):
     # Margins under another convention that differ by a constant factor give
     # the same normalised errors.
     w, means, margins, counts = _random_geometry(seed=3)
+    w, means = backend.asarray(w), backend.asarray(means)
     for scale in (0.5, 7.0):
-        assert classifier_gram_error(w, scale * margins, counts=counts) == pytest.approx(
-            classifier_gram_error(w, margins, counts=counts), rel=1e-13
-        )
-        assert logit_structure_error(w, means, scale * margins) == pytest.approx(
-            logit_structure_error(w, means, margins), rel=1e-13
-        )
+        for error, args in (
+            (classifier_gram_error, (w,)),
+            (logit_structure_error, (w, means)),
+        ):
+            kwargs = {"counts": counts} if error is classifier_gram_error else {}
+            scaled = error(*args, scale * margins, **kwargs)
+            _assert_on_backend(scaled, backend, w)
+            assert float(backend.to_numpy(scaled)) == pytest.approx(
+                float(backend.to_numpy(error(*args, margins, **kwargs))), rel=1e-13
+            )
 
 
-def test_blocked_equals_one_shot(monkeypatch):
+def test_blocked_equals_one_shot(backend, monkeypatch):
     w, means, margins, counts = _random_geometry(k=9, d=4, seed=5)
+    w, means = backend.asarray(w), backend.asarray(means)
     one_shot = [
         gof_error(means, margins, counts=counts),
         classifier_gram_error(w, margins, counts=counts),
@@ -206,14 +245,17 @@ def test_blocked_equals_one_shot(monkeypatch):
         margin_comparison(w, means, margins).measured,
     ]
     for a, b in zip(one_shot, blocked, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-13)
+        _assert_on_backend(b, backend, w)
+        np.testing.assert_allclose(backend.to_numpy(a), backend.to_numpy(b), rtol=1e-13)
 
 
-def test_zero_prediction_gives_nan():
+def test_zero_prediction_gives_nan(backend):
     opt = ufm_relu_optimum([5, 3, 2], 1.0, 1.0)  # global collapse
     w, means, _, _ = _random_geometry(k=3)
-    assert np.isnan(logit_structure_error(w, means, opt))
-    assert np.isnan(gof_error(means, opt))
+    w, means = backend.asarray(w), backend.asarray(means)
+    for value in (logit_structure_error(w, means, opt), gof_error(means, opt)):
+        _assert_on_backend(value, backend, w)
+        assert np.isnan(backend.to_numpy(value))
 
 
 # ---------------------------------------------------------------------------
@@ -227,7 +269,9 @@ def test_bad_inputs():
         gof_error(means[:, 0], opt)
     with pytest.raises(TypeError, match=r"`means` must have a real floating dtype; got int64"):
         gof_error(means.astype(np.int64), opt)
-    with pytest.raises(ValueError, match=r"`predicted` describes 4 classes .* 3 rows"):
+    with pytest.raises(
+        ValueError, match=r"`predicted` describes 4 classes but the measured arrays have 3; "
+    ):
         gof_error(means[:3], opt)
     with pytest.raises(ValueError, match=r"`counts` is needed with explicit margins"):
         gof_error(means, margins)
@@ -245,7 +289,7 @@ def test_bad_inputs():
         logit_structure_error(w[:, :3], means, margins)
     with pytest.raises(TypeError, match=r"`classifier` and `means` must have the same dtype"):
         logit_structure_error(w.astype(np.float32), means, margins)
-    with pytest.raises(ValueError, match=r"`against` must be 'max' or 'mean'; got 'min'"):
+    with pytest.raises(ValueError, match=r"`against` must be one of \('max', 'mean'\); got 'min'"):
         margin_comparison(w, means, margins, against="min")
     with pytest.raises(ValueError, match=r"`lambda_ratio` \(lambda_w / lambda_h\) is needed"):
         norm_comparison(means, margins, counts=counts)

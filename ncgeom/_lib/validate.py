@@ -1,31 +1,59 @@
-"""Shared input checks. Every message names the argument and shows the bad value."""
+"""Every input check of ncgeom. Each message names the argument and shows the bad value.
+
+A wrong type (a float where an integer is needed, a list where an array is)
+raises `TypeError`; a wrong value, shape or range raises `ValueError`.
+"""
 
 from __future__ import annotations
 
 import math
 import numbers
+import os
+import tempfile
+from collections.abc import Collection, Sequence
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from .backend import is_host_data, to_host
+from .backend import (
+    array_device,
+    backend_name,
+    detach,
+    is_host_data,
+    like,
+    namespace,
+    on_host,
+    to_host,
+)
 
+#: The checks for plugins and applications, re-exported by `ncgeom.checks`; the
+#: others serve ncgeom's own modules.
 __all__ = [
     "check_batch",
     "check_bias_decay",
+    "check_choice",
     "check_columns",
     "check_counts",
     "check_device",
     "check_features",
+    "check_finite",
+    "check_flag",
     "check_float_dtype",
+    "check_index",
+    "check_instance",
+    "check_int_at_least",
     "check_integer",
     "check_labels",
     "check_nonnegative",
     "check_num_classes",
+    "check_output_dir",
+    "check_output_file",
     "check_positive",
     "check_positive_int",
     "check_real",
+    "check_seed",
     "check_weight_decay",
 ]
 
@@ -341,4 +369,432 @@ def check_device(xp: ModuleType, device: Any, dtype: Any = None) -> None:
         text = str(error).strip()
         first = text.splitlines()[0] if text else type(error).__name__
         msg = f"`device` must be a device of {xp.__name__} usable here; got {device!r} ({first})"
+        raise ValueError(msg) from None
+
+
+# ---------------------------------------------------------------------------
+# scalars and options
+
+
+def check_int_at_least(value: Any, name: str, low: int) -> int:
+    """An integer (TypeError otherwise) >= `low` (ValueError otherwise)."""
+    number = check_integer(value, name)
+    _require(number >= low, name, f"an integer >= {low}", repr(value))
+    return number
+
+
+def check_index(value: Any, name: str, size: int) -> int:
+    """An integer (TypeError otherwise) in ``[0, size)`` (ValueError otherwise)."""
+    number = check_integer(value, name)
+    if not 0 <= number < size:
+        msg = f"`{name}` must lie in [0, {size}); got {number}"
+        raise ValueError(msg)
+    return number
+
+
+def check_flag(value: Any, name: str) -> bool:
+    """True or False (a NumPy bool too), else a TypeError."""
+    if not isinstance(value, (bool, np.bool_)):
+        msg = f"`{name}` must be True or False; got {value!r}"
+        raise TypeError(msg)
+    return bool(value)
+
+
+def check_choice(value: Any, name: str, choices: Collection[Any]) -> Any:
+    """One of `choices`, else a ValueError listing them."""
+    if value not in choices:
+        msg = f"`{name}` must be one of {tuple(choices)}; got {value!r}"
+        raise ValueError(msg)
+    return value
+
+
+def check_seed(seed: Any) -> int | np.random.Generator | None:
+    """A seed of NumPy's generator: None, a Generator, or an integer >= 0."""
+    if seed is None or isinstance(seed, np.random.Generator):
+        return seed
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        msg = f"`seed` must be an int >= 0, a numpy.random.Generator or None; got {seed!r}"
+        raise TypeError(msg)
+    _require(seed >= 0, "seed", ">= 0", str(seed))
+    return int(seed)
+
+
+def check_instance(value: Any, kind: type, name: str, *, what: str = "", advice: str = "") -> Any:
+    """An instance of `kind` (`what` describes it, by default its name), else a
+    TypeError; `advice`, if given, ends the message."""
+    if not isinstance(value, kind):
+        msg = f"`{name}` must be a {what or kind.__name__}; got {type(value).__name__}"
+        raise TypeError(msg + (f"; {advice}" if advice else ""))
+    return value
+
+
+def check_name(value: Any, name: str) -> str:
+    """A non-empty string without surrounding spaces (a registry key), else a TypeError."""
+    if not isinstance(value, str) or not value or value != value.strip():
+        msg = f"`{name}` must be a non-empty string without surrounding spaces; got {value!r}"
+        raise TypeError(msg)
+    return value
+
+
+def check_protocol(value: Any, name: str, protocol: str, members: Sequence[str]) -> None:
+    """`value` has every attribute of `members` (TypeError otherwise); all but the
+    first, a `check_name` string, must be callable."""
+    missing = [member for member in members if not hasattr(value, member)]
+    if missing:
+        msg = (
+            f"`{name}` must implement {protocol} ({', '.join(members)}); "
+            f"{type(value).__name__} lacks {', '.join(missing)}"
+        )
+        raise TypeError(msg)
+    for member in members[1:]:
+        if not callable(getattr(value, member)):
+            msg = (
+                f"`{name}.{member}` must be callable; got {type(getattr(value, member)).__name__}"
+            )
+            raise TypeError(msg)
+    check_name(getattr(value, members[0]), f"{name}.{members[0]}")
+
+
+# ---------------------------------------------------------------------------
+# arrays
+
+
+def check_arrays_given(**arrays: Any) -> None:
+    """A TypeError naming the first required array that is missing (None)."""
+    for name, value in arrays.items():
+        if value is None:
+            msg = f"`{name}` must be an array; got None"
+            raise TypeError(msg)
+
+
+def check_finite(x: Array, name: str, xp: ModuleType) -> None:
+    """Every entry finite (one host read), else a ValueError."""
+    if not bool(to_host(xp.all(xp.isfinite(x)))):
+        msg = f"`{name}` must be finite; it holds NaN or Inf"
+        raise ValueError(msg)
+
+
+def check_bias_shape(bias: Array, num_classes: int) -> None:
+    """A bias vector of shape (K,)."""
+    if tuple(bias.shape) != (num_classes,):
+        msg = f"`bias` must have shape ({num_classes},); got {tuple(bias.shape)}"
+        raise ValueError(msg)
+
+
+def check_bias_vector(bias: Array, num_classes: int, xp: ModuleType) -> None:
+    """A finite bias vector of shape (K,) with a real floating dtype."""
+    check_bias_shape(bias, num_classes)
+    if not xp.isdtype(bias.dtype, "real floating"):
+        msg = f"`bias` must have a real floating dtype; got {bias.dtype}"
+        raise TypeError(msg)
+    check_finite(bias, "bias", xp)
+
+
+def check_bias_free(bias: Any) -> None:
+    """`bias` False or None: the closed form of the optimum has no bias."""
+    if bias is None or bias is False:
+        return
+    msg = (
+        f"`bias` must be False or None; got {bias!r}: the closed form is bias-free, "
+        "use ncgeom.solve.solve_ufm(..., bias=True) for the optimum with a bias"
+    )
+    raise ValueError(msg)
+
+
+def check_optimum_dim(dim: Any, num_alive: int) -> int:
+    """A feature dimension that holds the orthogonal means of `num_alive` classes."""
+    dim = check_integer(dim, "dim")
+    needed = max(1, num_alive)
+    if dim < needed:
+        msg = (
+            f"`dim` must be at least {needed}, the number of alive classes (the "
+            f"optimal means are orthogonal); got {dim}"
+            if num_alive >= 1
+            else f"`dim` must be at least 1; got {dim}"
+        )
+        raise ValueError(msg)
+    return dim
+
+
+def check_class_matrix(x: Array, name: str, xp: ModuleType) -> None:
+    """A real floating (K, d) matrix, one row per class, K >= 2."""
+    check_features(x, xp, name=name, rows="classes")
+    if x.shape[0] < 2:
+        msg = f"`{name}` must have a row for each of at least 2 classes; got {x.shape[0]}"
+        raise ValueError(msg)
+
+
+def check_classifier_and_means(classifier: Array, means: Array, xp: ModuleType) -> None:
+    """Two `check_class_matrix` matrices of one shape and dtype."""
+    check_class_matrix(classifier, "classifier", xp)
+    check_class_matrix(means, "means", xp)
+    if tuple(classifier.shape) != tuple(means.shape):
+        msg = (
+            f"`classifier` and `means` must have the same shape (classes, dim); got "
+            f"{tuple(classifier.shape)} and {tuple(means.shape)}"
+        )
+        raise ValueError(msg)
+    if classifier.dtype != means.dtype:
+        msg = (
+            f"`classifier` and `means` must have the same dtype; got "
+            f"{classifier.dtype} and {means.dtype}"
+        )
+        raise TypeError(msg)
+
+
+def check_classifier_and_rows(
+    classifier: Array, rows: Array, rows_name: str, xp: ModuleType
+) -> tuple[int, Any]:
+    """A finite, non-empty (K, d) classifier and 2-D floating `rows`: K and their
+    common dtype."""
+    check_features(classifier, xp, name="classifier", rows="classes")
+    check_features(rows, xp, name=rows_name)
+    if classifier.shape[0] < 1 or classifier.shape[1] < 1:
+        msg = f"`classifier` must have at least one row and column; got {tuple(classifier.shape)}"
+        raise ValueError(msg)
+    check_finite(classifier, "classifier", xp)
+    return classifier.shape[0], xp.result_type(classifier.dtype, rows.dtype)
+
+
+def check_classifier(
+    classifier: Array, shape: tuple[int, int], dtype: Any, xp: ModuleType, name: str = "classifier"
+) -> Array:
+    """A (K, d) = `shape` floating classifier, detached, cast to at least `dtype`."""
+    got = tuple(classifier.shape)
+    if got != shape:
+        hint = "; it looks transposed (rows must be classes)" if got == shape[::-1] else ""
+        msg = f"`{name}` must have shape (num_classes, dim) = {shape}; got {got}{hint}"
+        raise ValueError(msg)
+    if not xp.isdtype(classifier.dtype, "real floating"):
+        msg = f"`{name}` must have a real floating dtype; got {classifier.dtype}"
+        raise TypeError(msg)
+    return xp.astype(detach(classifier), xp.result_type(classifier.dtype, dtype))
+
+
+def check_stats_classifier(classifier: Array, stats: Any, name: str = "classifier") -> Array:
+    """`check_classifier` against `ClassStats` `stats`: their shape, namespace and device."""
+    xp = namespace(stats=stats.shift, **{name: classifier})
+    return check_classifier(classifier, (stats.num_classes, stats.dim), stats.dtype, xp, name)
+
+
+def check_stream_batch(
+    features: Array, labels: Array, num_classes: int, xp: ModuleType, check_finite: bool
+) -> tuple[Array, Array]:
+    """`check_batch` for the statistics engine: at least one column; framework
+    tensors come back detached.
+
+    On the host, NaN and Inf are found later through the class means (K
+    numbers that they reach) instead of a scan of the features; on a device
+    that would cost a second host read, so the batch check scans first.
+    """
+    scan = check_finite and not on_host(xp, array_device(features))
+    labels = check_batch(features, labels, num_classes, xp, check_finite=scan)
+    if features.shape[1] == 0:
+        msg = f"`features` must have at least one column; got shape {tuple(features.shape)}"
+        raise ValueError(msg)
+    return detach(features), labels
+
+
+def check_placed(value: Array, name: str, xp: ModuleType, device: Any) -> Array:
+    """An array of `xp` on `device` (TypeError for another library, ValueError for
+    another device); host data is the caller's to copy (see `is_host_data`)."""
+    other = namespace(**{name: value})
+    if other is not xp:
+        msg = (
+            f"`{name}` must be host data or a {backend_name(xp)} array like the "
+            f"other arrays; got a {backend_name(other)} array"
+        )
+        raise TypeError(msg)
+    if array_device(value) != device:
+        msg = f"`{name}` must be on device {device}; got {array_device(value)}"
+        raise ValueError(msg)
+    return value
+
+
+def check_class_vector(
+    value: Any,
+    name: str,
+    size: int,
+    xp: ModuleType,
+    device: Any,
+    dtype: Any,
+    *,
+    positive: bool = False,
+    hint: str = "",
+) -> Array:
+    """A per-class vector as an array of `xp` on `device` in `dtype`.
+
+    Host data (a sequence, a NumPy array) is copied there; an array must
+    already be there (`check_placed`). Entries must be real, finite and >= 0
+    (> 0 with `positive`); `hint` follows the name in that message.
+    """
+    if is_host_data(value):
+        arr = xp.asarray(value, device=device)
+    else:
+        arr = check_placed(value, name, xp, device)
+    if arr.ndim != 1 or arr.shape[0] != size:
+        msg = f"`{name}` must have shape ({size},); got {tuple(arr.shape)}"
+        raise ValueError(msg)
+    if not (xp.isdtype(arr.dtype, "real floating") or xp.isdtype(arr.dtype, "integral")):
+        msg = f"`{name}` must hold real numbers; got dtype {arr.dtype}"
+        raise TypeError(msg)
+    arr = arr if arr.dtype == dtype else xp.astype(arr, dtype)
+    host = np.asarray(to_host(arr), dtype=np.float64)
+    ok = np.isfinite(host) & ((host > 0) if positive else (host >= 0))
+    if not ok.all():
+        need = "> 0" if positive else ">= 0"
+        msg = f"`{name}`{hint} must be finite and {need}; got {host.tolist()}"
+        raise ValueError(msg)
+    return arr
+
+
+def check_values_like(value: Any, name: str, reference: Array, xp: ModuleType) -> Array:
+    """`value` in the namespace, device and dtype of `reference`.
+
+    Host data (lists, tuples, NumPy arrays) is copied to the device of
+    `reference` and must be finite numbers; an array must already be there
+    (`check_placed`).
+    """
+    if not is_host_data(value):
+        return xp.astype(check_placed(value, name, xp, array_device(reference)), reference.dtype)
+    try:
+        host = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        msg = f"`{name}` must be a UFMOptimum or a vector of numbers; got {value!r}"
+        raise TypeError(msg) from None
+    if not np.all(np.isfinite(host)):
+        msg = f"`{name}` must be finite; got {host.tolist()}"
+        raise ValueError(msg)
+    return like(host, reference)
+
+
+def check_class_count(found: int, expected: int, name: str, measured: str) -> None:
+    """`name` describes `expected` classes; `measured` says where that number comes from."""
+    if found != expected:
+        msg = (
+            f"`{name}` describes {found} classes but {measured} {expected}; both must "
+            "describe the same classes"
+        )
+        raise ValueError(msg)
+
+
+# ---------------------------------------------------------------------------
+# output paths (command-line options)
+
+
+def check_output_file(
+    path: str | os.PathLike[str],
+    option: str,
+    *,
+    suffixes: Sequence[str] | None = None,
+    default_suffix: str | None = None,
+) -> Path:
+    """The file an option names, checked to be writable before any work starts.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file name given.
+    option : str
+        The option's name for messages, e.g. ``"--plot"``.
+    suffixes : sequence of str, optional
+        Accepted suffixes (lower case, with the dot); any when omitted.
+    default_suffix : str, optional
+        Appended to a name without a suffix (the file really written, as
+        matplotlib does); the returned path includes it.
+
+    Returns
+    -------
+    pathlib.Path
+        The path that will be written.
+
+    Raises
+    ------
+    ValueError
+        If the path is a folder, has a suffix not in `suffixes`, or its
+        folder does not exist or is not writable.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from ncgeom.cli import check_output_file
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     check_output_file(f"{folder}/fig", "--plot", default_suffix=".png").name
+    'fig.png'
+    >>> check_output_file("/", "--plot")
+    Traceback (most recent call last):
+    ...
+    ValueError: `--plot` must name a file, not a folder; got '/'
+    """
+    text = os.fspath(path)
+    target = Path(text)
+    if not text or text.endswith(("/", os.sep)) or target.is_dir():
+        msg = f"`{option}` must name a file, not a folder; got {text!r}"
+        raise ValueError(msg)
+    if not target.suffix and default_suffix:
+        target = target.with_name(target.name + default_suffix)
+    if suffixes is not None and target.suffix.lower() not in suffixes:
+        msg = (
+            f"`{option}` must end in one of {', '.join(suffixes)}; got {text!r} "
+            f"(suffix {target.suffix or 'none'!r})"
+        )
+        raise ValueError(msg)
+    if target.is_dir():
+        msg = f"`{option}` must name a file, not a folder; got {str(target)!r}"
+        raise ValueError(msg)
+    folder = target.parent
+    if not folder.is_dir():
+        msg = (
+            f"`{option}` must be in an existing folder; {str(folder)!r} is not one (got {text!r})"
+        )
+        raise ValueError(msg)
+    _probe_writable(folder, option, text)
+    if target.exists() and not os.access(target, os.W_OK):
+        msg = f"`{option}` must be a writable file; {str(target)!r} is read-only"
+        raise ValueError(msg)
+    return target
+
+
+def check_output_dir(path: str | os.PathLike[str], option: str) -> Path:
+    """A folder an option names (created later if missing), checked to be writable.
+
+    Raises
+    ------
+    ValueError
+        If the path is an existing file, or the folder (or, when it does not
+        exist yet, its nearest existing parent) is not writable.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from ncgeom.cli import check_output_dir
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     check_output_dir(f"{folder}/new/out", "--out").name
+    'out'
+    """
+    text = os.fspath(path)
+    target = Path(text or ".")
+    existing = target
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "must name a folder" if existing == target else "must be inside a folder"
+        msg = f"`{option}` {what}; {str(existing)!r} is a file (got {text!r})"
+        raise ValueError(msg)
+    _probe_writable(existing, option, text)
+    return target
+
+
+def _probe_writable(folder: Path, option: str, text: str) -> None:
+    """Create and remove a temporary file in `folder`: the honest test of writability."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".ncgeom-probe-"):
+            pass
+    except OSError as err:
+        msg = (
+            f"`{option}` must be writable; cannot create a file in {str(folder)!r} "
+            f"({err.strerror or err}; got {text!r})"
+        )
         raise ValueError(msg) from None

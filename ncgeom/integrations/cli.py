@@ -20,7 +20,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +30,7 @@ from typing import Any, NamedTuple, NoReturn, TextIO
 from .._lib.backend import BACKENDS, backend_namespace, to_host
 from .._lib.jsonable import jsonable
 from .._lib.progress import Progress
+from .._lib.validate import check_output_dir, check_output_file
 from ..theory.optimum import (
     UFMOptimum,
     _survival_counts,
@@ -169,6 +169,7 @@ def available_commands() -> dict[str, Command]:
     return commands
 
 
+# Kept here: a Command is checked by building this module's parser with its options.
 def _checked_command(name: str, command: Any) -> Command:
     """`check` of the command group: a `Command` whose options build a parser."""
     if not isinstance(command, Command):
@@ -241,124 +242,6 @@ PLOT_SUFFIXES = (
     ".eps", ".jpeg", ".jpg", ".pdf", ".pgf", ".png", ".ps", ".raw", ".rgba", ".svg", ".svgz",
     ".tif", ".tiff", ".webp",
 )  # fmt: skip
-
-
-def check_output_file(
-    path: str | os.PathLike[str],
-    option: str,
-    *,
-    suffixes: Sequence[str] | None = None,
-    default_suffix: str | None = None,
-) -> Path:
-    """The file an option names, checked to be writable before any work starts.
-
-    Parameters
-    ----------
-    path : str or path-like
-        The file name given.
-    option : str
-        The option's name for messages, e.g. ``"--plot"``.
-    suffixes : sequence of str, optional
-        Accepted suffixes (lower case, with the dot); any when omitted.
-    default_suffix : str, optional
-        Appended to a name without a suffix (the file really written, as
-        matplotlib does); the returned path includes it.
-
-    Returns
-    -------
-    pathlib.Path
-        The path that will be written.
-
-    Raises
-    ------
-    ValueError
-        If the path is a folder, has a suffix not in `suffixes`, or its
-        folder does not exist or is not writable.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> from ncgeom.cli import check_output_file
-    >>> with tempfile.TemporaryDirectory() as folder:
-    ...     check_output_file(f"{folder}/fig", "--plot", default_suffix=".png").name
-    'fig.png'
-    >>> check_output_file("/", "--plot")
-    Traceback (most recent call last):
-    ...
-    ValueError: `--plot` must name a file, not a folder; got '/'
-    """
-    text = os.fspath(path)
-    target = Path(text)
-    if not text or text.endswith(("/", os.sep)) or target.is_dir():
-        msg = f"`{option}` must name a file, not a folder; got {text!r}"
-        raise ValueError(msg)
-    if not target.suffix and default_suffix:
-        target = target.with_name(target.name + default_suffix)
-    if suffixes is not None and target.suffix.lower() not in suffixes:
-        msg = (
-            f"`{option}` must end in one of {', '.join(suffixes)}; got {text!r} "
-            f"(suffix {target.suffix or 'none'!r})"
-        )
-        raise ValueError(msg)
-    if target.is_dir():
-        msg = f"`{option}` must name a file, not a folder; got {str(target)!r}"
-        raise ValueError(msg)
-    folder = target.parent
-    if not folder.is_dir():
-        msg = (
-            f"`{option}` must be in an existing folder; {str(folder)!r} is not one (got {text!r})"
-        )
-        raise ValueError(msg)
-    _probe_writable(folder, option, text)
-    if target.exists() and not os.access(target, os.W_OK):
-        msg = f"`{option}` must be a writable file; {str(target)!r} is read-only"
-        raise ValueError(msg)
-    return target
-
-
-def check_output_dir(path: str | os.PathLike[str], option: str) -> Path:
-    """A folder an option names (created later if missing), checked to be writable.
-
-    Raises
-    ------
-    ValueError
-        If the path is an existing file, or the folder (or, when it does not
-        exist yet, its nearest existing parent) is not writable.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> from ncgeom.cli import check_output_dir
-    >>> with tempfile.TemporaryDirectory() as folder:
-    ...     check_output_dir(f"{folder}/new/out", "--out").name
-    'out'
-    """
-    text = os.fspath(path)
-    target = Path(text or ".")
-    existing = target
-    while not existing.exists():
-        if existing.parent == existing:
-            break
-        existing = existing.parent
-    if not existing.is_dir():
-        what = "must name a folder" if existing == target else "must be inside a folder"
-        msg = f"`{option}` {what}; {str(existing)!r} is a file (got {text!r})"
-        raise ValueError(msg)
-    _probe_writable(existing, option, text)
-    return target
-
-
-def _probe_writable(folder: Path, option: str, text: str) -> None:
-    """Create and remove a temporary file in `folder`: the honest test of writability."""
-    try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".ncgeom-probe-"):
-            pass
-    except OSError as err:
-        msg = (
-            f"`{option}` must be writable; cannot create a file in {str(folder)!r} "
-            f"({err.strerror or err}; got {text!r})"
-        )
-        raise ValueError(msg) from None
 
 
 # ---------------------------------------------------------------------------

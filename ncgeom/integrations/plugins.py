@@ -23,6 +23,7 @@ import warnings
 from collections.abc import Callable, Collection
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
+from .._lib.validate import check_protocol
 from ..measure.distributed import reduce_class_stats
 from ..measure.stats import ClassStats
 
@@ -97,28 +98,6 @@ _ORIGINS: dict[str, str] = {}
 _FAILED: dict[str, str] = {}
 _OWNS_FAILED: set[str] = set()
 _ENTRY_POINTS_READ = False
-
-
-def _check_plugin_object(plugin: Any, name: str = "plugin") -> None:
-    missing = [member for member in _PROTOCOL_MEMBERS if not hasattr(plugin, member)]
-    if missing:
-        msg = (
-            f"`{name}` must implement FrameworkPlugin ({', '.join(_PROTOCOL_MEMBERS)}); "
-            f"{type(plugin).__name__} lacks {', '.join(missing)}"
-        )
-        raise TypeError(msg)
-    for member in _PROTOCOL_MEMBERS[1:]:
-        if not callable(getattr(plugin, member)):
-            msg = (
-                f"`{name}.{member}` must be callable; got {type(getattr(plugin, member)).__name__}"
-            )
-            raise TypeError(msg)
-    if not isinstance(plugin.name, str) or not plugin.name or plugin.name != plugin.name.strip():
-        msg = (
-            f"`{name}.name` must be a non-empty string without surrounding spaces; "
-            f"got {plugin.name!r}"
-        )
-        raise TypeError(msg)
 
 
 class LoadedEntryPoint(NamedTuple):
@@ -224,11 +203,12 @@ def _reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
+# Kept here: besides the protocol, the check consults this module's registry.
 def _checked_plugin(name: str, plugin: Any) -> FrameworkPlugin:
     """`check` of the plugin group: a FrameworkPlugin (or a class of one) named `name`."""
     if isinstance(plugin, type):
         plugin = plugin()
-    _check_plugin_object(plugin, f"entry point {name!r}")
+    check_protocol(plugin, f"entry point {name!r}", "FrameworkPlugin", _PROTOCOL_MEMBERS)
     if plugin.name != name:
         msg = f"it loads a plugin named {plugin.name!r}; the names must match"
         raise ValueError(msg)
@@ -295,7 +275,7 @@ def register_plugin(plugin: FrameworkPlugin, *, replace: bool = False) -> Framew
     >>> unregister_plugin("nothing") is plugin
     True
     """
-    _check_plugin_object(plugin)
+    check_protocol(plugin, "plugin", "FrameworkPlugin", _PROTOCOL_MEMBERS)
     with _LOCK:
         _ensure_entry_points()
         current = _PLUGINS.get(plugin.name)

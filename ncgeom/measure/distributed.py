@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._lib.backend import to_host
-from .._lib.validate import check_integer
+from .._lib.validate import check_index, check_instance, check_int_at_least
 from .stats import ClassStats
 
 __all__ = ["reduce_class_stats"]
@@ -104,15 +104,10 @@ def reduce_class_stats(
     >>> same.counts.tolist()
     [1, 2]
     """
-    if not isinstance(stats, ClassStats):
-        msg = f"`stats` must be a ClassStats; got {type(stats).__name__}"
-        raise TypeError(msg)
-    world_size = _check_index(world_size, "world_size", low=1)
-    rank = _check_index(rank, "rank", low=0)
-    step = _check_index(step, "step", low=0)
-    if rank >= world_size:
-        msg = f"`rank` must lie in [0, {world_size}); got {rank}"
-        raise ValueError(msg)
+    check_instance(stats, ClassStats, "stats")
+    world_size = check_int_at_least(world_size, "world_size", 1)
+    rank = check_index(rank, "rank", world_size)
+    step = check_int_at_least(step, "step", 0)
     xp, device = stats.xp, stats.device
     # 1) Agree on the layout, the step and the scale (one all-gather of seven
     # integers per rank).
@@ -172,15 +167,7 @@ def reduce_class_stats(
     return ClassStats(counts, shift, sums, sqnorms, gram, local.unit_scale)
 
 
-def _check_index(value: Any, name: str, *, low: int) -> int:
-    """An integer (TypeError otherwise, as everywhere) >= `low` (ValueError)."""
-    number = check_integer(value, name)
-    if number < low:
-        msg = f"`{name}` must be an integer >= {low}; got {value!r}"
-        raise ValueError(msg)
-    return number
-
-
+# Kept here: the table is this module's all-gather of every rank's layout.
 def _check_layout(table: list[list[int]], rank: int) -> None:
     """Raise (on every rank: all see the same table) if the ranks disagree."""
     fields = {

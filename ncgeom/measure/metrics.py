@@ -17,7 +17,14 @@ from types import ModuleType
 from typing import Any
 
 from .._lib.backend import array_device, detach, namespace, quiet_division, to_host
-from .._lib.validate import check_features, check_positive_int
+from .._lib.validate import (
+    check_bias_shape,
+    check_choice,
+    check_features,
+    check_instance,
+    check_positive_int,
+    check_stats_classifier,
+)
 from .stats import ClassStats, row_chunks, rows_per_chunk
 
 __all__ = [
@@ -32,9 +39,6 @@ __all__ = [
     "between_basis",
     "cdnv",
     "centre_of",
-    "check_classifier",
-    "check_global_mean",
-    "checked_classifier",
     "class_view",
     "equiangularity",
     "equinorm",
@@ -136,14 +140,6 @@ def _take_rows(
     return xp.take(rows, xp.asarray(index, dtype=xp.int64, device=device), axis=0)
 
 
-def check_global_mean(global_mean: str) -> str:
-    """`global_mean` must be one of `GLOBAL_MEANS`."""
-    if global_mean not in GLOBAL_MEANS:
-        msg = f"`global_mean` must be one of {GLOBAL_MEANS}; got {global_mean!r}"
-        raise ValueError(msg)
-    return global_mean
-
-
 def class_view(
     counts: Array,
     means: Array,
@@ -161,7 +157,7 @@ def class_view(
     left out, with a warning that names them; at least two classes must have
     samples.
     """
-    check_global_mean(global_mean)
+    check_choice(global_mean, "global_mean", GLOBAL_MEANS)
     xp = namespace(counts=counts, means=means)
     device = array_device(means)
     present = (counts > 0)[:, None]
@@ -213,10 +209,8 @@ def centre_of(view: Classes, global_mean: str) -> Array:
 
 def populated(stats: ClassStats, global_mean: str = "samples", *, warn: bool = True) -> Classes:
     """Restrict statistics to classes with samples (one host read of the counts)."""
-    if not isinstance(stats, ClassStats):
-        msg = f"`stats` must be a ClassStats; got {type(stats).__name__}"
-        raise TypeError(msg)
-    check_global_mean(global_mean)
+    check_instance(stats, ClassStats, "stats")
+    check_choice(global_mean, "global_mean", GLOBAL_MEANS)
     return class_view(
         stats.counts,
         stats.scaled_means,
@@ -327,16 +321,16 @@ PAIR_BLOCK_ELEMENTS = 2**20
 PAIR_METRICS = ("cdnv", "etf_error", "equiangularity", "orthogonality_error")
 
 
-def pair_block_rows(num: int, chunk_rows: int | None = None) -> int:
-    """Rows of the class-pair blocks: `chunk_rows` if given (>= 1), else about
+def pair_block_rows(num: int, block_rows: int | None = None) -> int:
+    """Rows of the class-pair blocks: `block_rows` if given (>= 1), else about
     `PAIR_BLOCK_ELEMENTS` entries per block."""
-    if chunk_rows is not None:
-        return check_positive_int(chunk_rows, "chunk_rows")
+    if block_rows is not None:
+        return check_positive_int(block_rows, "block_rows")
     return max(1, PAIR_BLOCK_ELEMENTS // max(num, 1))
 
 
 def pair_metrics(
-    view: Classes, names: tuple[str, ...] = PAIR_METRICS, chunk_rows: int | None = None
+    view: Classes, names: tuple[str, ...] = PAIR_METRICS, block_rows: int | None = None
 ) -> tuple[dict[str, Array], dict[str, Array]]:
     """CDNV, ETF error, equiangularity and orthogonality in one blocked pass.
 
@@ -362,7 +356,7 @@ def pair_metrics(
         variances = view.variances
     if "equiangularity" in names:
         inv_c = _inverse_norms(sq, xp)
-        offset = 1 / (num - 1)
+        minus_etf_cosine = 1 / (num - 1)  # -cos of two vertices of a simplex ETF
     if "orthogonality_error" in names:
         # Rows of unit length (zero rows stay zero): the product is the cosine.
         unit = view.means * _inverse_norms(xp.vecdot(view.means, view.means), xp)[:, None]
@@ -378,7 +372,7 @@ def pair_metrics(
         # sum (G / |G| - t)^2 = sum (G - t |G|)^2 / |G|^2: one pass fewer a block.
         off_scaled = off_target * safe_norm
         off_sum = zero
-    rows = pair_block_rows(num, chunk_rows)
+    rows = pair_block_rows(num, block_rows)
     for lo in range(0, num - 1, rows):
         hi = min(lo + rows, num)
         # Entry (i, j) is the pair (lo + i, lo + j): columns past the block's
@@ -400,7 +394,7 @@ def pair_metrics(
         if "equiangularity" in names:
             cos = gram * inv_c[lo:hi, None] * inv_c[None, lo:]
             totals["equiangularity"] = totals["equiangularity"] + _upper_sum(
-                xp.abs(cos + offset), upper, xp
+                xp.abs(cos + minus_etf_cosine), upper, xp
             )
         if "orthogonality_error" in names:
             # Its own product: deriving m_k.m_l from the centred Gram would
@@ -449,19 +443,39 @@ def _inverse_norms(sq: Array, xp: ModuleType) -> Array:
     return xp.where(sq > 0, 1 / xp.sqrt(safe), xp.zeros_like(sq))
 
 
-def _pair_metric(stats: ClassStats, name: str, global_mean: str, chunk_rows: int | None):
+def _pair_metric(
+    stats: ClassStats,
+    name: str,
+    global_mean: str,
+    block_rows: int | None,
+    chunk_rows: int | None,
+) -> Array:
+    """One pair metric; `chunk_rows` is the deprecated name of `block_rows`."""
+    if chunk_rows is not None:
+        warnings.warn(
+            "`chunk_rows` is deprecated; pass `block_rows` (classes per block of class pairs)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        if block_rows is not None:
+            msg = "pass `block_rows` only; `chunk_rows` is its deprecated name"
+            raise TypeError(msg)
+        block_rows = chunk_rows
     view = populated(stats, global_mean)
-    values, flags = pair_metrics(view, (name,), chunk_rows)
+    values, flags = pair_metrics(view, (name,), block_rows)
     return _undefined(values[name], view, name, flags)
 
 
-def cdnv(stats: ClassStats, *, chunk_rows: int | None = None) -> Array:
+def cdnv(
+    stats: ClassStats, *, block_rows: int | None = None, chunk_rows: int | None = None
+) -> Array:
     """Class-distance normalised variance, averaged over class pairs.
 
     ``mean_{k<l} (v_k + v_l) / (2 ||mu_k - mu_l||^2)`` with
     ``v_k = (1/n_k) sum_{i in k} ||x_i - mu_k||^2``. Pairs are processed in
-    row blocks of `chunk_rows` classes, so memory stays bounded for any number
-    of classes. NaN when two class means coincide.
+    row blocks of `block_rows` classes (``chunk_rows``, its former name, is
+    deprecated), so memory stays bounded for any number of classes. NaN when
+    two class means coincide.
 
     Examples
     --------
@@ -472,11 +486,15 @@ def cdnv(stats: ClassStats, *, chunk_rows: int | None = None) -> Array:
     >>> round(float(metrics.cdnv(stats)), 6)
     0.034483
     """
-    return _pair_metric(stats, "cdnv", "samples", chunk_rows)
+    return _pair_metric(stats, "cdnv", "samples", block_rows, chunk_rows)
 
 
 def equiangularity(
-    stats: ClassStats, *, global_mean: str = "samples", chunk_rows: int | None = None
+    stats: ClassStats,
+    *,
+    global_mean: str = "samples",
+    block_rows: int | None = None,
+    chunk_rows: int | None = None,
 ) -> Array:
     """``mean_{k<l} |cos(mu_k - mu_G, mu_l - mu_G) + 1/(K-1)|`` (0 for a simplex ETF).
 
@@ -489,10 +507,12 @@ def equiangularity(
     >>> abs(float(metrics.equiangularity(stats))) < 1e-12
     True
     """
-    return _pair_metric(stats, "equiangularity", global_mean, chunk_rows)
+    return _pair_metric(stats, "equiangularity", global_mean, block_rows, chunk_rows)
 
 
-def orthogonality_error(stats: ClassStats, *, chunk_rows: int | None = None) -> Array:
+def orthogonality_error(
+    stats: ClassStats, *, block_rows: int | None = None, chunk_rows: int | None = None
+) -> Array:
     """``mean_{k<l} |cos(mu_k, mu_l)|`` on the uncentred means.
 
     0 for an orthogonal frame, the optimum of ReLU features; a zero mean (a
@@ -507,7 +527,7 @@ def orthogonality_error(stats: ClassStats, *, chunk_rows: int | None = None) -> 
     >>> abs(float(metrics.orthogonality_error(stats))) < 1e-12
     True
     """
-    return _pair_metric(stats, "orthogonality_error", "samples", chunk_rows)
+    return _pair_metric(stats, "orthogonality_error", "samples", block_rows, chunk_rows)
 
 
 def equinorm(stats: ClassStats, *, global_mean: str = "samples") -> Array:
@@ -534,7 +554,11 @@ def equinorm_of(view: Classes) -> Array:
 
 
 def etf_error(
-    stats: ClassStats, *, global_mean: str = "samples", chunk_rows: int | None = None
+    stats: ClassStats,
+    *,
+    global_mean: str = "samples",
+    block_rows: int | None = None,
+    chunk_rows: int | None = None,
 ) -> Array:
     """``|| nf(Mc Mc^T) - nf(I - J/K) ||_F`` with Mc the centred means.
 
@@ -549,34 +573,10 @@ def etf_error(
     >>> abs(float(metrics.etf_error(stats))) < 1e-6
     True
     """
-    return _pair_metric(stats, "etf_error", global_mean, chunk_rows)
+    return _pair_metric(stats, "etf_error", global_mean, block_rows, chunk_rows)
 
 
 # ----------------------------------------------------------------------------- classifier
-def check_classifier(classifier: Array, stats: ClassStats, name: str = "classifier") -> Array:
-    """Validate a (K, d) classifier against the statistics; cast to their dtype.
-
-    Framework tensors are detached.
-    """
-    xp = namespace(stats=stats.shift, **{name: classifier})
-    return checked_classifier(classifier, (stats.num_classes, stats.dim), stats.dtype, xp, name)
-
-
-def checked_classifier(
-    classifier: Array, shape: tuple[int, int], dtype: Any, xp: ModuleType, name: str = "classifier"
-) -> Array:
-    """A (K, d) = `shape` classifier, detached, cast to at least `dtype`."""
-    got = tuple(classifier.shape)
-    if got != shape:
-        hint = "; it looks transposed (rows must be classes)" if got == shape[::-1] else ""
-        msg = f"`{name}` must have shape (num_classes, dim) = {shape}; got {got}{hint}"
-        raise ValueError(msg)
-    if not xp.isdtype(classifier.dtype, "real floating"):
-        msg = f"`{name}` must have a real floating dtype; got {classifier.dtype}"
-        raise TypeError(msg)
-    return xp.astype(detach(classifier), xp.result_type(classifier.dtype, dtype))
-
-
 def scale_free(a: Array, xp: ModuleType) -> Array:
     """`a` divided by its largest absolute entry (unchanged if all zero): the
     squares of the result cannot overflow or underflow."""
@@ -613,7 +613,7 @@ def self_duality_error(
     >>> abs(float(metrics.self_duality_error(2 * means, stats))) < 1e-12
     True
     """
-    weights = check_classifier(classifier, stats)
+    weights = check_stats_classifier(classifier, stats)
     view = populated(stats, global_mean)
     return _undefined(self_duality_error_of(weights, view), view, "self_duality_error")
 
@@ -645,7 +645,7 @@ def scaled_alignment_error(classifier: Array, stats: ClassStats) -> Array:
     >>> abs(float(metrics.scaled_alignment_error(w, stats))) < 1e-12
     True
     """
-    weights = check_classifier(classifier, stats)
+    weights = check_stats_classifier(classifier, stats)
     view = populated(stats)
     return _undefined(scaled_alignment_error_of(weights, view), view, "scaled_alignment_error")
 
@@ -778,9 +778,8 @@ def ncc_agreement(
             f"and {means.shape[0]}"
         )
         raise ValueError(msg)
-    if bias is not None and tuple(bias.shape) != (classifier.shape[0],):
-        msg = f"`bias` must have shape ({classifier.shape[0]},); got {tuple(bias.shape)}"
-        raise ValueError(msg)
+    if bias is not None:
+        check_bias_shape(bias, classifier.shape[0])
     features, classifier, means = detach(features), detach(classifier), detach(means)
     bias = None if bias is None else detach(bias)
     dtype = xp.result_type(features.dtype, classifier.dtype, means.dtype)

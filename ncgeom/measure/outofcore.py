@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .._lib.backend import namespace
-from .._lib.validate import check_batch, check_num_classes
+from .._lib.validate import check_batch, check_instance, check_int_at_least, check_num_classes
 from .stats import ClassStats, merge_stats
 
 __all__ = ["stats_from_dask"]
@@ -73,15 +73,11 @@ def stats_from_dask(
     import dask.array as da
 
     num_classes = check_num_classes(num_classes)
-    if not isinstance(features, da.Array):
-        msg = f"`features` must be a dask.array.Array; got {type(features).__name__}"
-        raise TypeError(msg)
+    check_instance(features, da.Array, "features", what="dask.array.Array")
     if features.ndim != 2:
         msg = f"`features` must be 2-D (samples, dim); got shape {features.shape}"
         raise ValueError(msg)
-    if isinstance(split_every, bool) or not isinstance(split_every, int) or split_every < 2:
-        msg = f"`split_every` must be an integer >= 2; got {split_every!r}"
-        raise ValueError(msg)
+    split_every = check_int_at_least(split_every, "split_every", 2)
     if not isinstance(labels, da.Array):
         labels = np.asarray(labels)
     if labels.ndim != 1 or labels.shape[0] != features.shape[0]:

@@ -17,11 +17,22 @@ from .._lib.backend import (
     namespace,
     to_host,
 )
-from .._lib.validate import check_features, check_labels, check_num_classes
+from .._lib.validate import (
+    check_bias_shape,
+    check_choice,
+    check_class_count,
+    check_classifier,
+    check_features,
+    check_instance,
+    check_labels,
+    check_num_classes,
+    check_stats_classifier,
+    check_stream_batch,
+)
 from ..theory import comparison as tm
 from ..theory.optimum import UFMOptimum
 from . import metrics as m
-from .stats import ClassStats, Visit, _checked_batch, class_moments
+from .stats import ClassStats, Visit, class_moments
 from .vocabulary import METRIC_NAMES
 
 if TYPE_CHECKING:
@@ -213,13 +224,13 @@ def nc_report(
     >>> report.nc1 < 1e-2, report.orthogonality_error < 0.05
     (True, True)
     """
-    m.check_global_mean(global_mean)
+    check_choice(global_mean, "global_mean", m.GLOBAL_MEANS)
     values: dict[str, Array] = {}
     unavailable: dict[str, str] = {}
     if isinstance(source, ClassStats):
         stats = source
         if classifier is not None:
-            classifier = m.check_classifier(classifier, stats)
+            classifier = check_stats_classifier(classifier, stats)
         view = m.populated(stats, global_mean)
         if stats.gram is not None:
             values["nc1"] = m.nc1_of(view)
@@ -268,12 +279,12 @@ def nc_report(
     parts += [xp.astype(vectors[k], xp.float64) for k in vector_names]
     host = to_host(xp.concat(parts))  # the one device-to-host transfer
     floats: dict[str, Any] = {k: float(v) for k, v in zip(names, host, strict=False)}
-    offset = len(names)
-    raised = {k for k, v in zip(flag_names, host[offset:], strict=False) if v}
-    offset += len(flag_names)
+    start = len(names)
+    raised = {k for k, v in zip(flag_names, host[start:], strict=False) if v}
+    start += len(flag_names)
     for name in vector_names:
-        floats[name] = tuple(float(v) for v in host[offset : offset + stats.num_classes])
-        offset += stats.num_classes
+        floats[name] = tuple(float(v) for v in host[start : start + stats.num_classes])
+        start += stats.num_classes
     _mark_degenerate(floats, unavailable, raised)
     return NCReport(
         num_classes=stats.num_classes,
@@ -369,20 +380,16 @@ def _scan_features(
         msg = "`features` must hold at least one sample; got 0 rows"
         raise ValueError(msg)
     num_classes = check_num_classes(num_classes)
-    features, labels = _checked_batch(features, labels, num_classes, xp, check_finite)
+    features, labels = check_stream_batch(features, labels, num_classes, xp, check_finite)
     dtype = accumulation_dtype(xp, features.dtype)
     state: dict[str, Any] = {}
 
     def visitor(counts: Array, means: Array) -> Visit:
         first = m.class_view(counts, means, None, global_mean, warn=True, what="features")
         if classifier is not None:
-            state["classifier"] = m.check_classifier(
-                classifier,
-                ClassStats.empty(num_classes, dim, xp=xp, device=first.device, dtype=dtype),
-            )
-            if bias is not None and tuple(bias.shape) != (num_classes,):
-                msg = f"`bias` must have shape ({num_classes},); got {tuple(bias.shape)}"
-                raise ValueError(msg)
+            state["classifier"] = check_classifier(classifier, (num_classes, dim), dtype, xp)
+            if bias is not None:
+                check_bias_shape(bias, num_classes)
         basis, weights = m.between_basis(first.centred, xp)
         # Positions among the populated classes -> class ids (built on the
         # device when every class is populated: no upload).
@@ -392,7 +399,7 @@ def _scan_features(
             index = xp.arange(num_classes, dtype=xp.int64, device=first.device)
         rule = m.NearestCentre.of(first.centred, index, basis)
         # Coordinates of (mean_y - g) along the basis, by class id.
-        offset_along = (means - first.global_mean) @ basis
+        centred_along = (means - first.global_mean) @ basis
         state.update(first=first, weights=weights, basis=basis)
         weight = state.get("classifier")
         if weight is not None:
@@ -415,7 +422,7 @@ def _scan_features(
             logits = xp.astype(x, dtype, copy=False) @ weight.T
             if shift is not None:
                 logits = logits + shift
-            along = dev_along + gather_rows(offset_along, y, xp)
+            along = dev_along + gather_rows(centred_along, y, xp)
             return (*sums, rule.matches(along, logits))
 
         return visit
@@ -464,18 +471,14 @@ def _theory_values(
     unavailable: dict[str, str],
 ) -> None:
     """Add the theory-based metrics to `values` (scalars) and `vectors` (per class)."""
-    if not isinstance(theory, UFMOptimum):
-        msg = (
-            "`theory` must be a UFMOptimum (ncgeom.theory.ufm_relu_optimum); "
-            f"got {type(theory).__name__}; for explicit margins use ncgeom.theory_metrics"
-        )
-        raise TypeError(msg)
-    if theory.num_classes != stats.num_classes:
-        msg = (
-            f"`theory` has {theory.num_classes} classes and the features "
-            f"{stats.num_classes}; both must describe the same classes"
-        )
-        raise ValueError(msg)
+    check_instance(
+        theory,
+        UFMOptimum,
+        "theory",
+        what="UFMOptimum (ncgeom.theory.ufm_relu_optimum)",
+        advice="for explicit margins use ncgeom.theory_metrics",
+    )
+    check_class_count(theory.num_classes, stats.num_classes, "theory", "the features have")
     names = ("gof_error", "classifier_gram_error", "logit_structure_error", *NCReport.PER_CLASS)
     if view.excluded:
         for name in names:

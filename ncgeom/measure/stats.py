@@ -35,7 +35,6 @@ from typing import Any
 from .._lib.backend import (
     accumulation_dtype,
     array_device,
-    detach,
     gather_rows,
     has_native_segment_sum,
     namespace,
@@ -46,7 +45,14 @@ from .._lib.backend import (
     segment_sum,
     to_host,
 )
-from .._lib.validate import check_batch, check_float_dtype, check_num_classes, check_positive_int
+from .._lib.validate import (
+    check_batch,
+    check_float_dtype,
+    check_instance,
+    check_num_classes,
+    check_positive_int,
+    check_stream_batch,
+)
 
 __all__ = ["ClassStats", "class_moments", "merge_stats"]
 
@@ -205,7 +211,7 @@ class ClassStats:
         """
         xp = namespace(features=features, labels=labels)
         num_classes = check_num_classes(num_classes)
-        features, labels = _checked_batch(features, labels, num_classes, xp, check_finite)
+        features, labels = check_stream_batch(features, labels, num_classes, xp, check_finite)
         dtype = accumulation_dtype(xp, features.dtype)
         if features.shape[0] == 0:
             return cls.empty(
@@ -256,7 +262,7 @@ class ClassStats:
         [1, 2]
         """
         xp = namespace(stats=self.shift, features=features, labels=labels)
-        features, labels = _checked_batch(features, labels, self.num_classes, xp, check_finite)
+        features, labels = check_stream_batch(features, labels, self.num_classes, xp, check_finite)
         if features.shape[1] != self.dim:
             msg = (
                 f"`features` must have {self.dim} columns like the statistics; "
@@ -301,9 +307,7 @@ class ClassStats:
         >>> a.merge(b).means.tolist()
         [[2.0, 0.0], [0.0, 2.0]]
         """
-        if not isinstance(other, ClassStats):
-            msg = f"`other` must be a ClassStats; got {type(other).__name__}"
-            raise TypeError(msg)
+        check_instance(other, ClassStats, "other")
         xp = namespace(self=self.shift, other=other.shift)
         if (self.num_classes, self.dim) != (other.num_classes, other.dim):
             msg = (
@@ -542,23 +546,6 @@ def merge_stats(*stats: ClassStats) -> ClassStats:
 
 
 # ----------------------------------------------------------------------------- the engine
-def _checked_batch(
-    features: Array, labels: Array, num_classes: int, xp: ModuleType, check_finite: bool
-) -> tuple[Array, Array]:
-    """Validate a batch; framework tensors come back detached.
-
-    On the host, NaN and Inf are found later through the class means (K
-    numbers that they reach) instead of a scan of the features; on a device
-    that would cost a second host read, so the batch check scans first.
-    """
-    scan = check_finite and not on_host(xp, array_device(features))
-    labels = check_batch(features, labels, num_classes, xp, check_finite=scan)
-    if features.shape[1] == 0:
-        msg = f"`features` must have at least one column; got shape {tuple(features.shape)}"
-        raise ValueError(msg)
-    return detach(features), labels
-
-
 def class_moments(
     features: Array,
     labels: Array,
@@ -723,13 +710,13 @@ def _shift_error(stats: ClassStats, xp: ModuleType) -> float:
     samples (a host read); 0 when the shifts have no spread to compare with."""
     n = xp.astype(stats.counts, stats.dtype)
     present = stats.counts > 0
-    offset = xp.vecdot(stats.sums, stats.sums) / xp.clip(n * n, min=1)
+    offset_sq = xp.vecdot(stats.sums, stats.sums) / xp.clip(n * n, min=1)
     centre = (n @ stats.shift) / xp.sum(n)
     spread = xp.vecdot(stats.shift - centre, stats.shift - centre)
     mean_spread = xp.sum(xp.where(present, spread, xp.zeros_like(spread))) / xp.sum(
         xp.astype(present, stats.dtype)
     )
-    largest = xp.max(xp.where(present, offset, xp.zeros_like(offset)))
+    largest = xp.max(xp.where(present, offset_sq, xp.zeros_like(offset_sq)))
     values = to_host(xp.stack([largest, mean_spread]))
     return math.sqrt(values[0] / values[1]) if values[1] > 0 else 0.0
 
@@ -741,12 +728,12 @@ def _cancellation(stats: ClassStats, xp: ModuleType) -> float:
     shift is off its mean: then the ratio is infinite.
     """
     n = xp.clip(xp.astype(stats.counts, stats.dtype), min=1)
-    offset = xp.vecdot(stats.sums, stats.sums) / (n * n)
-    spread = stats.sqnorms / n - offset
+    offset_sq = xp.vecdot(stats.sums, stats.sums) / (n * n)
+    spread = stats.sqnorms / n - offset_sq
     tiny = xp.finfo(stats.dtype).smallest_normal
     with quiet_invalid():  # an offset over a vanishing spread: +Inf, as documented
-        ratio = offset / xp.clip(spread, min=tiny)
-    ratio = xp.where((stats.counts > 0) & (offset > 0), ratio, xp.zeros_like(ratio))
+        ratio = offset_sq / xp.clip(spread, min=tiny)
+    ratio = xp.where((stats.counts > 0) & (offset_sq > 0), ratio, xp.zeros_like(ratio))
     return float(to_host(xp.max(ratio)))
 
 

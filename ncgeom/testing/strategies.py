@@ -116,8 +116,8 @@ def simplex_etfs(draw: st.DrawFn, min_classes: int = 2, max_classes: int = 8) ->
     frame = np.zeros((num, dim))
     frame[:, :num] = np.eye(num) - 1.0 / num
     size = draw(st.floats(0.1, 10.0))
-    offset = draw(st.floats(-5.0, 5.0)) * rotation[-1]
-    return size * frame @ rotation + offset
+    translation = draw(st.floats(-5.0, 5.0)) * rotation[-1]
+    return size * frame @ rotation + translation
 
 
 @st.composite

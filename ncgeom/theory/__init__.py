@@ -17,18 +17,5 @@ Examples
 [True, True]
 """
 
-from .optimum import (
-    UFMOptimum,
-    collapse_threshold,
-    critical_regularization,
-    min_samples_to_survive,
-    ufm_relu_optimum,
-)
-
-__all__ = [
-    "UFMOptimum",
-    "collapse_threshold",
-    "critical_regularization",
-    "min_samples_to_survive",
-    "ufm_relu_optimum",
-]
+from .optimum import *  # noqa: F403 (the optimum's public names: optimum.__all__)
+from .optimum import __all__ as __all__

@@ -27,8 +27,15 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from .._lib.backend import array_device, backend_name, is_host_data, like, namespace, to_host
-from .._lib.validate import check_features, check_positive
+from .._lib.backend import array_device, is_host_data, namespace, to_host
+from .._lib.validate import (
+    check_choice,
+    check_class_count,
+    check_class_matrix,
+    check_classifier_and_means,
+    check_positive,
+    check_values_like,
+)
 from .optimum import UFMOptimum
 
 __all__ = [
@@ -84,12 +91,11 @@ def gof_error(means: Array, predicted: Any, *, counts: Any = None) -> Array:
     >>> round(float(gof_error(opt.means(), [1.0, 1.0, 1.0, 1.0], counts=[1, 1, 1, 1])), 4)
     0.5196
     """
-    xp = namespace(means=means)
-    _check_matrix(means, "means", xp)
-    k = means.shape[0]
-    margins, n = _prediction(predicted, counts, k, means, xp, need_counts=True)
+    xp, k, margins, n = _matrix_and_prediction(means, "means", predicted, counts)
     if isinstance(predicted, UFMOptimum):
-        target = _on(predicted.feature_norms, "predicted.feature_norms", means, xp) ** 2
+        target = (
+            check_values_like(predicted.feature_norms, "predicted.feature_norms", means, xp) ** 2
+        )
     else:
         target = margins / xp.sqrt(n)
     target_norm = xp.sqrt(xp.sum(target * target))
@@ -131,10 +137,7 @@ def classifier_gram_error(classifier: Array, predicted: Any, *, counts: Any = No
     >>> float(classifier_gram_error(opt.classifier(), opt)) < 1e-12
     True
     """
-    xp = namespace(classifier=classifier)
-    _check_matrix(classifier, "classifier", xp)
-    k = classifier.shape[0]
-    margins, n = _prediction(predicted, counts, k, classifier, xp, need_counts=True)
+    xp, k, margins, n = _matrix_and_prediction(classifier, "classifier", predicted, counts)
     # Scaled by 1/K^2: entry (i, j) = delta_ij D_i - (D_i + D_j) / K + S / K^2,
     # whose squared Frobenius norm is (K (K-2) sum D^2 + S^2) / K^2.
     weights = xp.sqrt(n) * margins
@@ -179,10 +182,7 @@ def logit_structure_error(classifier: Array, means: Array, predicted: Any) -> Ar
     >>> float(logit_structure_error(opt.classifier(), opt.means(), opt)) < 1e-12
     True
     """
-    xp = namespace(classifier=classifier, means=means)
-    _check_pair(classifier, means, xp)
-    k = classifier.shape[0]
-    margins, _ = _prediction(predicted, None, k, means, xp, need_counts=False)
+    xp, k, margins = _pair_and_prediction(classifier, means, predicted)
     target_norm = xp.sqrt(xp.sum(margins * margins) * ((k - 1) / k))
 
     def target_rows(start: int, stop: int) -> Array:
@@ -235,13 +235,8 @@ def margin_comparison(
     >>> cmp.measured.round(6).tolist(), cmp.predicted.round(6).tolist()
     ([4.377638, 4.377638, 4.377638], [4.377638, 4.377638, 4.377638])
     """
-    if against not in ("max", "mean"):
-        msg = f"`against` must be 'max' or 'mean'; got {against!r}"
-        raise ValueError(msg)
-    xp = namespace(classifier=classifier, means=means)
-    _check_pair(classifier, means, xp)
-    k = classifier.shape[0]
-    margins, _ = _prediction(predicted, None, k, means, xp, need_counts=False)
+    check_choice(against, "against", ("max", "mean"))
+    xp, k, margins = _pair_and_prediction(classifier, means, predicted)
     parts = []
     for start, stop in _blocks(k):
         logits = means[start:stop, :] @ classifier.T
@@ -296,15 +291,12 @@ def norm_comparison(
     >>> cmp.predicted.round(6).tolist()
     [0.650816, 0.685799, 0.684934, 0.0]
     """
-    xp = namespace(means=means)
-    _check_matrix(means, "means", xp)
-    k = means.shape[0]
-    margins, n = _prediction(predicted, counts, k, means, xp, need_counts=True)
+    xp, k, margins, n = _matrix_and_prediction(means, "means", predicted, counts)
     if isinstance(predicted, UFMOptimum):
         if lambda_ratio is not None:
             msg = "`lambda_ratio` is taken from the UFMOptimum; pass it only with explicit margins"
             raise ValueError(msg)
-        target = _on(predicted.feature_norms, "predicted.feature_norms", means, xp)
+        target = check_values_like(predicted.feature_norms, "predicted.feature_norms", means, xp)
     else:
         if lambda_ratio is None:
             if not normalize:
@@ -369,28 +361,27 @@ def _eye_rows(start: int, stop: int, k: int, like: Array, xp: ModuleType) -> Arr
     return xp.astype(rows[:, None] == cols[None, :], like.dtype)
 
 
-def _check_matrix(x: Array, name: str, xp: ModuleType) -> None:
-    check_features(x, xp, name=name, rows="classes")
-    if x.shape[0] < 2:
-        msg = f"`{name}` must have a row for each of at least 2 classes; got {x.shape[0]}"
-        raise ValueError(msg)
+def _matrix_and_prediction(
+    measured: Array, name: str, predicted: Any, counts: Any
+) -> tuple[ModuleType, int, Array, Array]:
+    """The namespace and K of one measured (K, d) matrix, with the predicted
+    margins and counts next to it."""
+    xp = namespace(**{name: measured})
+    check_class_matrix(measured, name, xp)
+    k = measured.shape[0]
+    margins, n = _prediction(predicted, counts, k, measured, xp, need_counts=True)
+    return xp, k, margins, n
 
 
-def _check_pair(classifier: Array, means: Array, xp: ModuleType) -> None:
-    _check_matrix(classifier, "classifier", xp)
-    _check_matrix(means, "means", xp)
-    if tuple(classifier.shape) != tuple(means.shape):
-        msg = (
-            f"`classifier` and `means` must have the same shape (classes, dim); got "
-            f"{tuple(classifier.shape)} and {tuple(means.shape)}"
-        )
-        raise ValueError(msg)
-    if classifier.dtype != means.dtype:
-        msg = (
-            f"`classifier` and `means` must have the same dtype; got "
-            f"{classifier.dtype} and {means.dtype}"
-        )
-        raise TypeError(msg)
+def _pair_and_prediction(
+    classifier: Array, means: Array, predicted: Any
+) -> tuple[ModuleType, int, Array]:
+    """The namespace and K of a measured classifier and means, with the predicted margins."""
+    xp = namespace(classifier=classifier, means=means)
+    check_classifier_and_means(classifier, means, xp)
+    k = classifier.shape[0]
+    margins, _ = _prediction(predicted, None, k, means, xp, need_counts=False)
+    return xp, k, margins
 
 
 def _prediction(
@@ -407,14 +398,13 @@ def _prediction(
         if counts is not None:
             msg = "`counts` is taken from the UFMOptimum; pass it only with explicit margins"
             raise ValueError(msg)
-        if predicted.num_classes != k:
-            msg = (
-                f"`predicted` describes {predicted.num_classes} classes but the measured "
-                f"arrays have {k} rows"
-            )
-            raise ValueError(msg)
-        margins = _on(predicted.margins, "predicted.margins", like, xp)
-        n = _on(predicted.counts, "predicted.counts", like, xp) if need_counts else None
+        check_class_count(predicted.num_classes, k, "predicted", "the measured arrays have")
+        margins = check_values_like(predicted.margins, "predicted.margins", like, xp)
+        n = (
+            check_values_like(predicted.counts, "predicted.counts", like, xp)
+            if need_counts
+            else None
+        )
         return margins, n
     margins = _vector(predicted, "predicted", k, like, xp)
     if not need_counts:
@@ -430,41 +420,11 @@ def _prediction(
 
 
 def _vector(value: Any, name: str, k: int, like: Array, xp: ModuleType) -> Array:
-    out = _on(value, name, like, xp)
+    out = check_values_like(value, name, like, xp)
     if out.ndim != 1 or out.shape[0] != k:
         msg = f"`{name}` must have shape ({k},), one value per class; got {tuple(out.shape)}"
         raise ValueError(msg)
     return out
-
-
-def _on(value: Any, name: str, reference: Array, xp: ModuleType) -> Array:
-    """`value` in the namespace, device and dtype of `reference`.
-
-    Host data (lists, tuples, NumPy arrays) is copied to the device of `reference`;
-    an array of another library or on another device is an error.
-    """
-    device = array_device(reference)
-    if not is_host_data(value):
-        other = namespace(**{name: value})
-        if other is not xp:
-            msg = (
-                f"`{name}` must be host data or a {backend_name(xp)} array like the "
-                f"measured arrays; got a {backend_name(other)} array"
-            )
-            raise TypeError(msg)
-        if array_device(value) != device:
-            msg = f"`{name}` must be on device {device}; got {array_device(value)}"
-            raise ValueError(msg)
-        return xp.astype(value, reference.dtype)
-    try:
-        host = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        msg = f"`{name}` must be a UFMOptimum or a vector of numbers; got {value!r}"
-        raise TypeError(msg) from None
-    if not np.all(np.isfinite(host)):
-        msg = f"`{name}` must be finite; got {host.tolist()}"
-        raise ValueError(msg)
-    return like(host, reference)
 
 
 def _host(value: Any) -> np.ndarray:

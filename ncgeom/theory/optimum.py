@@ -16,7 +16,6 @@ an explicit optimal ``(classifier, means)`` pair are built only on request.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from fractions import Fraction
 from types import ModuleType
@@ -26,10 +25,12 @@ import numpy as np
 
 from .._lib.backend import array_device, is_host_data, namespace, resolve_namespace, to_host
 from .._lib.validate import (
+    check_bias_free,
     check_counts,
     check_device,
     check_float_dtype,
-    check_integer,
+    check_index,
+    check_optimum_dim,
     check_weight_decay,
 )
 
@@ -324,7 +325,7 @@ def ufm_relu_optimum(
     >>> ufm_relu_optimum([12, 8, 4, 2], 5e-3, 5e-3, dtype=np.float32).margins.dtype
     dtype('float32')
     """
-    _check_bias(bias)
+    check_bias_free(bias)
     host_counts = check_counts(counts)
     lw = check_weight_decay(lambda_w, "lambda_w")
     lh = check_weight_decay(lambda_h, "lambda_h")
@@ -334,7 +335,7 @@ def ufm_relu_optimum(
     n_crit = _collapse_count(n_total, k, lw, lh)
     excess_host, alive_host = _excess(host_counts, n_crit, lw, lh)
     num_alive = int(alive_host.sum())
-    dim = k if dim is None else _check_dim(dim, num_alive)
+    dim = k if dim is None else check_optimum_dim(dim, num_alive)
 
     n_int = xp.asarray(host_counts, dtype=xp.int64, device=device)
     alive = xp.asarray(alive_host, dtype=xp.bool, device=device)
@@ -450,12 +451,7 @@ def min_samples_to_survive(counts: Any, k: int, lambda_w: float, lambda_h: float
     """
     host_counts = check_counts(counts)
     num_classes = host_counts.shape[0]
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-        msg = f"`k` must be an integer class index; got {k!r}"
-        raise TypeError(msg)
-    if not 0 <= k < num_classes:
-        msg = f"`k` must lie in [0, {num_classes}); got {k}"
-        raise ValueError(msg)
+    k = check_index(k, "k", num_classes)
     lw = check_weight_decay(lambda_w, "lambda_w")
     lh = check_weight_decay(lambda_h, "lambda_h")
     rest = _total(host_counts) - int(host_counts[k])
@@ -609,30 +605,6 @@ def _excess(
             excess[i] = float(value)
             alive[i] = value > 0
     return excess, alive
-
-
-def _check_dim(dim: Any, num_alive: int) -> int:
-    dim = check_integer(dim, "dim")
-    needed = max(1, num_alive)
-    if dim < needed:
-        msg = (
-            f"`dim` must be at least {needed}, the number of alive classes (the "
-            f"optimal means are orthogonal); got {dim}"
-            if num_alive >= 1
-            else f"`dim` must be at least 1; got {dim}"
-        )
-        raise ValueError(msg)
-    return dim
-
-
-def _check_bias(bias: Any) -> None:
-    if bias is None or bias is False:
-        return
-    msg = (
-        f"`bias` must be False or None; got {bias!r}: the closed form is bias-free, "
-        "use ncgeom.solve.solve_ufm(..., bias=True) for the optimum with a bias"
-    )
-    raise ValueError(msg)
 
 
 def _resolve_backend(
