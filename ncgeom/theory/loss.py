@@ -21,25 +21,30 @@ device. See ``docs/loss.md`` for the conventions.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from types import ModuleType
 from typing import Any
 
-import numpy as np
-
 from .._lib.backend import array_device, namespace, segment_count, to_host
 from .._lib.validate import (
+    check_arrays_given,
     check_batch,
     check_bias_decay,
+    check_bias_vector,
+    check_class_vector,
+    check_classifier_and_rows,
     check_columns,
-    check_features,
+    check_finite,
     check_nonnegative,
     check_real,
 )
 
 __all__ = [
     "CollapsedGradients",
+    "Decays",
     "LossData",
     "LossOptions",
     "UFMGradients",
@@ -102,9 +107,73 @@ class CollapsedGradients:
 
 
 # ---------------------------------------------------------------------------
-# public layer: validate, resolve the namespace, call the row form
+# public layer: one signature, whose keywords are the fields of LossOptions
 
 
+@dataclass(frozen=True)
+class LossOptions:
+    """The keyword options of every public UFM+ loss function, the one list of them.
+
+    `ufm_objective`, `ufm_gradients`, `collapsed_objective` and
+    `collapsed_gradients` take these fields as keyword-only arguments.
+
+    Attributes
+    ----------
+    bias : array (K,), optional
+        Classifier bias; omitted means no bias.
+    lambda_b : float
+        Weight decay on the bias (>= 0; needs a bias when > 0).
+    class_weights : array or sequence (K,), optional
+        Per-class weights of the cross-entropy.
+    logit_adjustment : float, optional
+        Temperature ``tau`` of the logit adjustment.
+    prior : array or sequence (K,), optional
+        Class prior of the logit adjustment.
+    xp : namespace, optional
+        Array namespace; inferred from the arrays when omitted.
+    """
+
+    bias: Array | None = None
+    lambda_b: float = 0.0
+    class_weights: Array | None = None
+    logit_adjustment: float | None = None
+    prior: Array | None = None
+    xp: ModuleType | None = None
+
+
+_OPTION_NAMES = frozenset(field.name for field in fields(LossOptions))
+
+
+def _shared_keywords(function: Callable[..., Any]) -> Callable[..., Any]:
+    """`function` with the fields of `LossOptions` as its keyword-only arguments.
+
+    `function` takes them as one ``options`` object; the wrapper's signature
+    (what `help` and `inspect.signature` show) lists them one by one. Python
+    binds the positional arguments itself, so a wrong call is the TypeError it
+    always gives.
+    """
+    keywords = [
+        inspect.Parameter(
+            field.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=field.default,
+            annotation=field.type,
+        )
+        for field in fields(LossOptions)
+    ]
+    own = inspect.signature(function)
+    positional = [p for p in own.parameters.values() if p.name != "options"]
+
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        chosen = {name: kwargs.pop(name) for name in _OPTION_NAMES & kwargs.keys()}
+        return function(*args, options=LossOptions(**chosen), **kwargs)
+
+    call.__signature__ = own.replace(parameters=[*positional, *keywords])  # type: ignore[attr-defined]
+    return call
+
+
+@_shared_keywords
 def ufm_objective(
     classifier: Array,
     features: Array,
@@ -112,12 +181,7 @@ def ufm_objective(
     lambda_w: float,
     lambda_h: float,
     *,
-    bias: Array | None = None,
-    lambda_b: float = 0.0,
-    class_weights: Array | None = None,
-    logit_adjustment: float | None = None,
-    prior: Array | None = None,
-    xp: ModuleType | None = None,
+    options: LossOptions,
 ) -> Array:
     """The full-sample UFM+ objective.
 
@@ -174,13 +238,10 @@ def ufm_objective(
     >>> round(float(ufm_objective(W, H, y, 1e-2, 1e-2)), 6)
     0.244039
     """
-    options = LossOptions(lambda_b, class_weights, logit_adjustment, prior)
-    data, variables = full_problem(
-        classifier, features, labels, lambda_w, lambda_h, bias, options, xp
-    )
-    return evaluate_value(data, variables)
+    return evaluate_value(*full_problem(classifier, features, labels, lambda_w, lambda_h, options))
 
 
+@_shared_keywords
 def ufm_gradients(
     classifier: Array,
     features: Array,
@@ -188,12 +249,7 @@ def ufm_gradients(
     lambda_w: float,
     lambda_h: float,
     *,
-    bias: Array | None = None,
-    lambda_b: float = 0.0,
-    class_weights: Array | None = None,
-    logit_adjustment: float | None = None,
-    prior: Array | None = None,
-    xp: ModuleType | None = None,
+    options: LossOptions,
 ) -> UFMGradients:
     """Value and exact gradients of the full-sample UFM+ objective, in one pass.
 
@@ -227,14 +283,12 @@ def ufm_gradients(
     >>> grads.features.shape
     (3, 2)
     """
-    options = LossOptions(lambda_b, class_weights, logit_adjustment, prior)
-    data, variables = full_problem(
-        classifier, features, labels, lambda_w, lambda_h, bias, options, xp
-    )
+    data, variables = full_problem(classifier, features, labels, lambda_w, lambda_h, options)
     value, g_w, g_h, g_b = evaluate(data, *variables, grad=True)
     return UFMGradients(objective=value, classifier=g_w, features=g_h, bias=g_b)
 
 
+@_shared_keywords
 def collapsed_objective(
     classifier: Array,
     means: Array,
@@ -242,12 +296,7 @@ def collapsed_objective(
     lambda_w: float,
     lambda_h: float,
     *,
-    bias: Array | None = None,
-    lambda_b: float = 0.0,
-    class_weights: Array | None = None,
-    logit_adjustment: float | None = None,
-    prior: Array | None = None,
-    xp: ModuleType | None = None,
+    options: LossOptions,
 ) -> Array:
     """The class-collapsed UFM+ objective.
 
@@ -305,13 +354,12 @@ def collapsed_objective(
     >>> round(float(collapsed_objective(W, means, [1, 2], 1e-2, 1e-2)), 6)
     0.229085
     """
-    options = LossOptions(lambda_b, class_weights, logit_adjustment, prior)
-    data, variables = collapsed_problem(
-        classifier, means, counts, lambda_w, lambda_h, bias, options, xp
+    return evaluate_value(
+        *collapsed_problem(classifier, means, counts, lambda_w, lambda_h, options)
     )
-    return evaluate_value(data, variables)
 
 
+@_shared_keywords
 def collapsed_gradients(
     classifier: Array,
     means: Array,
@@ -319,12 +367,7 @@ def collapsed_gradients(
     lambda_w: float,
     lambda_h: float,
     *,
-    bias: Array | None = None,
-    lambda_b: float = 0.0,
-    class_weights: Array | None = None,
-    logit_adjustment: float | None = None,
-    prior: Array | None = None,
-    xp: ModuleType | None = None,
+    options: LossOptions,
 ) -> CollapsedGradients:
     """Value and exact gradients of the class-collapsed UFM+ objective, in one pass.
 
@@ -358,38 +401,13 @@ def collapsed_gradients(
     >>> grads.means.shape
     (2, 2)
     """
-    options = LossOptions(lambda_b, class_weights, logit_adjustment, prior)
-    data, variables = collapsed_problem(
-        classifier, means, counts, lambda_w, lambda_h, bias, options, xp
-    )
+    data, variables = collapsed_problem(classifier, means, counts, lambda_w, lambda_h, options)
     value, g_w, g_h, g_b = evaluate(data, *variables, grad=True)
     return CollapsedGradients(objective=value, classifier=g_w, means=g_h, bias=g_b)
 
 
 # ---------------------------------------------------------------------------
 # the row form shared by both: rows are samples (full) or classes (collapsed)
-
-
-@dataclass(frozen=True)
-class LossOptions:
-    """The keyword options shared by every UFM+ loss function.
-
-    Attributes
-    ----------
-    lambda_b : float
-        Weight decay on the bias (>= 0; needs a bias when > 0).
-    class_weights : array or sequence (K,), optional
-        Per-class weights of the cross-entropy.
-    logit_adjustment : float, optional
-        Temperature ``tau`` of the logit adjustment.
-    prior : array or sequence (K,), optional
-        Class prior of the logit adjustment.
-    """
-
-    lambda_b: float = 0.0
-    class_weights: Any = None
-    logit_adjustment: float | None = None
-    prior: Any = None
 
 
 @dataclass(frozen=True)
@@ -475,96 +493,75 @@ def evaluate_value(data: LossData, variables: tuple[Array, Array, Array | None])
 
 
 # ---------------------------------------------------------------------------
-# problem data, and the validated variables of the public functions
+# problem data from checked values (the solver builds its own this way)
 
 
 def full_data(
     labels: Array,
     num_classes: int,
-    lambda_w: float,
-    lambda_h: float,
-    options: LossOptions,
+    decays: Decays,
     *,
+    class_weights: Array | None,
+    logit_shift: Array | None,
     xp: ModuleType,
     dtype: Any,
-    has_bias: bool,
 ) -> LossData:
-    """The data of the full-sample objective for validated int64 `labels` (N >= 1)."""
-    lam_w, lam_h, lam_b, tau = _check_decays(lambda_w, lambda_h, options, has_bias)
+    """The data of the full-sample objective for checked int64 `labels` (N >= 1)
+    and checked per-class vectors in `dtype`."""
     device = array_device(labels)
     num_rows = labels.shape[0]
     targets = xp.arange(num_classes, dtype=labels.dtype, device=device)
-
-    def label_frequencies() -> Array:
-        return xp.astype(segment_count(labels, num_classes, xp), dtype) / num_rows
-
-    weights = _vector(options.class_weights, "class_weights", num_classes, labels, xp, dtype)
     row_weight = xp.full((num_rows,), 1.0 / num_rows, dtype=dtype, device=device)
-    if weights is not None:
-        row_weight = row_weight * xp.take(weights, labels, axis=0)
+    if class_weights is not None:
+        row_weight = row_weight * xp.take(class_weights, labels, axis=0)
     return LossData(
         xp=xp,
         onehot=xp.astype(labels[:, None] == targets[None, :], dtype),
         row_weight=row_weight,
-        row_decay=xp.full((num_rows,), lam_h, dtype=dtype, device=device),
-        logit_shift=_logit_shift(
-            tau,
-            options.prior,
-            label_frequencies,
-            " (default: the label frequencies; pass `prior` when a class has no sample)",
-            num_classes,
-            labels,
-            xp,
-            dtype,
-        ),
-        lambda_w=lam_w,
-        lambda_b=lam_b,
+        row_decay=xp.full((num_rows,), decays.lambda_h, dtype=dtype, device=device),
+        logit_shift=logit_shift,
+        lambda_w=decays.lambda_w,
+        lambda_b=decays.lambda_b,
     )
 
 
 def collapsed_data(
-    counts: Any,
-    num_classes: int,
-    lambda_w: float,
-    lambda_h: float,
-    options: LossOptions,
+    counts: Array,
+    total: float,
+    decays: Decays,
     *,
+    class_weights: Array | None,
+    logit_shift: Array | None,
     xp: ModuleType,
-    dtype: Any,
-    has_bias: bool,
-    like: Array,
 ) -> LossData:
-    """The data of the class-collapsed objective (`counts` checked here; arrays
-    and sequences land on the namespace and device of `like`)."""
-    lam_w, lam_h, lam_b, tau = _check_decays(lambda_w, lambda_h, options, has_bias)
-    counts_arr = _vector(counts, "counts", num_classes, like, xp, dtype)
-    total = float(to_host(xp.sum(counts_arr)))
-    if total <= 0:
-        msg = f"`counts` must have a positive total; got {to_host(counts_arr).tolist()}"
-        raise ValueError(msg)
-    weights = _vector(options.class_weights, "class_weights", num_classes, like, xp, dtype)
-    row_weight = counts_arr / total
-    if weights is not None:
-        row_weight = row_weight * weights
+    """The data of the class-collapsed objective for checked `counts` (K,), in the
+    working dtype, whose sum is `total` > 0, and checked per-class vectors."""
+    row_weight = counts / total
+    if class_weights is not None:
+        row_weight = row_weight * class_weights
     return LossData(
         xp=xp,
-        onehot=xp.eye(num_classes, dtype=dtype, device=array_device(like)),
+        onehot=xp.eye(counts.shape[0], dtype=counts.dtype, device=array_device(counts)),
         row_weight=row_weight,
-        row_decay=lam_h * counts_arr,
-        logit_shift=_logit_shift(
-            tau,
-            options.prior,
-            lambda: counts_arr / total,
-            " (default: counts / N; pass `prior` when a count is 0)",
-            num_classes,
-            like,
-            xp,
-            dtype,
-        ),
-        lambda_w=lam_w,
-        lambda_b=lam_b,
+        row_decay=decays.lambda_h * counts,
+        logit_shift=logit_shift,
+        lambda_w=decays.lambda_w,
+        lambda_b=decays.lambda_b,
     )
 
+
+@dataclass(frozen=True)
+class Decays:
+    """Checked weight decays and the logit adjustment's temperature (0 without one)."""
+
+    lambda_w: float
+    lambda_h: float
+    lambda_b: float
+    tau: float
+
+
+# ---------------------------------------------------------------------------
+# the one parser of the public functions' arguments
 
 Variables = tuple[Array, Array, Array | None]
 
@@ -575,30 +572,38 @@ def full_problem(
     labels: Array,
     lambda_w: float,
     lambda_h: float,
-    bias: Array | None,
     options: LossOptions,
-    xp: ModuleType | None,
 ) -> tuple[LossData, Variables]:
-    """Validate the full-sample inputs: the problem data and the variables (W, H, b)."""
-    _require_arrays(classifier=classifier, features=features, labels=labels)
-    if xp is None:
-        xp = namespace(classifier=classifier, features=features, labels=labels, bias=bias)
-    _check_decays(lambda_w, lambda_h, options, bias is not None)
-    num_classes, dtype = _check_classifier(classifier, features, "features", xp)
+    """Check the full-sample arguments: the problem data and the variables (W, H, b)."""
+    bias = options.bias
+    check_arrays_given(classifier=classifier, features=features, labels=labels)
+    xp = options.xp or namespace(
+        classifier=classifier, features=features, labels=labels, bias=bias
+    )
+    decays = _check_decays(lambda_w, lambda_h, options)
+    num_classes, dtype = check_classifier_and_rows(classifier, features, "features", xp)
     check_columns(features, "features", classifier.shape[1], "classifier", rows="samples")
     if features.shape[0] == 0:
         msg = "`features` must hold at least one sample; got 0 rows"
         raise ValueError(msg)
     labels = check_batch(features, labels, num_classes, xp)
+    device = array_device(labels)
+    weights = _class_vector(options.class_weights, "class_weights", num_classes, xp, device, dtype)
+
+    def label_frequencies() -> Array:
+        return xp.astype(segment_count(labels, num_classes, xp), dtype) / labels.shape[0]
+
+    hint = " (default: the label frequencies; pass `prior` when a class has no sample)"
     data = full_data(
         labels,
         num_classes,
-        lambda_w,
-        lambda_h,
-        options,
+        decays,
+        class_weights=weights,
+        logit_shift=_checked_logit_shift(
+            decays.tau, options.prior, label_frequencies, hint, num_classes, xp, device, dtype
+        ),
         xp=xp,
         dtype=dtype,
-        has_bias=bias is not None,
     )
     return data, _variables(classifier, features, bias, num_classes, xp, dtype)
 
@@ -609,33 +614,38 @@ def collapsed_problem(
     counts: Any,
     lambda_w: float,
     lambda_h: float,
-    bias: Array | None,
     options: LossOptions,
-    xp: ModuleType | None,
 ) -> tuple[LossData, Variables]:
-    """Validate the class-collapsed inputs: the problem data and the variables (W, H, b)."""
-    _require_arrays(classifier=classifier, means=means)
-    if xp is None:
-        xp = namespace(classifier=classifier, means=means, bias=bias)
-    _check_decays(lambda_w, lambda_h, options, bias is not None)
-    num_classes, dtype = _check_classifier(classifier, means, "means", xp)
+    """Check the class-collapsed arguments: the problem data and the variables (W, H, b)."""
+    bias = options.bias
+    check_arrays_given(classifier=classifier, means=means)
+    xp = options.xp or namespace(classifier=classifier, means=means, bias=bias)
+    decays = _check_decays(lambda_w, lambda_h, options)
+    num_classes, dtype = check_classifier_and_rows(classifier, means, "means", xp)
     if tuple(means.shape) != tuple(classifier.shape):
         msg = (
             f"`means` must have the shape of `classifier` {tuple(classifier.shape)}; "
             f"got {tuple(means.shape)}"
         )
         raise ValueError(msg)
-    _check_finite(means, "means", xp)
+    check_finite(means, "means", xp)
+    device = array_device(classifier)
+    counts = check_class_vector(counts, "counts", num_classes, xp, device, dtype)
+    total = float(to_host(xp.sum(counts)))
+    if total <= 0:
+        msg = f"`counts` must have a positive total; got {to_host(counts).tolist()}"
+        raise ValueError(msg)
+    weights = _class_vector(options.class_weights, "class_weights", num_classes, xp, device, dtype)
+    hint = " (default: counts / N; pass `prior` when a count is 0)"
     data = collapsed_data(
         counts,
-        num_classes,
-        lambda_w,
-        lambda_h,
-        options,
+        total,
+        decays,
+        class_weights=weights,
+        logit_shift=_checked_logit_shift(
+            decays.tau, options.prior, lambda: counts / total, hint, num_classes, xp, device, dtype
+        ),
         xp=xp,
-        dtype=dtype,
-        has_bias=bias is not None,
-        like=classifier,
     )
     return data, _variables(classifier, means, bias, num_classes, xp, dtype)
 
@@ -648,44 +658,40 @@ def _variables(
     xp: ModuleType,
     dtype: Any,
 ) -> Variables:
-    return (
-        _cast(classifier, dtype, xp),
-        _cast(rows, dtype, xp),
-        _check_bias(bias, num_classes, xp, dtype),
+    if bias is not None:
+        check_bias_vector(bias, num_classes, xp)
+        bias = _cast(bias, dtype, xp)
+    return (_cast(classifier, dtype, xp), _cast(rows, dtype, xp), bias)
+
+
+def _check_decays(lambda_w: Any, lambda_h: Any, options: LossOptions) -> Decays:
+    """The weight decays and the temperature of the options."""
+    tau = options.logit_adjustment
+    return Decays(
+        lambda_w=check_nonnegative(lambda_w, "lambda_w"),
+        lambda_h=check_nonnegative(lambda_h, "lambda_h"),
+        lambda_b=check_bias_decay(options.lambda_b, options.bias is not None, "pass `bias`"),
+        tau=0.0 if tau is None else check_real(tau, "logit_adjustment"),
     )
 
 
-def _require_arrays(**arrays: Any) -> None:
-    """A TypeError naming the first required array that is missing (None)."""
-    for name, value in arrays.items():
-        if value is None:
-            msg = f"`{name}` must be an array; got None"
-            raise TypeError(msg)
+def _class_vector(
+    value: Any, name: str, size: int, xp: ModuleType, device: Any, dtype: Any
+) -> Array | None:
+    """`check_class_vector` of an optional per-class vector (None stays None)."""
+    if value is None:
+        return None
+    return check_class_vector(value, name, size, xp, device, dtype)
 
 
-def _check_decays(
-    lambda_w: Any, lambda_h: Any, options: LossOptions, has_bias: bool
-) -> tuple[float, float, float, float]:
-    """The weight decays and the logit adjustment's temperature (0 without one)."""
-    lam_w = check_nonnegative(lambda_w, "lambda_w")
-    lam_h = check_nonnegative(lambda_h, "lambda_h")
-    lam_b = check_bias_decay(options.lambda_b, has_bias, "pass `bias`")
-    tau = (
-        0.0
-        if options.logit_adjustment is None
-        else check_real(options.logit_adjustment, "logit_adjustment")
-    )
-    return lam_w, lam_h, lam_b, tau
-
-
-def _logit_shift(
+def _checked_logit_shift(
     tau: float,
     prior: Any,
     default_prior: Callable[[], Array],
     default_hint: str,
     num_classes: int,
-    like: Array,
     xp: ModuleType,
+    device: Any,
     dtype: Any,
 ) -> Array | None:
     """``tau * log(prior)`` (None without a logit adjustment); `default_prior`
@@ -695,78 +701,10 @@ def _logit_shift(
     hint = ""
     if prior is None:
         prior, hint = default_prior(), default_hint
-    prior = _vector(prior, "prior", num_classes, like, xp, dtype, positive=True, hint=hint)
-    return tau * xp.log(prior)
-
-
-def _check_classifier(
-    classifier: Array, rows: Array, rows_name: str, xp: ModuleType
-) -> tuple[int, Any]:
-    check_features(classifier, xp, name="classifier", rows="classes")
-    check_features(rows, xp, name=rows_name)
-    if classifier.shape[0] < 1 or classifier.shape[1] < 1:
-        msg = f"`classifier` must have at least one row and column; got {tuple(classifier.shape)}"
-        raise ValueError(msg)
-    _check_finite(classifier, "classifier", xp)
-    return classifier.shape[0], xp.result_type(classifier.dtype, rows.dtype)
-
-
-def _check_bias(bias: Array | None, num_classes: int, xp: ModuleType, dtype: Any) -> Array | None:
-    if bias is None:
-        return None
-    if bias.ndim != 1 or bias.shape[0] != num_classes:
-        msg = f"`bias` must have shape ({num_classes},); got {tuple(bias.shape)}"
-        raise ValueError(msg)
-    if not xp.isdtype(bias.dtype, "real floating"):
-        msg = f"`bias` must have a real floating dtype; got {bias.dtype}"
-        raise TypeError(msg)
-    _check_finite(bias, "bias", xp)
-    return _cast(bias, dtype, xp)
-
-
-def _check_finite(x: Array, name: str, xp: ModuleType) -> None:
-    if not bool(to_host(xp.all(xp.isfinite(x)))):
-        msg = f"`{name}` must be finite; it holds NaN or Inf"
-        raise ValueError(msg)
-
-
-def _vector(
-    value: Any,
-    name: str,
-    size: int,
-    like: Array,
-    xp: ModuleType,
-    dtype: Any,
-    *,
-    positive: bool = False,
-    hint: str = "",
-) -> Array | None:
-    """A per-class vector (an array of `like`'s library and device, or a
-    sequence) as `dtype`.
-
-    Its entries must be finite and >= 0 (> 0 with `positive`).
-    """
-    if value is None:
-        return None
-    if isinstance(value, (list, tuple, range)):
-        arr = xp.asarray(value, device=array_device(like))
-    else:
-        namespace(arrays=like, **{name: value})
-        arr = value
-    if arr.ndim != 1 or arr.shape[0] != size:
-        msg = f"`{name}` must have shape ({size},); got {tuple(arr.shape)}"
-        raise ValueError(msg)
-    if not (xp.isdtype(arr.dtype, "real floating") or xp.isdtype(arr.dtype, "integral")):
-        msg = f"`{name}` must hold real numbers; got dtype {arr.dtype}"
-        raise TypeError(msg)
-    arr = _cast(arr, dtype, xp)
-    host = np.asarray(to_host(arr), dtype=np.float64)
-    ok = np.isfinite(host) & ((host > 0) if positive else (host >= 0))
-    if not ok.all():
-        need = "> 0" if positive else ">= 0"
-        msg = f"`{name}`{hint} must be finite and {need}; got {host.tolist()}"
-        raise ValueError(msg)
-    return arr
+    checked = check_class_vector(
+        prior, "prior", num_classes, xp, device, dtype, positive=True, hint=hint
+    )
+    return tau * xp.log(checked)
 
 
 def _cast(x: Array, dtype: Any, xp: ModuleType) -> Array:

@@ -10,24 +10,28 @@ starts run side by side as one batch. It runs on any array-API backend. See
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from .._lib.backend import array_device, resolve_namespace, segment_sum, to_host
+from .._lib.backend import array_device, is_host_data, resolve_namespace, segment_sum, to_host
 from .._lib.validate import (
     check_bias_decay,
+    check_choice,
+    check_class_vector,
     check_counts,
     check_device,
+    check_flag,
     check_float_dtype,
     check_positive,
     check_positive_int,
+    check_real,
+    check_seed,
     check_weight_decay,
 )
-from .loss import LossData, LossOptions, collapsed_data, evaluate, full_data
+from .loss import Decays, LossData, collapsed_data, evaluate, full_data
 
 __all__ = ["MAX_BYTES", "UFMSolution", "solve_ufm", "working_memory"]
 
@@ -229,15 +233,11 @@ def solve_ufm(
     lam_w = check_weight_decay(lambda_w, "lambda_w")
     lam_h = check_weight_decay(lambda_h, "lambda_h")
     lam_b = check_bias_decay(lambda_b, bool(bias), "pass bias=True")
-    dim = check_positive_int(dim, "dim")
-    if form not in _FORMS:
-        msg = f"`form` must be one of {_FORMS}; got {form!r}"
-        raise ValueError(msg)
-    restarts = check_positive_int(restarts, "restarts")
+    dim, form, restarts = _check_shape_options(dim, form, restarts)
     max_iter = check_positive_int(max_iter, "max_iter")
-    bias = _check_flag(bias, "bias")
-    frame_start = _check_flag(frame_start, "frame_start")
-    seed = _check_seed(seed)
+    bias = check_flag(bias, "bias")
+    frame_start = check_flag(frame_start, "frame_start")
+    seed = check_seed(seed)
     xp = resolve_namespace(xp)
     dtype = check_float_dtype(dtype, xp)
     check_device(xp, device, dtype)
@@ -246,19 +246,9 @@ def solve_ufm(
     tol = check_positive(tol, "tol")
     _check_memory(counts_host, dim, form, restarts, xp.finfo(dtype).bits // 8, max_bytes)
 
-    problem, labels = _build_problem(
-        counts_host,
-        lam_w,
-        lam_h,
-        lam_b,
-        bias,
-        form,
-        class_weights,
-        logit_adjustment,
-        xp,
-        device,
-        dtype,
-    )
+    tau = 0.0 if logit_adjustment is None else check_real(logit_adjustment, "logit_adjustment")
+    decays = Decays(lambda_w=lam_w, lambda_h=lam_h, lambda_b=lam_b, tau=tau)
+    problem, labels = _build_problem(counts_host, decays, form, class_weights, xp, device, dtype)
     start = _starts(
         counts_host, lam_w, lam_h, dim, bias, form, restarts, frame_start, seed, xp, device, dtype
     )
@@ -300,25 +290,6 @@ def solve_ufm(
     )
 
 
-def _check_flag(value: Any, name: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        msg = f"`{name}` must be True or False; got {value!r}"
-        raise TypeError(msg)
-    return bool(value)
-
-
-def _check_seed(seed: Any) -> Any:
-    if seed is None or isinstance(seed, np.random.Generator):
-        return seed
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        msg = f"`seed` must be an int >= 0, a numpy.random.Generator or None; got {seed!r}"
-        raise TypeError(msg)
-    if seed < 0:
-        msg = f"`seed` must be >= 0; got {seed}"
-        raise ValueError(msg)
-    return int(seed)
-
-
 def working_memory(
     counts: Any, dim: int, *, form: str = "collapsed", restarts: int = 8, itemsize: int = 8
 ) -> int:
@@ -353,13 +324,18 @@ def working_memory(
     True
     """
     host = check_counts(counts)
-    dim = check_positive_int(dim, "dim")
-    if form not in _FORMS:
-        msg = f"`form` must be one of {_FORMS}; got {form!r}"
-        raise ValueError(msg)
-    restarts = check_positive_int(restarts, "restarts")
+    dim, form, restarts = _check_shape_options(dim, form, restarts)
     itemsize = check_positive_int(itemsize, "itemsize")
     return _working_memory(host, dim, form, restarts, itemsize)
+
+
+def _check_shape_options(dim: Any, form: Any, restarts: Any) -> tuple[int, str, int]:
+    """The options that size the solver's variables (`solve_ufm`, `working_memory`)."""
+    return (
+        check_positive_int(dim, "dim"),
+        check_choice(form, "form", _FORMS),
+        check_positive_int(restarts, "restarts"),
+    )
 
 
 def _working_memory(counts: np.ndarray, dim: int, form: str, restarts: int, itemsize: int) -> int:
@@ -373,6 +349,7 @@ def _solver_bytes(k: int, total: int, dim: int, form: str, restarts: int, itemsi
     return restarts * per_start * itemsize
 
 
+# Kept here: the limit is checked against this module's model of the solver's memory.
 def _check_memory(
     counts: np.ndarray, dim: int, form: str, restarts: int, itemsize: int, max_bytes: Any
 ) -> None:
@@ -592,41 +569,44 @@ def _neg(a: Array | None) -> Array | None:
 
 def _build_problem(
     counts: np.ndarray,
-    lam_w: float,
-    lam_h: float,
-    lam_b: float,
-    bias: bool,
+    decays: Decays,
     form: str,
     class_weights: Any,
-    logit_adjustment: float | None,
     xp: ModuleType,
     device: Any,
     dtype: Any,
 ) -> tuple[LossData, Array | None]:
-    """The problem data for the counts (no variables: the starts supply them),
-    and the labels of the full form."""
+    """The problem data for checked counts and decays (no variables: the starts
+    supply them), and the labels of the full form; only `class_weights` is checked here."""
     num_classes = counts.shape[0]
-    if class_weights is not None and not isinstance(class_weights, (list, tuple, range)):
-        class_weights = to_host(class_weights).tolist()
+    if class_weights is not None:
+        host = class_weights if is_host_data(class_weights) else to_host(class_weights)
+        class_weights = check_class_vector(host, "class_weights", num_classes, xp, device, dtype)
+    logit_shift = None
+    if decays.tau != 0.0:
+        prior = xp.asarray(counts / counts.sum(), dtype=dtype, device=device)
+        logit_shift = decays.tau * xp.log(prior)
     if form == "collapsed":
         counts_arr = xp.asarray(counts, dtype=dtype, device=device)
-        options = LossOptions(lam_b, class_weights, logit_adjustment)
         data = collapsed_data(
             counts_arr,
-            num_classes,
-            lam_w,
-            lam_h,
-            options,
+            float(counts.sum()),
+            decays,
+            class_weights=class_weights,
+            logit_shift=logit_shift,
             xp=xp,
-            dtype=dtype,
-            has_bias=bias,
-            like=counts_arr,
         )
         return data, None
     labels = xp.asarray(np.repeat(np.arange(num_classes), counts), device=device)
-    prior = (counts / counts.sum()).tolist() if logit_adjustment is not None else None
-    options = LossOptions(lam_b, class_weights, logit_adjustment, prior)
-    data = full_data(labels, num_classes, lam_w, lam_h, options, xp=xp, dtype=dtype, has_bias=bias)
+    data = full_data(
+        labels,
+        num_classes,
+        decays,
+        class_weights=class_weights,
+        logit_shift=logit_shift,
+        xp=xp,
+        dtype=dtype,
+    )
     return data, labels
 
 
