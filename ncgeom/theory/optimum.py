@@ -15,6 +15,7 @@ an explicit optimal ``(classifier, means)`` pair are built only on request.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -111,6 +112,11 @@ class UFMOptimum:
     cosines: Array
     objective: Array
 
+    @functools.cached_property
+    def xp(self) -> ModuleType:
+        """The array namespace of the optimum's arrays (resolved once per object)."""
+        return namespace(margins=self.margins)
+
     @property
     def num_classes(self) -> int:
         """Number of classes ``K``."""
@@ -119,7 +125,7 @@ class UFMOptimum:
     @property
     def num_samples(self) -> int:
         """Total number of samples ``N``."""
-        return int(to_host(namespace(counts=self.counts).sum(self.counts)))
+        return int(to_host(self.xp.sum(self.counts)))
 
     def feature_gram(self) -> Array:
         """Gram matrix of the class means, ``means @ means.T``, shape (K, K).
@@ -132,7 +138,7 @@ class UFMOptimum:
         >>> ufm_relu_optimum([3, 1], 0.2, 0.2).feature_gram().round(4).tolist()
         [[0.2954, 0.0], [0.0, 0.0]]
         """
-        xp = namespace(margins=self.margins)
+        xp = self.xp
         sq = self.feature_norms * self.feature_norms
         return self._eye(xp) * sq[None, :]
 
@@ -149,7 +155,7 @@ class UFMOptimum:
         >>> ufm_relu_optimum([5, 5], 1e-2, 1e-2).classifier_gram().round(3).tolist()
         [[5.41, -5.41], [-5.41, 5.41]]
         """
-        xp = namespace(margins=self.margins)
+        xp = self.xp
         k = self.num_classes
         nu = self._scaled_sq_norms(xp)
         total = xp.sum(nu)
@@ -170,7 +176,7 @@ class UFMOptimum:
         >>> ufm_relu_optimum([10, 10, 10], 1e-2, 1e-3).logits().round(3).tolist()[0]
         [2.918, -1.459, -1.459]
         """
-        xp = namespace(margins=self.margins)
+        xp = self.xp
         k = self.num_classes
         return self.margins[:, None] * (self._eye(xp) - 1.0 / k)
 
@@ -188,7 +194,7 @@ class UFMOptimum:
         >>> ufm_relu_optimum([12, 8, 4, 2], 5e-3, 5e-3, dim=5).means().shape
         (4, 5)
         """
-        xp = namespace(margins=self.margins)
+        xp = self.xp
         dtype = self.margins.dtype
         device = array_device(self.margins)
         slot = xp.cumulative_sum(xp.astype(self.alive, xp.int64)) - 1
@@ -209,7 +215,7 @@ class UFMOptimum:
         >>> bool(abs(opt.classifier().sum(axis=0)).max() < 1e-12)
         True
         """
-        xp = namespace(margins=self.margins)
+        xp = self.xp
         k = self.num_classes
         gamma = math.sqrt(k * self.lambda_h / ((k - 1) * self.lambda_w))
         scaled = xp.sqrt(xp.astype(self.counts, self.margins.dtype))[:, None] * self.means()
