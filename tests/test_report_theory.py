@@ -31,11 +31,15 @@ def _instance(seed=0, noise=0.05):
     return x, y, w, margins, sq_norms
 
 
-def test_theory_metrics_match_direct_formulas():
+def _optimum(backend, **kwargs):
+    return ufm_relu_optimum(COUNTS, LW, LH, xp=backend.xp, device=backend.device, **kwargs)
+
+
+def test_theory_metrics_match_direct_formulas(backend):
     x, y, w, margins, sq_norms = _instance()
     k = len(COUNTS)
-    opt = ufm_relu_optimum(COUNTS, LW, LH, dim=x.shape[1])
-    rep = nc_report((x, y), w, theory=opt)
+    opt = _optimum(backend, dim=x.shape[1])
+    rep = nc_report((backend.asarray(x), backend.asarray(y)), backend.asarray(w), theory=opt)
     mu = np.stack([x[y == c].mean(0) for c in range(k)])
     gof = np.linalg.norm(_nf(mu @ mu.T) - _nf(np.diag(sq_norms)))
     j = np.ones((k, k))
@@ -56,17 +60,19 @@ def test_theory_metrics_match_direct_formulas():
     assert rep.to_dict()["margins_predicted"] == list(rep.margins_predicted)
 
 
-def test_theory_optimum_itself_scores_zero():
-    opt = ufm_relu_optimum(COUNTS, LW, LH, dim=4)
-    means, w = np.asarray(opt.means()), np.asarray(opt.classifier())
-    y = np.repeat(np.arange(4), COUNTS)
-    rep = nc_report(ClassStats.from_features(means[y], y, 4), w, theory=opt)
+def test_theory_optimum_itself_scores_zero(backend):
+    opt = _optimum(backend, dim=4)
+    means, w = opt.means(), opt.classifier()
+    y = backend.asarray(np.repeat(np.arange(4), COUNTS))
+    rep = nc_report(
+        ClassStats.from_features(backend.xp.take(means, y, axis=0), y, 4), w, theory=opt
+    )
     for name in ("gof_error", "classifier_gram_error", "logit_structure_error"):
         assert getattr(rep, name) < 1e-12, name
     assert rep.orthogonality_error < 1e-12
     assert rep.scaled_alignment_error < 1e-12
     np.testing.assert_allclose(rep.feature_norms_measured, rep.feature_norms_predicted, atol=1e-12)
-    alive = np.asarray(opt.alive)
+    alive = backend.to_numpy(opt.alive)
     np.testing.assert_allclose(
         np.asarray(rep.margins_measured)[alive],
         np.asarray(rep.margins_predicted)[alive],
@@ -74,15 +80,20 @@ def test_theory_optimum_itself_scores_zero():
     )
 
 
-def test_theory_without_classifier_and_with_empty_class():
-    x, y, _, _, _ = _instance()
-    opt = ufm_relu_optimum(COUNTS, LW, LH)
-    rep = nc_report((x, y), theory=opt)
-    assert rep.gof_error is not None and rep.feature_norms_measured is not None
+def test_theory_without_classifier_and_with_empty_class(backend):
+    x, y, _, _, sq_norms = _instance()
+    opt = _optimum(backend)
+    rep = nc_report((backend.asarray(x), backend.asarray(y)), theory=opt)
+    mu = np.stack([x[y == c].mean(0) for c in range(len(COUNTS))])
+    gof = np.linalg.norm(_nf(mu @ mu.T) - _nf(np.diag(sq_norms)))
+    assert rep.gof_error == pytest.approx(gof, rel=1e-10)
+    np.testing.assert_allclose(rep.feature_norms_measured, np.linalg.norm(mu, axis=1), rtol=1e-10)
     assert dict(rep.unavailable)["margins_measured"] == "no classifier given"
     keep = y != 3
     with pytest.warns(UserWarning, match="no samples"):
-        partial = nc_report((x[keep], y[keep]), num_classes=4, theory=opt)
+        partial = nc_report(
+            (backend.asarray(x[keep]), backend.asarray(y[keep])), num_classes=4, theory=opt
+        )
     assert partial.gof_error is None
     assert "every class" in dict(partial.unavailable)["gof_error"]
 
