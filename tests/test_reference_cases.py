@@ -7,6 +7,7 @@ on every backend with non-zero residual sums.
 
 from __future__ import annotations
 
+import array_api_compat
 import numpy as np
 import pytest
 
@@ -57,15 +58,21 @@ def test_pair_metrics_with_more_classes_than_dimensions(backend, k, d):
         assert got == pytest.approx(want, rel=1e-9), name
 
 
-def test_cdnv_in_float32_with_a_large_common_mean():
+def test_cdnv_in_float32_with_a_large_common_mean(backend):
     # Distances from uncentred means of norm ~1000 lose every digit in float32.
     rng = np.random.default_rng(2)
     x, y, _ = _labelled(rng, 3000, 16, 6, spread=0.05, offset=1000.0)
-    want = ref.cdnv(x.astype(np.float32).astype(np.float64), y, 6)
-    got = nc_report((x.astype(np.float32), y)).cdnv
+    x32 = x.astype(np.float32)
+    want = ref.cdnv(x32.astype(np.float64), y, 6)
+    xb, yb = backend.asarray(x32), backend.asarray(y)
+    got = nc_report((xb, yb)).cdnv
     assert got == pytest.approx(want, rel=1e-4)
-    stats = ClassStats.from_features(x.astype(np.float32), y, 6)
-    assert float(metrics.cdnv(stats)) == pytest.approx(want, rel=1e-4)
+    stats = ClassStats.from_features(xb, yb, 6)
+    value = metrics.cdnv(stats)
+    assert value.dtype == backend.xp.float32
+    assert array_api_compat.array_namespace(value) is array_api_compat.array_namespace(xb)
+    assert str(array_api_compat.device(value)) == str(array_api_compat.device(xb))
+    assert float(backend.to_numpy(value)) == pytest.approx(want, rel=1e-4)
 
 
 def test_streamed_and_merged_statistics_match_the_reference_on_every_backend(backend):
