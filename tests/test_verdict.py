@@ -18,11 +18,20 @@ from ncgeom.vocabulary import METRIC_NAMES, METRICS, PER_CLASS, label, per_class
 COUNTS = [30, 20, 3, 1]
 
 
-def optimum_report(objective: float | None = None) -> NCReport:
-    """The report of the optimum's own features, with its theory context."""
-    opt = ufm_relu_optimum(COUNTS, 2e-2, 2e-2)
+def optimum_report(objective: float | None = None, backend=None) -> NCReport:
+    """The report of the optimum's own features, with its theory context.
+
+    With `backend`, the optimum, its features and labels are on that backend.
+    """
+    on = {} if backend is None else {"xp": backend.xp, "device": backend.device}
+    opt = ufm_relu_optimum(COUNTS, 2e-2, 2e-2, **on)
     y = np.repeat(np.arange(len(COUNTS)), COUNTS)
-    report = nc_report((opt.means()[y], y), opt.classifier(), theory=opt)
+    if backend is None:
+        features, labels = opt.means()[y], y
+    else:
+        labels = backend.asarray(y)
+        features = backend.xp.take(opt.means(), labels, axis=0)
+    report = nc_report((features, labels), opt.classifier(), theory=opt)
     return report.with_theory(opt, objective=objective)
 
 
@@ -57,8 +66,8 @@ def test_text_lists_every_metric_by_its_label_with_a_reason_for_each_dash():
     assert "no classifier given" in text and "no theory given" in text
 
 
-def test_verdict_numbers_match_the_json_and_the_formulas():
-    report = optimum_report(objective=0.75)
+def test_verdict_numbers_match_the_json_and_the_formulas(backend):
+    report = optimum_report(objective=0.75, backend=backend)
     saved = json.loads(json.dumps(report.to_dict()))
     verdict = saved["verdict"]
     f_star = 0.730155472976704  # docs test vector
