@@ -123,6 +123,16 @@ _SLOW_ON_JAX = {
     "tests/test_solve.py::test_full_form_on_every_backend[jax]",
     "tests/test_stats.py::test_float32_near_collapse_keeps_nc1_to_1e_3[jax-in_memory_report]",
     "tests/test_stats.py::test_float32_near_collapse_keeps_nc1_to_1e_3[jax-streaming]",
+    "tests/test_large_k.py::test_many_classes_on_every_backend[jax]",
+    "tests/test_reference_cases.py::test_cdnv_in_float32_with_a_large_common_mean[jax]",
+    "tests/test_solve.py::test_float32_default_tolerance[jax]",
+    "tests/test_solve.py::test_kkt_residual_is_the_documented_quantity[jax]",
+    "tests/test_solve.py::test_published_vectors[jax-imbalanced-collapsed]",
+    "tests/test_solve.py::test_published_vectors[jax-imbalanced-full]",
+    "tests/test_solve.py::test_published_vectors[jax-minority-collapse-full]",
+    "tests/test_solve.py::test_published_vectors[jax-balanced-collapsed]",
+    "tests/test_stats.py::test_half_precision_accumulates_in_float32[jax]",
+    "tests/test_theory_metrics.py::test_blocked_equals_one_shot[jax]",
 }
 
 
