@@ -123,16 +123,16 @@ def test_published_vectors(backend, vector, form):
     )
 
 
-def test_spurious_stationary_value_is_the_optimum_in_two_dimensions():
+def test_spurious_stationary_value_is_the_optimum_in_two_dimensions(backend):
     # The minority-collapse vector has a stationary point with two classes
     # collapsed at f = 0.7359. With two dimensions (room for two orthogonal
     # non-negative means) the solver ends there; with four its starts must get
     # past it to the optimum.
     counts, lw, lh = [30, 20, 3, 1], 2e-2, 2e-2
-    low = solve_ufm(counts, lw, lh, 2, seed=1)
+    low = _solve(backend, counts, lw, lh, 2, seed=1)
     assert low.objective == pytest.approx(0.7359, abs=5e-5)
-    assert np.count_nonzero(np.linalg.norm(np.asarray(low.means), axis=1)) == 2
-    high = solve_ufm(counts, lw, lh, 4, seed=1, frame_start=False)
+    assert np.count_nonzero(np.linalg.norm(_host(backend, low.means), axis=1)) == 2
+    high = _solve(backend, counts, lw, lh, 4, seed=1, frame_start=False)
     assert high.objective == pytest.approx(VECTORS[1][5], rel=1e-10)
 
 
@@ -219,20 +219,21 @@ def test_bias_never_hurts_and_satisfies_kkt(config, lambda_b):
 # variants, backends, reproducibility
 
 
-def test_full_and_collapsed_agree_with_weights_and_logit_adjustment():
+def test_full_and_collapsed_agree_with_weights_and_logit_adjustment(backend):
     counts, lw, lh = [30, 20, 3, 1], 2e-2, 2e-2
     options = {"class_weights": [1.0, 1.5, 10.0, 30.0], "logit_adjustment": 0.5, "bias": True}
-    a = solve_ufm(counts, lw, lh, 4, seed=0, **options)
-    b = solve_ufm(counts, lw, lh, 4, seed=0, form="full", restarts=4, **options)
+    a = _solve(backend, counts, lw, lh, 4, seed=0, **options)
+    b = _solve(backend, counts, lw, lh, 4, seed=0, form="full", restarts=4, **options)
     assert a.converged and b.converged
     assert a.objective == pytest.approx(b.objective, rel=1e-9)
+    _host(backend, a.bias)
 
 
-def test_seed_reproduces_and_stays_within_the_batch():
-    a = solve_ufm([7, 3, 1], 1e-3, 1e-2, 3, seed=11)
-    b = solve_ufm([7, 3, 1], 1e-3, 1e-2, 3, seed=11)
-    np.testing.assert_array_equal(a.classifier, b.classifier)
-    np.testing.assert_array_equal(a.means, b.means)
+def test_seed_reproduces_and_stays_within_the_batch(backend):
+    a = _solve(backend, [7, 3, 1], 1e-3, 1e-2, 3, seed=11)
+    b = _solve(backend, [7, 3, 1], 1e-3, 1e-2, 3, seed=11)
+    np.testing.assert_array_equal(_host(backend, a.classifier), _host(backend, b.classifier))
+    np.testing.assert_array_equal(_host(backend, a.means), _host(backend, b.means))
     assert a.restart_objectives == b.restart_objectives
     assert len(a.restart_objectives) == 8
     assert a.objective == min(a.restart_objectives)
@@ -248,16 +249,17 @@ def test_counts_in_any_order(backend):
 
 
 @pytest.mark.parametrize("gap", [1e-2, -1e-2])
-def test_class_near_its_collapse_threshold(gap):
+def test_class_near_its_collapse_threshold(backend, gap):
     # Class 2 (n = 5) just above or just below n_crit = 5 (1 - gap), where the
     # objective is flattest in its direction.
     counts = [50, 20, 5, 2]
     lam = math.sqrt(5 * (1 - gap) * 3 / (77**2 * 4))
     margins, _, value = ufm_closed_form(counts, lam, lam)
     assert (margins[2] > 0) == (gap > 0)
-    sol = solve_ufm(counts, lam, lam, 4, seed=0, frame_start=False)
+    sol = _solve(backend, counts, lam, lam, 4, seed=0, frame_start=False)
     assert sol.converged
     assert sol.objective == pytest.approx(value, rel=1e-10)
+    _host(backend, sol.means)
     check_geometry(sol, counts, lam, lam)
 
 
