@@ -279,6 +279,39 @@ def test_coincident_means_make_cdnv_undefined():
     assert len(caught) == 1
 
 
+def _scaled_alignment_reference(w, counts, means):
+    """float64 ``|| W/||W|| - T/||T|| ||_F``, ``T_k = K sqrt(n_k) mu_k - sum_j sqrt(n_j) mu_j``."""
+    scaled = np.sqrt(counts)[:, None] * means
+    target = len(counts) * scaled - scaled.sum(axis=0)
+    return np.linalg.norm(w / np.linalg.norm(w) - target / np.linalg.norm(target))
+
+
+@pytest.mark.parametrize("second", [[1.0, 0.0], [1.0, 0.5]])
+def test_scaled_alignment_undefined_only_when_the_scaled_means_coincide(backend, second):
+    # Counts 1 and 4: sqrt(n) mu is (2, 0) for both classes when mu_1 = (1, 0),
+    # although the means themselves differ.
+    x = np.array([[2.0, 0.0], second, second, second, second])
+    y = np.array([0, 1, 1, 1, 1])
+    w = np.array([[1.0, 0.0], [0.0, 1.0]])
+    source = ClassStats.from_features(backend.asarray(x), backend.asarray(y), 2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rep = nc_report(source, backend.asarray(w))
+    if second == [1.0, 0.0]:
+        assert np.isnan(rep.scaled_alignment_error)
+        assert (
+            "sqrt(n)-scaled class means coincide"
+            in dict(rep.unavailable)["scaled_alignment_error"]
+        )
+        assert len(caught) == 1 and "scaled_alignment_error" in str(caught[0].message)
+        assert np.isfinite(rep.self_duality_error)  # the means themselves differ
+    else:
+        want = _scaled_alignment_reference(w, np.array([1.0, 4.0]), np.array([[2.0, 0], second]))
+        assert rep.scaled_alignment_error == pytest.approx(want, rel=1e-12)
+        assert "scaled_alignment_error" not in dict(rep.unavailable)
+        assert caught == []
+
+
 def test_statistics_never_keep_an_autograd_graph():
     import gc
     import weakref

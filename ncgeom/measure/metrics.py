@@ -102,14 +102,21 @@ class Classes:
         ``between``: the centred means are zero or below rounding (dead
         features, all class means equal): every metric of the between-class
         spread is undefined. ``means``: every class mean is zero.
+        ``scaled``: the sqrt(n)-scaled means ``sqrt(n_k) mu_k`` coincide, so
+        the target of the scaled alignment has no direction.
         """
         xp = self.xp
         eps = xp.finfo(self.means.dtype).eps
         largest_mean = xp.max(xp.vecdot(self.means, self.means))
         largest_centred = xp.max(xp.vecdot(self.centred, self.centred))
+        scaled = xp.sqrt(self.counts)[:, None] * self.means
+        scaled_centred = scaled - xp.mean(scaled, axis=0)
+        largest_scaled = xp.max(xp.vecdot(scaled, scaled))
         return {
             "between": largest_centred <= (16 * eps) ** 2 * largest_mean,
             "means": largest_mean == 0,
+            "scaled": xp.max(xp.vecdot(scaled_centred, scaled_centred))
+            <= (16 * eps) ** 2 * largest_scaled,
         }
 
 
@@ -118,6 +125,7 @@ DEGENERATE_REASONS = {
     "between": "the class means coincide (between-class spread zero or below rounding)",
     "means": "every class mean is zero (dead features)",
     "coincident": "two class means coincide (their distance is below rounding)",
+    "scaled": "the sqrt(n)-scaled class means coincide (no direction to align with)",
 }
 #: The flags that make each metric undefined, the most specific reason first.
 DEGENERATE_METRICS = {
@@ -128,7 +136,7 @@ DEGENERATE_METRICS = {
     "equiangularity": ("means", "between"),
     "orthogonality_error": ("means",),
     "self_duality_error": ("means", "between"),
-    "scaled_alignment_error": ("means",),
+    "scaled_alignment_error": ("means", "scaled"),
 }
 
 
