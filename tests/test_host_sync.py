@@ -123,10 +123,10 @@ def test_report_reads_do_not_depend_on_the_chunks(with_classifier: bool) -> None
     assert many.kinds() == one.kinds()
     # Label range, the counts with the finiteness of the means, the
     # eigensolver's status (the basis of the centred means), then the one
-    # transfer of every metric and degeneracy flag (13 scalars, 3 flags and 4
+    # transfer of every metric and degeneracy flag (13 scalars, 4 flags and 4
     # per-class vectors at most).
     assert one.kinds() == [("read", "cpu")] * 2 + [("checked", "linalg_eigh"), ("read", "cpu")]
-    assert one.largest() <= 13 + 3 + 4 * K
+    assert one.largest() <= 13 + 4 + 4 * K
     assert many.largest() < N  # never a feature-sized read
 
 
