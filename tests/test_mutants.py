@@ -714,3 +714,483 @@ def test_report_with_theory_uses_the_report_centre():
     report = nc_report((np.asarray(opt.means())[y], y), global_mean="classes").with_theory(opt)
     assert dict(report.theory) == dict(theory_context(opt, global_mean="classes"))
     assert dict(report.theory) != dict(theory_context(opt, global_mean="samples"))
+
+
+# ----------------------------------------------------------------------------- the engine
+def _stats_about(x, y, k, shift):
+    """ClassStats of (x, y) about hand-chosen shifts, summed here in float64."""
+    dev = x - shift[y]
+    sums = np.stack([dev[y == c].sum(axis=0) for c in range(k)])
+    sqnorms = np.array([np.sum(dev[y == c] ** 2) for c in range(k)])
+    counts = np.bincount(y, minlength=k).astype(np.int64)
+    return ClassStats(counts, shift, sums, sqnorms, dev.T @ dev, np.ones(()))
+
+
+def _population_variances(x, y, k):
+    """Mean squared distance of each class's samples to their mean (NaN if none)."""
+    out = np.full(k, np.nan)
+    for c in np.unique(y):
+        out[c] = np.mean(np.sum((x[y == c] - x[y == c].mean(axis=0)) ** 2, axis=1))
+    return out
+
+
+@pytest.mark.filterwarnings("error")  # an empty class divides by nothing, silently
+def test_cancellation_and_shift_error_of_chosen_shifts():
+    # The two bounds that decide whether the engine sums the means again:
+    # |shift - mean|^2 / variance (worst class) and |shift - mean| over the RMS
+    # spread of the shifts about their count-weighted centre.
+    from ncgeom.measure import stats as engine
+
+    rng = np.random.default_rng(11)
+    k, d = 4, 3
+    y = np.repeat(np.arange(k), [5, 0, 8, 1])  # class 1 empty, class 3 one sample
+    x = 4.0 * rng.normal(size=(k, d))[y] + rng.normal(size=(len(y), d))
+    x[y == 3] = [1.0, 2.0, 3.0]
+    present = [0, 2, 3]
+    means = np.zeros((k, d))
+    means[present] = [x[y == c].mean(axis=0) for c in present]
+    offsets = np.array([[0.3, 0.0, 0.1], [0.0, 0.0, 0.0], [-0.9, 0.4, 0.2], [1.5, 0.0, 0.0]])
+    shift = means + offsets
+    shift[1] = [50.0, -70.0, 20.0]  # an empty class's shift counts for nothing
+    stats = _stats_about(x, y, k, shift)
+    n = np.bincount(y, minlength=k)
+    centre = n @ shift / n.sum()
+    rms = np.sqrt(np.mean([np.sum((shift[c] - centre) ** 2) for c in present]))
+    want = max(np.linalg.norm(offsets[c]) for c in present) / rms
+    assert engine._shift_error(stats, np) == pytest.approx(want, rel=1e-12)
+    # Scale-free: shifts whose spread is below 1 give the same ratio.
+    small = _stats_about(x / 64, y, k, shift / 64)
+    assert engine._shift_error(small, np) == pytest.approx(want, rel=1e-12)
+    # The one-sample class has no spread: its offset is divided by the
+    # smallest normal number instead (a ratio of 1e307, far past the bound).
+    assert engine._cancellation(stats, np) == 2.25 / np.finfo(np.float64).smallest_normal
+    # Shifts that coincide have no spread to compare with.
+    same = _stats_about(x, y, k, np.zeros((k, d)))
+    assert engine._shift_error(same, np) == 0.0
+
+    y = np.repeat(np.arange(k), [5, 0, 8, 3])
+    x = 4.0 * rng.normal(size=(k, d))[y] + rng.normal(size=(len(y), d))
+    means = np.zeros((k, d))
+    means[present] = [x[y == c].mean(axis=0) for c in present]
+    shift = means + offsets
+    shift[1] = [50.0, -70.0, 20.0]
+    v = _population_variances(x, y, k)
+    ratios = [np.sum(offsets[c] ** 2) / v[c] for c in present]
+    stats = _stats_about(x, y, k, shift)
+    assert engine._cancellation(stats, np) == pytest.approx(max(ratios), rel=1e-12)
+    # A single sample exactly at its shift: no spread and no offset, ratio 0.
+    y1 = np.array([0, 0, 1])
+    x1 = np.array([[1.0, 2.0], [3.0, 2.0], [5.0, 5.0]])
+    shift1 = np.array([[2.5, 2.0], [5.0, 5.0]])
+    assert engine._cancellation(_stats_about(x1, y1, 2, shift1), np) == pytest.approx(0.25)
+
+
+def test_rows_per_chunk_and_row_chunks():
+    from ncgeom.measure.stats import CHUNK_BYTES, HOST_CHUNK_BYTES, row_chunks, rows_per_chunk
+
+    assert rows_per_chunk(10**7, 16, np.float64, np) == HOST_CHUNK_BYTES // (8 * 16)
+    assert rows_per_chunk(10**7, 16, np.float32, np) == HOST_CHUNK_BYTES // (4 * 16)
+    assert rows_per_chunk(10**7, 16, np.float64, np, gram=True) == CHUNK_BYTES // (8 * 16)
+    assert rows_per_chunk(100, 16, np.float64, np) == 100
+    assert rows_per_chunk(0, 16, np.float64, np) == 1
+    assert rows_per_chunk(10**9, 0, np.float64, np) == HOST_CHUNK_BYTES // 8
+    assert rows_per_chunk(10**9, 10**9, np.float64, np) == 1
+    assert rows_per_chunk(10**7, 16, np.float64, np, chunk_size=7) == 7
+    with pytest.raises(ValueError, match=r"^`chunk_size` must be a positive integer; got 0$"):
+        rows_per_chunk(5, 2, np.float64, np, chunk_size=0)
+    assert row_chunks(10, 3) == [slice(0, 3), slice(3, 6), slice(6, 9), slice(9, 10)]
+    assert row_chunks(9, 3) == [slice(0, 3), slice(3, 6), slice(6, 9)]
+    assert row_chunks(0, 3) == []
+
+
+@pytest.mark.parametrize(
+    ("largest", "scale"),
+    [
+        (2.0**16, 1.0),
+        (2.0**17, 2.0**17),
+        (2.0**-16, 1.0),
+        (2.0**-17, 2.0**-17),
+        (1.4 * 2.0**20, 2.0**20),  # log2 rounds to the nearest integer
+        (1.6 * 2.0**20, 2.0**21),
+        (0.0, 1.0),  # dead features
+    ],
+)
+def test_the_scale_is_the_nearest_power_of_two_beyond_two_to_the_sixteen(largest, scale):
+    x = np.array([[largest, 0.0], [largest, 0.5 * largest], [0.25 * largest, 0.0]])
+    y = np.array([0, 0, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        stats = ClassStats.from_features(x, y, 2)
+    assert float(stats.unit_scale) == scale
+    np.testing.assert_array_equal(stats.means, _means(x, y, 2))
+
+
+def _pooled_reference(x, y, k):
+    """Counts, class means (0 for empty classes), squared deviations and Gram, in float64."""
+    counts = np.bincount(y, minlength=k)
+    means = np.zeros((k, x.shape[1]))
+    for c in range(k):
+        if counts[c]:
+            means[c] = x[y == c].mean(axis=0)
+    dev = x - means[y]
+    sq = np.array([np.sum(dev[y == c] ** 2) for c in range(k)])
+    return counts, means, sq, dev.T @ dev
+
+
+def test_merge_recentres_every_class_on_its_pooled_mean():
+    # The merged shifts are the pooled class means (so the sums are ~0), for a
+    # class on both sides, on one side only, and on neither (shift stays finite).
+    rng = np.random.default_rng(12)
+    k, d = 4, 3
+    ya = np.array([0, 0, 0, 1, 1])
+    yb = np.array([0, 1, 1, 1, 2, 2])  # class 2 only here; class 3 nowhere
+    centres = 5.0 * rng.normal(size=(k, d))
+    xa = centres[ya] + rng.normal(size=(len(ya), d))
+    xb = centres[yb] + 3.0 + rng.normal(size=(len(yb), d))
+    a, b = ClassStats.from_features(xa, ya, k), ClassStats.from_features(xb, yb, k)
+    x, y = np.concatenate([xa, xb]), np.concatenate([ya, yb])
+    counts, means, sq, gram = _pooled_reference(x, y, k)
+    # Either side may hold large sums (shifts far from its means).
+    far_a, far_b = a.rebase(np.zeros((k, d))), b.rebase(np.full((k, d), 9.0))
+    for merged in (a.merge(b), b.merge(a), far_a.merge(far_b), far_b.merge(far_a)):
+        np.testing.assert_array_equal(merged.counts, counts)
+        np.testing.assert_allclose(merged.shift[:3], means[:3], rtol=1e-13, atol=1e-13)
+        assert np.all(np.isfinite(merged.shift))
+        np.testing.assert_allclose(merged.sums, 0.0, atol=1e-12)
+        np.testing.assert_allclose(merged.sqnorms, sq, rtol=1e-12)
+        np.testing.assert_allclose(merged.gram, gram, rtol=1e-12, atol=1e-12)
+        assert float(merged.unit_scale) == 1.0
+
+
+def test_merge_keeps_the_scale_of_the_side_with_samples():
+    # Float32 features near 2**-70 (squares below float32's normal range) are
+    # stored at their own scale; merging into empty statistics (scale 1) must
+    # keep that scale, and of two scales the larger.
+    rng = np.random.default_rng(13)
+    y = np.repeat(np.arange(3), [6, 5, 7])
+    x = (rng.normal(size=(3, 4))[y] + 0.1 * rng.normal(size=(len(y), 4))) * 2.0**-70
+    tiny = ClassStats.from_features(x.astype(np.float32), y, 3)
+    own = float(tiny.unit_scale)
+    assert own <= 2.0**-60
+    empty = ClassStats.empty(3, 4, dtype=np.float32)
+    want = _population_variances(x.astype(np.float32).astype(np.float64), y, 3)
+    for merged in (empty.merge(tiny), tiny.merge(empty)):
+        assert float(merged.unit_scale) == own
+        got = merged.scaled_variances().astype(np.float64) * own * own
+        np.testing.assert_allclose(got, want, rtol=1e-4)
+    big = ClassStats.from_features(x * 2.0**100, y, 3)
+    small = ClassStats.from_features(x * 2.0**90, y, 3)
+    larger = float(big.unit_scale)
+    assert larger == 2.0**10 * float(small.unit_scale)
+    assert float(big.merge(small).unit_scale) == float(small.merge(big).unit_scale) == larger
+    assert float(empty.merge(empty).unit_scale) == 1.0
+
+
+def test_class_moments_visits_every_chunk_and_borrows_close_running_means():
+    # The engine on its own: counts and shifts handed to the visitor, the visit
+    # summed over chunks, and the pilot's shifts kept only where they cover the
+    # batch and lie close enough to its means.
+    from ncgeom.measure.stats import class_moments
+
+    rng = np.random.default_rng(14)
+    k, d = 3, 2
+    y = np.arange(23) % k
+    x = 6.0 * rng.normal(size=(k, d))[y] + rng.normal(size=(len(y), d))
+    counts, means, sq, gram = _pooled_reference(x, y, k)
+    seen = {}
+
+    def visitor(n, shifts):
+        seen.update(counts=n, shifts=shifts)
+
+        def visit(xc, dev, yc):
+            return xc.sum(axis=0), dev.T @ dev, np.bincount(yc, minlength=k)
+
+        return visit
+
+    stats, extra = class_moments(
+        x, y, k, dtype=np.float64, gram=True, chunk_size=5, visitor=visitor
+    )
+    np.testing.assert_array_equal(seen["counts"], counts)
+    np.testing.assert_allclose(seen["shifts"], means, rtol=1e-13)
+    assert stats.shift is seen["shifts"]
+    np.testing.assert_allclose(extra[0], x.sum(axis=0), rtol=1e-13)
+    np.testing.assert_allclose(extra[1], gram, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(extra[2], counts)
+    np.testing.assert_allclose(stats.scaled_means, means, rtol=1e-13)
+    np.testing.assert_allclose(stats.sqnorms, sq, rtol=1e-12)
+    np.testing.assert_allclose(stats.gram, gram, rtol=1e-12, atol=1e-12)
+
+    def pilot_at(shift, seen_counts=(5, 5, 5)):
+        return ClassStats(
+            np.array(seen_counts, dtype=np.int64),
+            shift,
+            np.zeros((k, d)),
+            np.zeros(k),
+            np.zeros((d, d)),
+            np.ones(()),
+        )
+
+    near = pilot_at(means + 0.01)  # |offset|^2 / variance far below 1
+    for tolerance in (None, 1.0):
+        got, _ = class_moments(
+            x, y, k, dtype=np.float64, gram=True, pilot=near, shift_tolerance=tolerance
+        )
+        assert got.shift is near.shift
+        np.testing.assert_allclose(got.scaled_means, means, rtol=1e-13)
+        np.testing.assert_allclose(
+            got.sqnorms, [np.sum((x[y == c] - near.shift[c]) ** 2) for c in range(k)], rtol=1e-12
+        )
+    # Too far for a tight tolerance, too far for the cancellation bound, or a
+    # class the pilot never saw: the batch's own means.
+    for pilot, tolerance in (
+        (near, 1e-6),
+        (pilot_at(means + 5.0), None),
+        (pilot_at(means + 0.01, (5, 0, 5)), None),
+    ):
+        got, _ = class_moments(
+            x, y, k, dtype=np.float64, gram=True, pilot=pilot, shift_tolerance=tolerance
+        )
+        assert got.shift is not pilot.shift
+        np.testing.assert_allclose(got.shift, means, rtol=1e-13)
+        np.testing.assert_allclose(got.sqnorms, sq, rtol=1e-12)
+
+
+def test_update_adds_a_close_batch_about_the_running_means_and_merges_a_far_one():
+    rng = np.random.default_rng(15)
+    k, d = 3, 2
+    centres = 6.0 * rng.normal(size=(k, d))
+    y1, y2 = np.arange(12) % k, np.array([0, 1, 2, 0, 1, 2])
+    x1 = centres[y1] + rng.normal(size=(len(y1), d))
+    stats = ClassStats.from_features(x1, y1, k)
+    # Each class of the batch centred on its running mean, spread about it.
+    x2 = stats.means[y2] + np.array([[1.0, 0.5]] * 3 + [[-1.0, -0.5]] * 3)
+    close = stats.update(x2, y2)
+    assert close.shift is stats.shift  # one pass about the running means, then added
+    far = stats.update(x2 + 40.0, y2)  # merged: re-centred on the new means
+    for got, x in ((close, np.concatenate([x1, x2])), (far, np.concatenate([x1, x2 + 40.0]))):
+        counts, means, _, gram = _pooled_reference(x, np.concatenate([y1, y2]), k)
+        np.testing.assert_array_equal(got.counts, counts)
+        np.testing.assert_allclose(got.means, means, rtol=1e-12)
+        np.testing.assert_allclose(got.within_scatter(), gram, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(far.shift, far.means, rtol=1e-13)
+
+
+# ----------------------------------------------------------------------------- the report
+def test_report_infers_k_up_to_twice_the_rows_plus_64_or_from_the_classifier():
+    x = np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # empty classes
+        assert nc_report((x, np.array([0, 1, 69]))).num_classes == 70  # 2 * 3 + 64
+        assert nc_report((x, np.array([0, 1, 1])), np.ones((4, 2))).num_classes == 4
+    with pytest.raises(ValueError) as err:
+        nc_report((np.zeros((0, 2)), np.zeros(0, dtype=np.int64)))
+    assert str(err.value) == (
+        "`num_classes` must be given when there are no samples to infer it from"
+    )
+    with pytest.raises(ValueError) as err:
+        nc_report((x, np.array([0, 1, 70])))
+    assert str(err.value) == (
+        "`num_classes` must be given: the largest label is 70, so K would be 71 for only "
+        "3 samples (at least 68 classes empty, and K x dim statistics to allocate)"
+    )
+
+
+def test_report_refuses_a_source_of_another_kind_by_name():
+    x, y = np.eye(3), np.arange(3)
+    for source in ((x, y, y), [x], x):
+        with pytest.raises(TypeError) as err:
+            nc_report(source)
+        assert str(err.value) == (
+            "`source` must be a ClassStats or a (features, labels) pair; "
+            f"got {type(source).__name__}"
+        )
+
+
+def test_report_names_degenerate_metrics_in_one_warning_at_the_caller():
+    from ncgeom.metrics import DEGENERATE_REASONS
+
+    # Both class means are (2, 2) and the classes have equal counts.
+    x = np.array([[1.0, 2.0], [3.0, 2.0], [2.0, 1.0], [2.0, 3.0]])
+    y = np.array([0, 0, 1, 1])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rep = nc_report((x, y), np.eye(2))
+    between, scaled = DEGENERATE_REASONS["between"], DEGENERATE_REASONS["scaled"]
+    assert [str(w.message) for w in caught] == [
+        f"degenerate class geometry, {between}: nc1, cdnv, etf_error, equinorm, "
+        f"equiangularity, self_duality_error undefined; {scaled}: scaled_alignment_error "
+        "undefined (NaN in the report)"
+    ]
+    assert caught[0].filename == __file__
+    why = dict(rep.unavailable)
+    assert why["cdnv"] == why["nc1"] == between and why["scaled_alignment_error"] == scaled
+    assert np.isnan(rep.cdnv) and np.isfinite(rep.orthogonality_error)
+
+
+def test_class_moments_keeps_shifts_exactly_at_both_bounds():
+    # Pilot shifts one unit from each class mean, with unit variance: the
+    # cancellation ratio is exactly 1 (the bound) and the shift error exactly
+    # 1/4 (offset 1 over an RMS spread of 4): both accepted, the shifts kept.
+    from ncgeom.measure.stats import class_moments
+
+    x = np.array([[0.0], [2.0], [10.0], [12.0]])
+    y = np.array([0, 0, 1, 1])
+    pilot = ClassStats(
+        np.array([3, 3], dtype=np.int64),
+        np.array([[2.0], [10.0]]),
+        np.zeros((2, 1)),
+        np.zeros(2),
+        np.zeros((1, 1)),
+        np.ones(()),
+    )
+    got, _ = class_moments(x, y, 2, dtype=np.float64, gram=True, pilot=pilot, shift_tolerance=0.25)
+    assert got.shift is pilot.shift
+    np.testing.assert_array_equal(got.scaled_means, [[1.0], [11.0]])
+    np.testing.assert_array_equal(got.class_variances, [1.0, 1.0])
+    # A public function: it refuses NaN features unless told not to look.
+    bad = np.array([[np.nan], [1.0], [2.0], [3.0]])
+    with pytest.raises(ValueError, match="must be finite"):
+        class_moments(bad, y, 2, dtype=np.float64, gram=False)
+
+
+def test_update_checks_its_chunk_size():
+    stats = ClassStats.empty(2, 2)
+    with pytest.raises(ValueError) as err:
+        stats.update(np.ones((3, 2)), np.array([0, 1, 1]), chunk_size=0)
+    assert str(err.value) == "`chunk_size` must be a positive integer; got 0"
+
+
+def test_merge_explains_a_missing_gram_and_promotes_either_side():
+    with_gram = ClassStats.from_features(np.eye(2), np.array([0, 1]), 2)
+    without = ClassStats.from_features(np.eye(2), np.array([0, 1]), 2, gram=False)
+    for a, b, which in ((without, with_gram, "`self`"), (with_gram, without, "`other`")):
+        with pytest.raises(ValueError) as err:
+            a.merge(b)
+        assert str(err.value) == (
+            f"cannot merge statistics with and without a Gram: {which} was built with gram=False"
+        )
+    single = ClassStats.from_features(np.eye(2, dtype=np.float32), np.array([0, 1]), 2)
+    assert with_gram.merge(single).dtype == single.merge(with_gram).dtype == np.float64
+
+
+def test_float32_statistics_and_nc1_stay_in_float32():
+    from ncgeom.metrics import nc1
+
+    rng = np.random.default_rng(16)
+    y = np.arange(30) % 3
+    x = (3.0 * rng.normal(size=(3, 4))[y] + rng.normal(size=(30, 4))).astype(np.float32)
+    stats = ClassStats.from_features(x, y, 3)
+    for array in (stats.shift, stats.sums, stats.sqnorms, stats.gram):
+        assert array.dtype == np.float32
+    assert nc1(stats).dtype == np.float32
+    with pytest.raises(ValueError) as err:
+        nc1(ClassStats.from_features(x, y, 3, gram=False))
+    assert str(err.value) == (
+        "nc1 needs the within-class Gram: build the statistics with gram=True, "
+        "or pass in-memory (features, labels) to nc_report"
+    )
+
+
+def test_float32_class_means_that_overflow_are_explained():
+    x = np.array([[3e38, 0.0], [3e38, 0.0], [1.0, 1.0]], dtype=np.float32)
+    with pytest.raises(ValueError) as err:
+        ClassStats.from_features(x, np.array([0, 0, 1]), 2)
+    assert str(err.value) == (
+        "`features` are finite but their class means overflow float32: the "
+        "features cannot be represented at this size; pass them in float64"
+    )
+
+
+@pytest.mark.parametrize("block_rows", [1, 2, 3, None])
+def test_cdnv_of_every_block_size_matches_its_definition(block_rows):
+    from ncgeom.metrics import cdnv
+
+    rng = np.random.default_rng(17)
+    k = 5
+    y = np.arange(40) % k
+    x = 2.0 * rng.normal(size=(k, 3))[y] + rng.normal(size=(40, 3))
+    mu = _means(x, y, k)
+    v = _population_variances(x, y, k)
+    want = np.mean(
+        [
+            (v[a] + v[b]) / (2 * np.sum((mu[a] - mu[b]) ** 2))
+            for a in range(k)
+            for b in range(a + 1, k)
+        ]
+    )
+    got = cdnv(ClassStats.from_features(x, y, k), block_rows=block_rows)
+    assert float(got) == pytest.approx(want, rel=1e-12)
+
+
+def test_report_options_and_reasons_are_named():
+    rng = np.random.default_rng(18)
+    k = 3
+    y = np.repeat(np.arange(k), [5, 10, 15])  # unequal: the two centres differ
+    x = 4.0 * rng.normal(size=(k, 4))[y] + rng.normal(size=(30, 4))
+    with pytest.raises(ValueError, match=r"^`global_mean` must be one of"):
+        nc_report((x, y), global_mean="median")
+    with pytest.raises(ValueError) as err:
+        nc_report((x, y), chunk_size=0)
+    assert str(err.value) == "`chunk_size` must be a positive integer; got 0"
+    why = dict(nc_report((x, y)).unavailable)
+    for name in ("self_duality_error", "scaled_alignment_error", "ncc_agreement"):
+        assert why[name] == "no classifier given"
+    for name in ("gof_error", "classifier_gram_error", "logit_structure_error"):
+        assert why[name] == "no theory given"
+    # Statistics without the Gram, centred at the mean of the class means.
+    stats = ClassStats.from_features(x, y, k, gram=False)
+    rep = nc_report(stats, global_mean="classes")
+    assert dict(rep.unavailable)["nc1"] == "statistics without Gram"
+    mu = _means(x, y, k)
+    centred = mu - mu.mean(axis=0)
+    cos = centred @ centred.T / np.outer(*[np.linalg.norm(centred, axis=1)] * 2)
+    want = np.mean([abs(cos[a, b] + 1 / (k - 1)) for a in range(k) for b in range(a + 1, k)])
+    assert rep.equiangularity == pytest.approx(want, rel=1e-10)
+    # In memory, NC1 about the same centre: tr(Sigma_W Sigma_B^+) / K.
+    dev = x - mu[y]
+    sigma_b = centred.T @ centred / k
+    want = np.trace(dev.T @ dev / len(y) @ np.linalg.pinv(sigma_b)) / k
+    assert nc_report((x, y), global_mean="classes").nc1 == pytest.approx(want, rel=1e-9)
+
+
+def test_report_of_one_column_float32_features_names_its_dtype_and_backend():
+    rng = np.random.default_rng(19)
+    y = np.repeat(np.arange(3), [4, 6, 8])
+    x = (np.array([[-3.0], [0.5], [4.0]])[y] + 0.3 * rng.normal(size=(18, 1))).astype(np.float32)
+    rep = nc_report((x, y), np.array([[-1.0], [0.0], [1.0]], dtype=np.float32), np.zeros(3))
+    assert (rep.dtype, rep.backend, rep.dim) == ("float32", "numpy", 1)
+    within = np.sum((x - _means(x, y, 3)[y]) ** 2, dtype=np.float64) / len(y)
+    assert rep.within_variance == pytest.approx(within, rel=1e-5)
+    torch = pytest.importorskip("torch")
+    assert nc_report((torch.from_numpy(x), torch.from_numpy(y))).dtype == "float32"
+
+
+def test_report_shape_messages_for_in_memory_features():
+    x, y = np.ones((4, 3)), np.array([0, 1, 0, 1])
+    with pytest.raises(ValueError) as err:
+        nc_report((x, y), np.ones((2, 4)))
+    assert str(err.value) == (
+        "`classifier` must have shape (num_classes, 3) (one row per class, as many "
+        "columns as `features`); got (2, 4)"
+    )
+    with pytest.raises(ValueError) as err:
+        nc_report((np.zeros((0, 3)), np.zeros(0, dtype=np.int64)), num_classes=2)
+    assert str(err.value) == "`features` must hold at least one sample; got 0 rows"
+
+
+def test_report_ncc_agreement_with_small_and_zero_classifiers_and_a_bias():
+    rng = np.random.default_rng(20)
+    k = 3
+    y = np.arange(60) % k
+    x = 2.0 * rng.normal(size=(k, 4))[y] + 1.5 * rng.normal(size=(60, 4))
+    mu = _means(x, y, k)
+    nearest = np.argmin(((x[:, None, :] - mu[None]) ** 2).sum(axis=2), axis=1)
+    w, b = 0.01 * rng.normal(size=(k, 4)), np.array([0.004, -0.003, 0.001])
+    want = np.mean(np.argmax(x @ w.T + b, axis=1) == nearest)
+    assert 0.2 < want < 0.9
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert nc_report((x, y), w, b).ncc_agreement == pytest.approx(want)
+        # A zero classifier: the bias alone decides (argmax(b) = class 0).
+        zero = nc_report((x, y), np.zeros((k, 4)), b).ncc_agreement
+    assert zero == pytest.approx(np.mean(nearest == 0))
