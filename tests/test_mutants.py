@@ -1194,3 +1194,37 @@ def test_report_ncc_agreement_with_small_and_zero_classifiers_and_a_bias():
         # A zero classifier: the bias alone decides (argmax(b) = class 0).
         zero = nc_report((x, y), np.zeros((k, 4)), b).ncc_agreement
     assert zero == pytest.approx(np.mean(nearest == 0))
+
+
+def test_report_names_inputs_from_another_array_library_and_non_finite_features():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(21)
+    x, y = rng.normal(size=(12, 3)), np.arange(12) % 3
+    w, b = np.ones((3, 3)), np.zeros(3)
+    cases = [
+        ((torch.from_numpy(x), y), {}, "`features` and `labels`", "torch and numpy"),
+        ((x, torch.from_numpy(y)), {}, "`features` and `labels`", "numpy and torch"),
+        (
+            (x, y),
+            {"classifier": torch.from_numpy(w)},
+            "`features` and `classifier`",
+            "numpy and torch",
+        ),
+        (
+            (x, y),
+            {"classifier": w, "bias": torch.from_numpy(b)},
+            "`features` and `bias`",
+            "numpy and torch",
+        ),
+    ]
+    for source, kwargs, names, got in cases:
+        with pytest.raises(TypeError) as err:
+            nc_report(source, **kwargs)
+        assert str(err.value) == f"{names} must come from the same array library; got {got}"
+    x[4, 1] = np.nan
+    with pytest.raises(ValueError) as err:
+        nc_report((x, y), check_finite=False)
+    assert str(err.value) == (
+        "`features` are not finite: their class means hold NaN or Inf "
+        "(check_finite=False skipped the check that would have located them)"
+    )
