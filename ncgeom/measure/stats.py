@@ -725,13 +725,14 @@ def _cancellation(stats: ClassStats, xp: ModuleType) -> float:
     """``max_k |shift_k - mean_k|^2 / v_k`` over classes with samples (a host read).
 
     A class whose variance is zero has no rounding to amplify, unless its
-    shift is off its mean: then the ratio is infinite.
+    shift is off its mean: the variance is then floored at the dtype's
+    smallest normal number, which makes the ratio far above 1 (or +Inf).
     """
     n = xp.clip(xp.astype(stats.counts, stats.dtype), min=1)
     offset_sq = xp.vecdot(stats.sums, stats.sums) / (n * n)
     spread = stats.sqnorms / n - offset_sq
     tiny = xp.finfo(stats.dtype).smallest_normal
-    with quiet_invalid():  # an offset over a vanishing spread: +Inf, as documented
+    with quiet_invalid():  # an offset over a floored spread may overflow to +Inf
         ratio = offset_sq / xp.clip(spread, min=tiny)
     ratio = xp.where((stats.counts > 0) & (offset_sq > 0), ratio, xp.zeros_like(ratio))
     return float(to_host(xp.max(ratio)))
