@@ -154,7 +154,11 @@ def _documented_names() -> list[tuple[str, str]]:
     found = set()
     for path in DOCS:
         text = path.read_text()
-        dotted = re.findall(r"\bncgeom(?:\.[A-Za-z_][A-Za-z0-9_]*)+", text)
+        dotted = [
+            match.group()
+            for match in re.finditer(r"\bncgeom(?:\.[A-Za-z_][A-Za-z0-9_]*)+", text)
+            if not text.startswith("*", match.end())  # a glob of names, e.g. for mutmut
+        ]
         for line_module, names in re.findall(
             r"^\s*from (ncgeom[\w.]*) import (\([^)]*\)|[^\n]*)", text, re.M
         ):
