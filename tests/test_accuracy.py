@@ -17,9 +17,9 @@ import pytest
 import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from world import reduce_on_threads
 
 from ncgeom import ClassStats, merge_stats, metrics, nc_report
-from ncgeom.plugins import reduce_class_stats
 
 TOL = 1e-4
 
@@ -160,47 +160,13 @@ def test_distributed_reduction_recentres_on_the_global_means():
 def _reduce_in_lock_step(parts, steps=None):
     """Run `reduce_class_stats` for every rank of a simulated world; return rank 0's result.
 
-    Each rank runs in its own thread; collectives meet at a barrier. An error
-    on any rank is raised (after every rank has finished).
+    An error on any rank is raised (after every rank has finished).
     """
-    import threading
-
-    world = len(parts)
-    barrier = threading.Barrier(world)
-    slots: list = [None] * world
-    results: list = [None] * world
-
-    def collective(rank, combine):
-        def call(a):
-            slots[rank] = a
-            barrier.wait()
-            out = combine(list(slots))
-            barrier.wait()
-            return out
-
-        return call
-
-    def work(rank):
-        try:
-            results[rank] = reduce_class_stats(
-                parts[rank],
-                rank=rank,
-                world_size=world,
-                all_gather=collective(rank, lambda xs: xs),
-                all_reduce=collective(rank, lambda xs: sum(xs[1:], xs[0])),
-                step=0 if steps is None else steps[rank],
-            )
-        except ValueError as err:
-            results[rank] = err
-
-    threads = [threading.Thread(target=work, args=(r,)) for r in range(world)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    per_rank = None if steps is None else [{"step": step} for step in steps]
+    results = reduce_on_threads(parts, per_rank)
     errors = [r for r in results if isinstance(r, Exception)]
     if errors:
-        assert len(errors) == world  # every rank learns of it, none waits
+        assert len(errors) == len(parts)  # every rank learns of it, none waits
         raise errors[0]
     for other in results[1:]:
         np.testing.assert_array_equal(other.counts, results[0].counts)

@@ -10,13 +10,12 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import threading
 
 import numpy as np
 import pytest
+from world import reduce_on_threads
 
 from ncgeom import ClassStats, merge_stats, nc_report
-from ncgeom.measure.distributed import reduce_class_stats
 from ncgeom.metrics import cdnv, etf_error, ncc_agreement
 
 # ----------------------------------------------------------------------------- references
@@ -420,38 +419,7 @@ def test_merges_of_blocks_match_the_reference(backend):
 
 def _reduce_world(parts):
     """`reduce_class_stats` on a simulated world (one thread per rank)."""
-    world = len(parts)
-    barrier = threading.Barrier(world, timeout=60)
-    slots: list = [None] * world
-    results: list = [None] * world
-
-    def collective(rank, combine):
-        def call(a):
-            slots[rank] = a
-            barrier.wait()
-            out = combine(list(slots))
-            barrier.wait()
-            return out
-
-        return call
-
-    def work(rank):
-        try:
-            results[rank] = reduce_class_stats(
-                parts[rank],
-                rank=rank,
-                world_size=world,
-                all_gather=collective(rank, lambda xs: xs),
-                all_reduce=collective(rank, lambda xs: sum(xs[1:], xs[0])),
-            )
-        except Exception as err:  # raised below, on the test's thread
-            results[rank] = err
-
-    threads = [threading.Thread(target=work, args=(r,)) for r in range(world)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results = reduce_on_threads(parts)
     for result in results:
         if isinstance(result, Exception):
             raise result

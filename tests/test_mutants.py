@@ -11,6 +11,7 @@ import warnings
 
 import numpy as np
 import pytest
+from world import reduce_on_threads
 
 from ncgeom import ClassStats, nc_report
 from ncgeom.theory import ufm_relu_optimum
@@ -274,45 +275,7 @@ def test_ncc_agreements_merge_by_adding():
 def _world(parts, kwargs=None):
     """`reduce_class_stats` on every rank of a simulated world (threads); the
     results (or errors) of every rank."""
-    import threading
-
-    from ncgeom.measure.distributed import reduce_class_stats
-
-    world = len(parts)
-    kwargs = kwargs or [{} for _ in parts]
-    barrier = threading.Barrier(world, timeout=60)
-    slots: list = [None] * world
-    results: list = [None] * world
-
-    def collective(rank, combine):
-        def call(a):
-            slots[rank] = a
-            barrier.wait()
-            out = combine(list(slots))
-            barrier.wait()
-            return out
-
-        return call
-
-    def work(rank):
-        try:
-            results[rank] = reduce_class_stats(
-                parts[rank],
-                rank=rank,
-                world_size=world,
-                all_gather=collective(rank, lambda xs: xs),
-                all_reduce=collective(rank, lambda xs: sum(xs[1:], xs[0])),
-                **kwargs[rank],
-            )
-        except ValueError as err:
-            results[rank] = err
-
-    threads = [threading.Thread(target=work, args=(r,)) for r in range(world)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return results
+    return reduce_on_threads(parts, kwargs)
 
 
 def test_reduce_class_stats_refuses_torch_ranks_of_different_dtypes():
