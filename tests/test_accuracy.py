@@ -311,6 +311,9 @@ def test_cuda_paths_keep_nc1_and_cdnv_to_1e_4(order):
         np.testing.assert_allclose(measured(source), want, rtol=TOL)
 
 
+# An outlier that dominates the scatter is where the NC1 warning belongs; the
+# tolerance below takes the same bound into account.
+@pytest.mark.filterwarnings("ignore:NC1 from these float32")
 @settings(max_examples=25, deadline=None, derandomize=True)  # reproducible in CI
 @given(
     per_class=st.lists(st.integers(1, 3000), min_size=2, max_size=6),

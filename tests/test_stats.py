@@ -228,9 +228,10 @@ def test_mixed_namespaces_and_devices_are_refused():
     stats = ClassStats.empty(2, 3)
     with pytest.raises(TypeError, match="`stats` and `features` must come from the same"):
         stats.update(torch.ones(4, 3, dtype=torch.float64), torch.tensor(GOOD_Y))
-    meta = torch.ones(4, 3, device="meta")
+    strict = pytest.importorskip("array_api_strict")
+    other = strict.asarray(GOOD_X, device=strict.Device("device1"))
     with pytest.raises(ValueError, match="must be on the same device"):
-        ClassStats.from_features(meta, torch.tensor(GOOD_Y), 2)
+        ClassStats.from_features(other, strict.asarray(GOOD_Y), 2)
 
 
 def test_update_checks_dimension_and_chunk_size():
@@ -251,3 +252,21 @@ def test_a_non_floating_dtype_is_refused_by_name():
         ClassStats.empty(2, 3, dtype=np.int64)
     with pytest.raises(TypeError, match=r"`dtype` must be a real floating dtype of .*; got"):
         solve_ufm([3, 2], 1e-2, 1e-2, 3, dtype=np.int32)
+
+
+@pytest.mark.parametrize("offset", [1e8, 1e12])
+def test_float64_features_far_from_the_origin_keep_their_variances(offset):
+    # float64 sums of float64 features are rounded by about n eps offset: the
+    # class sums of the deviations must come from the deviations themselves.
+    rng = np.random.default_rng(0)
+    y = np.arange(600) % 3
+    step = 2.0 ** (np.floor(np.log2(offset)) - 50)  # a grid float64 holds exactly
+    x = offset + np.round((np.eye(3)[y] + 0.05 * rng.normal(size=(600, 3))) / step) * step
+    centred = x - offset  # exact: the same spread at the origin
+    want = ref.variances(centred, y, 3)
+    cov = ref.within_covariance(centred, y, 3)
+    streamed = ClassStats.empty(3, 3).update(x[:250], y[:250]).update(x[250:], y[250:])
+    parts = [ClassStats.from_features(x[p], y[p], 3) for p in (slice(0, 250), slice(250, None))]
+    for stats in (ClassStats.from_features(x, y, 3), streamed, merge_stats(*parts)):
+        np.testing.assert_allclose(stats.class_variances, want, rtol=1e-10)
+        np.testing.assert_allclose(stats.within_covariance(), cov, rtol=1e-9, atol=1e-12)

@@ -74,7 +74,9 @@ def test_arrays():
     xp = ncgeom._backend.namespace(x=np.zeros(1))
     with pytest.raises(TypeError, match=r"`means` must be an array; got None"):
         validate.check_arrays_given(classifier=np.zeros(1), means=None)
-    with pytest.raises(ValueError, match=r"`w` must be finite; it holds NaN or Inf"):
+    with pytest.raises(
+        ValueError, match=r"`w` must be finite; got inf at \[1\] \(NaN or Inf in 1 "
+    ):
         validate.check_finite(np.array([1.0, np.inf]), "w", xp)
     with pytest.raises(ValueError, match=r"`bias` must have shape \(3,\); got \(2,\)"):
         validate.check_bias_vector(np.zeros(2), 3, xp)

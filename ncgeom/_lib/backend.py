@@ -9,6 +9,8 @@ generic path that uses only the array-API standard.
 from __future__ import annotations
 
 import importlib
+import sys
+import warnings
 from types import ModuleType
 from typing import Any
 
@@ -21,11 +23,13 @@ __all__ = [
     "array_device",
     "backend_name",
     "backend_namespace",
+    "check_container",
     "detach",
     "gather_rows",
+    "has_native_segment_sum",
+    "index_dtype",
     "is_host_data",
     "like",
-    "has_native_segment_sum",
     "namespace",
     "on_host",
     "quiet_division",
@@ -34,6 +38,9 @@ __all__ = [
     "segment_count",
     "segment_sum",
     "to_host",
+    "warn_caller",
+    "wide_float",
+    "x64_disabled",
 ]
 
 Array = Any
@@ -77,16 +84,20 @@ def backend_namespace(name: str) -> ModuleType:
 def namespace(**arrays: Array) -> ModuleType:
     """Return the common array namespace of keyword-named arrays.
 
+    Every array passes `check_container` first.
+
     Raises
     ------
     TypeError
-        If an argument is not an array, or the arrays come from different
-        libraries; the message names the arguments.
+        If an argument is not an array, is a container whose values cannot be
+        read as they are (see `check_container`), or the arrays come from
+        different libraries; the message names the arguments.
     """
     spaces: dict[str, ModuleType] = {}
     for name, value in arrays.items():
         if value is None:
             continue
+        check_container(value, name)
         try:
             spaces[name] = compat.array_namespace(value)
         except TypeError:
@@ -115,21 +126,100 @@ def namespace(**arrays: Array) -> ModuleType:
     return first
 
 
-def resolve_namespace(xp: ModuleType | None) -> ModuleType:
-    """The array-API-compatible namespace of a module (NumPy's for None).
+def resolve_namespace(xp: Any) -> ModuleType:
+    """The array-API namespace of the module `xp` (NumPy's for None).
 
-    Accepts plain modules (``numpy``, ``torch``, ``cupy``) as well as
-    array-API namespaces.
+    The one resolver of every ``xp=`` argument. Accepts plain library modules
+    (``numpy``, ``torch``, ``cupy``, ``jax.numpy``), which are wrapped through
+    array-api-compat, as well as array-API namespaces.
+
+    Raises
+    ------
+    TypeError
+        For anything else (a string, an array, a module that makes no
+        arrays), naming `xp`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ncgeom._lib.backend import resolve_namespace
+    >>> resolve_namespace(np).__name__
+    'array_api_compat.numpy'
+    >>> resolve_namespace("numpy")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    TypeError: `xp` must be an array library module (...); got 'numpy' (str)
     """
     if xp is None:
         import array_api_compat.numpy as compat_numpy
 
         return compat_numpy
-    try:
-        return compat.array_namespace(xp.zeros(0))
-    except (AttributeError, TypeError):
-        msg = f"`xp` must be an array library module; got {xp!r}"
-        raise TypeError(msg) from None
+    problem = f"{xp!r} ({type(xp).__name__})"
+    if isinstance(xp, ModuleType):
+        try:
+            return compat.array_namespace(xp.zeros(0))
+        except (AttributeError, TypeError):
+            problem = f"module {xp.__name__}, which makes no array-API arrays"
+    msg = f"`xp` must be an array library module (numpy, torch, jax.numpy, ...); got {problem}"
+    raise TypeError(msg) from None
+
+
+def check_container(value: Any, name: str) -> None:
+    """The container rule: an array whose values ncgeom reads exactly as they are.
+
+    Refused with a `TypeError` naming `name`, because their values would be
+    read wrongly or not at all:
+
+    - NumPy masked arrays (the mask would be ignored: masked entries counted);
+    - ``numpy.matrix`` (its operators are not array operators);
+    - torch tensors with a sparse or other non-strided layout, and tensors on
+      torch's ``meta`` device (they hold no values);
+    - Dask arrays (use `ncgeom.stats_from_dask`).
+
+    Called by `namespace` for every array argument and by the checks that
+    copy host data, so that every entry point applies it. One ``isinstance``
+    test per kind: free next to any array operation.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ncgeom.checks import check_container
+    >>> check_container(np.ma.masked_array([0, 1], mask=[0, 1]), "labels")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    TypeError: `labels` must not be a masked array: ncgeom does not apply masks; ...
+    """
+    problem = _container_problem(value, name)
+    if problem:
+        msg = f"`{name}` must {problem}"
+        raise TypeError(msg)
+
+
+def _container_problem(value: Any, name: str) -> str:
+    """What is wrong with the container `value` ("" when nothing is)."""
+    if isinstance(value, np.ndarray):
+        if isinstance(value, np.ma.MaskedArray):
+            return (
+                "not be a masked array: ncgeom does not apply masks; drop the masked "
+                f"samples from every array first, or pass `{name}.data` to use every value"
+            )
+        if isinstance(value, np.matrix):
+            return f"be an array, not a numpy.matrix; pass `np.asarray({name})`"
+        return ""
+    if compat.is_torch_array(value):
+        import torch
+
+        if value.layout is not torch.strided:
+            layout = value.layout
+            return f"be a dense (strided) tensor; got layout {layout}: pass `{name}.to_dense()`"
+        if value.is_meta:
+            return "hold values; got a tensor on torch's meta device, which has none"
+        return ""
+    if compat.is_dask_array(value):
+        return (
+            "be an in-memory array; got a Dask array: pass Dask arrays to ncgeom.stats_from_dask"
+        )
+    return ""
 
 
 def is_host_data(value: Any) -> bool:
@@ -172,15 +262,93 @@ def backend_name(xp: ModuleType) -> str:
     return name.split(".")[0]
 
 
-def accumulation_dtype(xp: ModuleType, dtype: Any) -> Any:
-    """Floating dtype used to accumulate sums of arrays of `dtype`.
+def x64_disabled(xp: ModuleType) -> bool:
+    """Whether `xp` is JAX's namespace with its 64-bit mode (``jax_enable_x64``) off.
 
-    Half and bfloat16 inputs accumulate in float32; float32 and float64 keep
-    their own precision.
+    JAX then makes int32 and float32 arrays where int64 and float64 are asked
+    for, with a warning for every request.
+    """
+    if not compat.is_jax_namespace(xp):
+        return False
+    import jax
+
+    return not jax.config.read("jax_enable_x64")
+
+
+def index_dtype(xp: ModuleType) -> Any:
+    """The integer dtype of counts and labels: int64, or int32 on JAX without
+    its 64-bit mode (JAX's own integer dtype there)."""
+    return xp.int32 if x64_disabled(xp) else xp.int64
+
+
+def wide_float(xp: ModuleType) -> Any:
+    """The widest floating dtype `xp` makes: float64, or float32 on JAX
+    without its 64-bit mode."""
+    return xp.float32 if x64_disabled(xp) else xp.float64
+
+
+def accumulation_dtype(xp: ModuleType, dtype: Any) -> Any:
+    """Floating dtype in which arrays of the real floating `dtype` are accumulated.
+
+    The dtype rule of ncgeom's statistics:
+
+    - float16 and bfloat16 accumulate in float32;
+    - float32 accumulates in float32 (its class means are summed in float64
+      where float32 sums would cost precision, see ``docs/accuracy.md``);
+    - float64 accumulates in float64;
+    - wider types (NumPy's ``longdouble`` on x86-64) accumulate in float64,
+      with a warning that precision beyond float64 is dropped. Where
+      ``longdouble`` is float64 (Windows, ARM macOS) nothing is dropped and
+      nothing is said;
+    - on JAX without its 64-bit mode, float64 is not available: float32, with
+      a warning that says how to turn the mode on.
+
+    Integer, boolean and complex dtypes are refused by the checks before
+    this (`check_features`, `check_float_dtype`).
     """
     if dtype == xp.float64:
+        if x64_disabled(xp):
+            warn_caller(
+                "float64 statistics need JAX's 64-bit mode, which is off: accumulating in "
+                "float32; turn it on with jax.config.update('jax_enable_x64', True)"
+            )
+            return xp.float32
+        return xp.float64
+    if _wider_than_float64(dtype):
+        warn_caller(
+            f"{np.dtype(dtype).name} features are accumulated in float64: precision (and "
+            "range) beyond float64 is dropped"
+        )
         return xp.float64
     return xp.float32
+
+
+def _wider_than_float64(dtype: Any) -> bool:
+    """Whether `dtype` is a NumPy floating type more precise than float64."""
+    try:
+        kind = np.dtype(dtype)
+    except TypeError:
+        return False
+    return kind.kind == "f" and np.finfo(kind).eps < np.finfo(np.float64).eps
+
+
+def warn_caller(message: str, category: type[Warning] = UserWarning) -> None:
+    """Warn with the location of the first caller outside ncgeom and its plugins.
+
+    The warning points at the user's line whichever public function (and
+    however many internal calls) led here.
+    """
+    frame = sys._getframe(1)
+    level = 2
+    while frame is not None and _is_ours(frame.f_globals.get("__name__", "")):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, category, stacklevel=level)
+
+
+def _is_ours(module: str) -> bool:
+    """Whether `module` belongs to ncgeom or to one of its plugins (``ncgeom_*``)."""
+    return module == "ncgeom" or module.startswith(("ncgeom.", "ncgeom_"))
 
 
 def to_host(x: Array) -> np.ndarray:
@@ -228,7 +396,7 @@ def gather_rows(table: Array, index: Array, xp: ModuleType) -> Array:
 
 
 def segment_count(labels: Array, num_segments: int, xp: ModuleType) -> Array:
-    """Number of occurrences of each label in ``range(num_segments)`` (int64).
+    """Number of occurrences of each label in ``range(num_segments)`` (`index_dtype`).
 
     On torch and CuPy a scatter-add of ones, not ``bincount``: their bincount
     reads the largest label back to the host to size its output, which would
@@ -247,7 +415,7 @@ def segment_count(labels: Array, num_segments: int, xp: ModuleType) -> Array:
         cupy.add.at(out, labels, cupy.ones(labels.shape[0], dtype=cupy.uint64))
         return out.astype(cupy.int64)
     bounds = _segment_bounds(xp.sort(labels), num_segments, xp)
-    return xp.astype(bounds[1:] - bounds[:-1], xp.int64)
+    return xp.astype(bounds[1:] - bounds[:-1], index_dtype(xp))
 
 
 def on_host(xp: ModuleType, device: Any = None) -> bool:
@@ -269,13 +437,22 @@ def has_native_segment_sum(xp: ModuleType) -> bool:
     )
 
 
-def segment_sum(values: Array, labels: Array, num_segments: int, xp: ModuleType) -> Array:
+def segment_sum(
+    values: Array, labels: Array, num_segments: int, xp: ModuleType, *, into: Array | None = None
+) -> Array:
     """Sum the rows of `values` that share a label: ``out[k] = sum(values[labels == k])``.
 
     Costs O(N * row size) on every backend (never a one-hot product over the
     segments). `values` is 1-D (N,) or 2-D (N, d); the result has the dtype of
     `values` and shape (num_segments,) or (num_segments, d).
+
+    With `into`, an array of that shape and dtype which the caller owns, the
+    sums are added to it and the total is returned (use the returned array):
+    in place on torch (one kernel, no temporary), NumPy and CuPy; a new array
+    on libraries without in-place updates.
     """
+    if into is not None:
+        return _segment_sum_into(into, values, labels, num_segments, xp)
     shape = (num_segments, *values.shape[1:])
     if compat.is_torch_namespace(xp):
         out = xp.zeros(shape, dtype=values.dtype, device=values.device)
@@ -292,6 +469,21 @@ def segment_sum(values: Array, labels: Array, num_segments: int, xp: ModuleType)
 
         return jax.ops.segment_sum(values, labels, num_segments=num_segments)
     return _generic_segment_sum(values, labels, num_segments, xp)
+
+
+def _segment_sum_into(
+    into: Array, values: Array, labels: Array, num_segments: int, xp: ModuleType
+) -> Array:
+    """`into` plus the segment sums of `values`, in place where the library allows."""
+    if compat.is_torch_namespace(xp):
+        return into.index_add_(0, labels.to(dtype=xp.int64), values)
+    if compat.is_cupy_namespace(xp):
+        _cupy().add.at(into, labels, values)
+        return into
+    if compat.is_numpy_namespace(xp):
+        into += _numpy_segment_sum(np.asarray(values), np.asarray(labels), num_segments)
+        return into
+    return into + segment_sum(values, labels, num_segments, xp)
 
 
 def _numpy_segment_sum(values: np.ndarray, labels: np.ndarray, num_segments: int) -> np.ndarray:

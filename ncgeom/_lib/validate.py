@@ -20,12 +20,16 @@ import numpy as np
 from .backend import (
     array_device,
     backend_name,
+    check_container,
     detach,
+    index_dtype,
     is_host_data,
     like,
     namespace,
     on_host,
+    quiet_invalid,
     to_host,
+    wide_float,
 )
 
 #: The checks for plugins and applications, re-exported by `ncgeom.checks`; the
@@ -35,10 +39,12 @@ __all__ = [
     "check_bias_decay",
     "check_choice",
     "check_columns",
+    "check_container",
     "check_counts",
     "check_device",
     "check_features",
     "check_finite",
+    "check_finite_arrays",
     "check_flag",
     "check_float_dtype",
     "check_index",
@@ -188,39 +194,59 @@ def check_batch(
     *,
     check_finite: bool = True,
     first_row: int = 0,
+    also_finite: dict[str, Array | None] | None = None,
 ) -> Array:
     """Shapes, dtypes, label range and (optionally) finiteness of one batch.
 
     Labels of any integer dtype are accepted (signed or unsigned, 8 to 64
-    bits). The value checks cost one device-to-host transfer of three
+    bits). The value checks cost one device-to-host transfer of a few
     integers; the locations of bad entries are only looked up when a check
     fails. Rows in messages are counted from `first_row` (the batch's first
     row in a larger array).
 
+    Parameters
+    ----------
+    also_finite : dict of str to array, optional
+        More arrays of the same namespace and device (a classifier, a bias)
+        whose finiteness is read in the same transfer, whatever
+        `check_finite` says; None values are skipped. A non-finite one raises
+        the `check_finite` error naming it and its first bad entry.
+
     Returns
     -------
     array
-        `labels` as int64 on the same namespace and device: the object itself
-        when it already is int64, otherwise a converted copy.
+        `labels` as `index_dtype` (int64; int32 on JAX without its 64-bit
+        mode) on the same namespace and device: the object itself when it
+        already has that dtype, otherwise a converted copy.
     """
     check_features(features, xp)
     check_labels(labels, features.shape[0], xp)
-    index = labels if labels.dtype == xp.int64 else xp.astype(labels, xp.int64)
+    wide = index_dtype(xp)
+    index = labels if labels.dtype == wide else xp.astype(labels, wide)
+    extra = {name: value for name, value in (also_finite or {}).items() if value is not None}
     if features.shape[0] == 0:
+        for name, value in extra.items():
+            _check_finite(value, name, xp)
         return index
     # uint64 labels >= 2**63 wrap to negative int64 values: the low end finds them.
     parts = [xp.min(index), xp.max(index)]
+    parts += [xp.astype(xp.all(xp.isfinite(value)), wide) for value in extra.values()]
     if check_finite:
         # NaN and Inf survive a row sum, so one cheap reduction finds every bad
         # row; a sum that overflows is only a suspect, confirmed below.
-        suspect = xp.logical_not(xp.isfinite(xp.sum(features, axis=1)))
-        parts.append(xp.sum(xp.astype(suspect, xp.int64)))
+        with quiet_invalid():  # finite rows whose sum overflows are confirmed below
+            suspect = xp.logical_not(xp.isfinite(xp.sum(features, axis=1)))
+        parts.append(xp.sum(xp.astype(suspect, wide)))
     low, high, *rest = (int(v) for v in to_host(xp.stack(parts)))
     if low < 0 or high >= num_classes:
         _raise_label_range(labels, index, low, high, num_classes, xp, first_row)
+    for (name, value), good in zip(extra.items(), rest, strict=False):
+        if not good:
+            _raise_not_finite(value, name, xp)
+    rest = rest[len(extra) :]
     if rest and rest[0]:
         bad_rows = xp.logical_not(xp.all(xp.isfinite(features), axis=1))
-        count = int(to_host(xp.sum(xp.astype(bad_rows, xp.int64))))
+        count = int(to_host(xp.sum(xp.astype(bad_rows, wide))))
         if count:
             row = _first_row(bad_rows, xp) + first_row
             msg = (
@@ -274,6 +300,7 @@ def check_counts(counts: Any) -> np.ndarray:
     if isinstance(counts, (str, bytes)):
         msg = f"`counts` must be a sequence of positive integers; got {counts!r}"
         raise TypeError(msg)
+    check_container(counts, "counts")
     try:
         host = np.asarray(counts) if is_host_data(counts) else to_host(counts)
     except (TypeError, ValueError, OverflowError) as err:
@@ -346,9 +373,10 @@ def _short(value: Any, limit: int = 80) -> str:
 
 
 def check_float_dtype(dtype: Any, xp: ModuleType) -> Any:
-    """`dtype` if it is a real floating dtype of `xp`; float64 for None; else TypeError."""
+    """`dtype` if it is a real floating dtype of `xp`; for None the widest one
+    (`wide_float`: float64, float32 on JAX without its 64-bit mode); else TypeError."""
     if dtype is None:
-        return xp.float64
+        return wide_float(xp)
     try:
         floating = xp.isdtype(dtype, "real floating")
     except (TypeError, ValueError, AttributeError):
@@ -468,26 +496,121 @@ def check_arrays_given(**arrays: Any) -> None:
 
 
 def check_finite(x: Array, name: str, xp: ModuleType) -> None:
-    """Every entry finite (one host read), else a ValueError."""
+    """Every entry finite, else a ValueError naming `name` and the first bad entry.
+
+    One device reduction and one host read; the bad entry is looked up only
+    when there is one.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ncgeom._lib.backend import backend_namespace
+    >>> xp = backend_namespace("numpy")
+    >>> from ncgeom.checks import check_finite
+    >>> check_finite(np.array([[1.0, 2.0], [np.inf, np.nan]]), "classifier", xp)
+    Traceback (most recent call last):
+    ...
+    ValueError: `classifier` must be finite; got inf at [1, 0] (NaN or Inf in 2 of 4 entries)
+    """
+    _check_finite(x, name, xp)
+
+
+def check_finite_arrays(xp: ModuleType, **arrays: Array | None) -> None:
+    """`check_finite` of several arrays of `xp` in one host read (None values
+    are skipped); the error names the first bad array and its first bad entry.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ncgeom._lib.backend import backend_namespace
+    >>> xp = backend_namespace("numpy")
+    >>> from ncgeom.checks import check_finite_arrays
+    >>> check_finite_arrays(xp, classifier=np.eye(2), bias=np.array([0.0, np.nan]))
+    Traceback (most recent call last):
+    ...
+    ValueError: `bias` must be finite; got nan at [1] (NaN or Inf in 1 of 2 entries)
+    """
+    given = {name: value for name, value in arrays.items() if value is not None}
+    if not given:
+        return
+    flags = to_host(xp.stack([xp.all(xp.isfinite(value)) for value in given.values()]))
+    for (name, value), good in zip(given.items(), flags, strict=True):
+        if not good:
+            _raise_not_finite(value, name, xp)
+
+
+def _check_finite(x: Array, name: str, xp: ModuleType) -> None:
     if not bool(to_host(xp.all(xp.isfinite(x)))):
-        msg = f"`{name}` must be finite; it holds NaN or Inf"
-        raise ValueError(msg)
+        _raise_not_finite(x, name, xp)
 
 
-def check_bias_shape(bias: Array, num_classes: int) -> None:
-    """A bias vector of shape (K,)."""
+def _raise_not_finite(x: Array, name: str, xp: ModuleType) -> None:
+    """The ValueError for an array with NaN or Inf: the first bad entry, its
+    index and how many there are."""
+    flat = xp.reshape(x, (-1,))
+    bad = xp.logical_not(xp.isfinite(flat))
+    first = _first_row(bad, xp)
+    count = int(to_host(xp.sum(xp.astype(bad, index_dtype(xp)))))
+    value = float(to_host(flat[first]))
+    shape = tuple(int(n) for n in x.shape)
+    where = f" at {[int(i) for i in np.unravel_index(first, shape)]}" if shape else ""
+    msg = (
+        f"`{name}` must be finite; got {value!r}{where} "
+        f"(NaN or Inf in {count} of {math.prod(shape)} entries)"
+    )
+    raise ValueError(msg)
+
+
+def check_bias_shape(bias: Array, num_classes: int, *, finite: bool = True) -> None:
+    """A bias vector of shape (K,), finite unless `finite` is False.
+
+    ``finite=False`` is for callers that read its finiteness in another
+    transfer (`check_batch`'s `also_finite`).
+    """
     if tuple(bias.shape) != (num_classes,):
         msg = f"`bias` must have shape ({num_classes},); got {tuple(bias.shape)}"
         raise ValueError(msg)
+    if finite:
+        _check_finite(bias, "bias", namespace(bias=bias))
 
 
-def check_bias_vector(bias: Array, num_classes: int, xp: ModuleType) -> None:
-    """A finite bias vector of shape (K,) with a real floating dtype."""
-    check_bias_shape(bias, num_classes)
+def check_bias_vector(
+    bias: Array,
+    num_classes: int,
+    xp: ModuleType,
+    *,
+    has_classifier: bool = True,
+    finite: bool = True,
+) -> None:
+    """A bias vector of shape (K,) with a real floating dtype, finite unless
+    `finite` is False, given together with a classifier.
+
+    A bias shifts a classifier's logits: without one (`has_classifier`
+    False) it is a ValueError that says so.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ncgeom._lib.backend import backend_namespace
+    >>> xp = backend_namespace("numpy")
+    >>> from ncgeom._lib.validate import check_bias_vector
+    >>> check_bias_vector(np.zeros(3), 3, xp, has_classifier=False)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: `bias` needs a `classifier`: ...
+    """
+    if not has_classifier:
+        msg = (
+            "`bias` needs a `classifier`: a bias shifts the classifier's logits; pass "
+            "`classifier` too, or leave `bias` out"
+        )
+        raise ValueError(msg)
+    check_bias_shape(bias, num_classes, finite=False)
     if not xp.isdtype(bias.dtype, "real floating"):
         msg = f"`bias` must have a real floating dtype; got {bias.dtype}"
         raise TypeError(msg)
-    check_finite(bias, "bias", xp)
+    if finite:
+        _check_finite(bias, "bias", xp)
 
 
 def check_bias_free(bias: Any) -> None:
@@ -517,7 +640,8 @@ def check_optimum_dim(dim: Any, num_alive: int) -> int:
 
 
 def check_class_matrix(x: Array, name: str, xp: ModuleType) -> None:
-    """A real floating (K, d) matrix, one row per class, K >= 2."""
+    """A real floating (K, d) matrix, one row per class, K >= 2 (finiteness:
+    `check_finite_arrays`, read together with the other arrays of the call)."""
     check_features(x, xp, name=name, rows="classes")
     if x.shape[0] < 2:
         msg = f"`{name}` must have a row for each of at least 2 classes; got {x.shape[0]}"
@@ -557,9 +681,20 @@ def check_classifier_and_rows(
 
 
 def check_classifier(
-    classifier: Array, shape: tuple[int, int], dtype: Any, xp: ModuleType, name: str = "classifier"
+    classifier: Array,
+    shape: tuple[int, int],
+    dtype: Any,
+    xp: ModuleType,
+    name: str = "classifier",
+    *,
+    finite: bool = True,
 ) -> Array:
-    """A (K, d) = `shape` floating classifier, detached, cast to at least `dtype`."""
+    """A (K, d) = `shape` floating classifier, finite, detached, cast to at least `dtype`.
+
+    The finiteness costs one device reduction and one host read;
+    ``finite=False`` is for callers that read it in another transfer
+    (`check_batch`'s `also_finite`).
+    """
     got = tuple(classifier.shape)
     if got != shape:
         hint = "; it looks transposed (rows must be classes)" if got == shape[::-1] else ""
@@ -568,17 +703,29 @@ def check_classifier(
     if not xp.isdtype(classifier.dtype, "real floating"):
         msg = f"`{name}` must have a real floating dtype; got {classifier.dtype}"
         raise TypeError(msg)
+    if finite:
+        _check_finite(classifier, name, xp)
     return xp.astype(detach(classifier), xp.result_type(classifier.dtype, dtype))
 
 
-def check_stats_classifier(classifier: Array, stats: Any, name: str = "classifier") -> Array:
+def check_stats_classifier(
+    classifier: Array, stats: Any, name: str = "classifier", *, finite: bool = True
+) -> Array:
     """`check_classifier` against `ClassStats` `stats`: their shape, namespace and device."""
     xp = namespace(stats=stats.shift, **{name: classifier})
-    return check_classifier(classifier, (stats.num_classes, stats.dim), stats.dtype, xp, name)
+    return check_classifier(
+        classifier, (stats.num_classes, stats.dim), stats.dtype, xp, name, finite=finite
+    )
 
 
 def check_stream_batch(
-    features: Array, labels: Array, num_classes: int, xp: ModuleType, check_finite: bool
+    features: Array,
+    labels: Array,
+    num_classes: int,
+    xp: ModuleType,
+    check_finite: bool,
+    *,
+    also_finite: dict[str, Array | None] | None = None,
 ) -> tuple[Array, Array]:
     """`check_batch` for the statistics engine: at least one column; framework
     tensors come back detached.
@@ -586,9 +733,12 @@ def check_stream_batch(
     On the host, NaN and Inf are found later through the class means (K
     numbers that they reach) instead of a scan of the features; on a device
     that would cost a second host read, so the batch check scans first.
+    `also_finite` is passed to `check_batch`.
     """
     scan = check_finite and not on_host(xp, array_device(features))
-    labels = check_batch(features, labels, num_classes, xp, check_finite=scan)
+    labels = check_batch(
+        features, labels, num_classes, xp, check_finite=scan, also_finite=also_finite
+    )
     if features.shape[1] == 0:
         msg = f"`features` must have at least one column; got shape {tuple(features.shape)}"
         raise ValueError(msg)
@@ -626,10 +776,11 @@ def check_class_vector(
 
     Host data (a sequence, a NumPy array) is copied there; an array must
     already be there (`check_placed`). Entries must be real, finite and >= 0
-    (> 0 with `positive`); `hint` follows the name in that message.
+    (> 0 with `positive`); `hint` follows the name in that message. Anything
+    that is not numbers (None, strings, objects, booleans) is a TypeError.
     """
     if is_host_data(value):
-        arr = xp.asarray(value, device=device)
+        arr = xp.asarray(_host_numbers(value, name), device=device)
     else:
         arr = check_placed(value, name, xp, device)
     if arr.ndim != 1 or arr.shape[0] != size:
@@ -648,6 +799,19 @@ def check_class_vector(
     return arr
 
 
+def _host_numbers(value: Any, name: str) -> np.ndarray:
+    """Host data as a NumPy array of real numbers, else a TypeError naming `name`."""
+    check_container(value, name)
+    try:
+        host = np.asarray(value)
+    except (TypeError, ValueError):
+        host = None
+    if host is None or host.dtype.kind not in "iuf":
+        msg = f"`{name}` must be an array or a sequence of real numbers; got {_short(value)}"
+        raise TypeError(msg)
+    return host
+
+
 def check_values_like(value: Any, name: str, reference: Array, xp: ModuleType) -> Array:
     """`value` in the namespace, device and dtype of `reference`.
 
@@ -657,6 +821,7 @@ def check_values_like(value: Any, name: str, reference: Array, xp: ModuleType) -
     """
     if not is_host_data(value):
         return xp.astype(check_placed(value, name, xp, array_device(reference)), reference.dtype)
+    check_container(value, name)
     try:
         host = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):

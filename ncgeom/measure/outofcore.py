@@ -9,12 +9,19 @@ memory is bounded by a few blocks per worker, whatever the array's size.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
-from .._lib.backend import namespace
-from .._lib.validate import check_batch, check_instance, check_int_at_least, check_num_classes
+from .._lib.backend import array_device, namespace
+from .._lib.validate import (
+    check_batch,
+    check_container,
+    check_instance,
+    check_int_at_least,
+    check_num_classes,
+)
 from .stats import ClassStats, merge_stats
 
 __all__ = ["stats_from_dask"]
@@ -37,9 +44,11 @@ def stats_from_dask(
 
     Parameters
     ----------
-    features : dask.array.Array, shape (N, d)
-        Features; row blocks may be of any size. Column blocks are joined
-        (each row block must hold whole rows).
+    features : dask.array.Array, shape (N, d), N >= 1
+        Features; row blocks may be of any size, empty ones included. Column
+        blocks are joined (each row block must hold whole rows). Chunk sizes
+        must be known (call ``compute_chunk_sizes()`` after boolean
+        indexing).
     labels : dask.array.Array or array, shape (N,)
         Integer labels, rechunked to the row blocks of `features`.
     num_classes : int
@@ -74,11 +83,18 @@ def stats_from_dask(
 
     num_classes = check_num_classes(num_classes)
     check_instance(features, da.Array, "features", what="dask.array.Array")
+    _check_known_chunks(features, "features")
     if features.ndim != 2:
         msg = f"`features` must be 2-D (samples, dim); got shape {features.shape}"
         raise ValueError(msg)
+    if features.shape[0] == 0:
+        msg = f"`features` must hold at least one sample; got shape {features.shape}"
+        raise ValueError(msg)
     split_every = check_int_at_least(split_every, "split_every", 2)
-    if not isinstance(labels, da.Array):
+    if isinstance(labels, da.Array):
+        _check_known_chunks(labels, "labels")
+    else:
+        check_container(labels, "labels")
         labels = np.asarray(labels)
     if labels.ndim != 1 or labels.shape[0] != features.shape[0]:
         msg = (
@@ -94,15 +110,25 @@ def stats_from_dask(
         labels = da.from_array(labels, chunks=(features.chunks[0],))
 
     def block_stats(block: Array, block_labels: Array, first_row: int) -> ClassStats:
+        xp = namespace(features=block, labels=block_labels)
         # Checked here so that a bad row is named by its row in the whole array.
         check_batch(
             block,
             block_labels,
             num_classes,
-            namespace(features=block, labels=block_labels),
+            xp,
             check_finite=check_finite,
             first_row=first_row,
         )
+        if block.shape[0] == 0:  # an empty block (e.g. after filtering) adds nothing
+            return ClassStats.empty(
+                num_classes,
+                block.shape[1],
+                gram=gram,
+                xp=xp,
+                device=array_device(block),
+                dtype=block.dtype,
+            )
         return ClassStats.from_features(
             block, block_labels, num_classes, gram=gram, check_finite=False
         )
@@ -124,3 +150,14 @@ def stats_from_dask(
         return result
     (stats,) = dask.compute(result, **compute_kwargs)
     return stats
+
+
+def _check_known_chunks(array: Any, name: str) -> None:
+    """A Dask array whose chunk sizes are known (not NaN), else a TypeError with the remedy."""
+    if any(math.isnan(size) for size in array.shape):
+        msg = (
+            f"`{name}` must have known chunk sizes; got a Dask array of shape {array.shape} "
+            f"(unknown sizes, e.g. after boolean indexing): call `{name}.compute_chunk_sizes()` "
+            "first"
+        )
+        raise TypeError(msg)

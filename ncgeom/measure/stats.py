@@ -37,6 +37,7 @@ from .._lib.backend import (
     array_device,
     gather_rows,
     has_native_segment_sum,
+    index_dtype,
     namespace,
     on_host,
     quiet_invalid,
@@ -44,6 +45,9 @@ from .._lib.backend import (
     segment_count,
     segment_sum,
     to_host,
+    warn_caller,
+    wide_float,
+    x64_disabled,
 )
 from .._lib.validate import (
     check_batch,
@@ -54,12 +58,19 @@ from .._lib.validate import (
     check_stream_batch,
 )
 
-__all__ = ["ClassStats", "class_moments", "merge_stats"]
+__all__ = [
+    "ClassStats",
+    "NC1_ROUNDING_LIMIT",
+    "class_moments",
+    "merge_stats",
+    "warn_nc1_rounding",
+]
 
 Array = Any
-#: ``visit(features_chunk, deviations_chunk, labels_chunk)``: more sums taken
-#: from a chunk while it is in cache (see `class_moments`).
-Visit = Callable[[Array, Array, Array], tuple[Array, ...]]
+#: ``visit(features_chunk, deviations_chunk, labels_chunk, squared_norms_chunk)``:
+#: more sums taken from a chunk while it is in cache (see `class_moments`); the
+#: last argument holds each row's ``||deviation||^2``.
+Visit = Callable[[Array, Array, Array, Array], tuple[Array, ...]]
 
 #: Bytes of shifted features materialised at once on a GPU (rows are processed
 #: in chunks): large, so that each chunk is a few large kernel launches.
@@ -83,10 +94,28 @@ class ClassStats:
     divided by `scale`; the properties (`means`, `class_variances`,
     `within_covariance`, ...) are in the features' own units.
 
+    What is accumulated in what (the dtype of the statistics):
+
+    ============================  ==========================================
+    features                      statistics
+    ============================  ==========================================
+    float16, bfloat16             float32
+    float32                       float32; class means summed in float64
+                                  where float32 sums would cost precision
+    float64                       float64
+    longdouble (x86-64 NumPy)     float64, with a warning: precision beyond
+                                  float64 is dropped
+    integer, bool, complex        refused: `TypeError` naming `features`
+    ============================  ==========================================
+
+    `empty` takes the dtype given (float64 by default) and `update`
+    accumulates every batch in it. On JAX without its 64-bit mode
+    (``jax_enable_x64``) there is no float64: float32, and int32 counts.
+
     Attributes
     ----------
     counts : array, shape (K,), int64
-        Samples per class.
+        Samples per class (int32 on JAX without its 64-bit mode).
     shift : array, shape (K, d)
         Reference point of each class, in units of `scale`: the class mean
         as of the last batch or merge (re-centred by every merge).
@@ -145,9 +174,11 @@ class ClassStats:
             Keep the (d, d) within-class Gram (needed by `within_covariance`
             and by `ncgeom.metrics.nc1` on streamed statistics).
         xp, device, dtype
-            Array namespace (default NumPy), device and floating dtype
-            (default float64) of the statistics. Batches of lower precision
-            are promoted to this dtype; half precision accumulates in float32.
+            Array namespace (default NumPy; a library module such as
+            ``torch`` is accepted), device and real floating dtype (default
+            float64) of the statistics. Every batch is accumulated in this
+            dtype; half precision is stored as float32, a ``longdouble`` as
+            float64 (with a warning), see the table of `ClassStats`.
 
         Examples
         --------
@@ -161,7 +192,7 @@ class ClassStats:
         dtype = accumulation_dtype(xp, check_float_dtype(dtype, xp))
         zeros = functools.partial(xp.zeros, dtype=dtype, device=device)
         return cls(
-            counts=xp.zeros(num_classes, dtype=xp.int64, device=device),
+            counts=xp.zeros(num_classes, dtype=index_dtype(xp), device=device),
             shift=zeros((num_classes, dim)),
             sums=zeros((num_classes, dim)),
             sqnorms=zeros(num_classes),
@@ -183,13 +214,13 @@ class ClassStats:
         """Statistics of in-memory features (N, d) with integer labels in [0, K).
 
         Two chunked passes (class means, then deviations from them), on the
-        features' namespace and device, in their precision (half precision
-        accumulates in float32). Exact in float32 at any class size: see
-        `class_moments`.
+        features' namespace and device, in the dtype the table of
+        `ClassStats` gives for theirs. Exact in float32 at any class size:
+        see `class_moments`.
 
         Parameters
         ----------
-        features : array, shape (N, d)
+        features : array, shape (N, d), N >= 1
         labels : array, shape (N,), integer
         num_classes : int
         gram : bool
@@ -199,6 +230,15 @@ class ClassStats:
             the check on trusted data.
         chunk_size : int, optional
             Rows processed at once; default keeps each chunk near 32 MiB.
+
+        Raises
+        ------
+        ValueError
+            For zero rows or columns (name and shape in the message), labels
+            outside [0, K), NaN or Inf in `features`.
+        TypeError
+            For features that are not real floating (integer, complex) or
+            not a plain array (masked, sparse, ...: see `ncgeom.checks.check_container`).
 
         Examples
         --------
@@ -212,16 +252,13 @@ class ClassStats:
         xp = namespace(features=features, labels=labels)
         num_classes = check_num_classes(num_classes)
         features, labels = check_stream_batch(features, labels, num_classes, xp, check_finite)
-        dtype = accumulation_dtype(xp, features.dtype)
         if features.shape[0] == 0:
-            return cls.empty(
-                num_classes,
-                features.shape[1],
-                gram=gram,
-                xp=xp,
-                device=array_device(features),
-                dtype=dtype,
+            msg = (
+                f"`features` must hold at least one sample; got shape {tuple(features.shape)} "
+                "(use ClassStats.empty for statistics of no samples)"
             )
+            raise ValueError(msg)
+        dtype = accumulation_dtype(xp, features.dtype)
         stats, _ = class_moments(
             features,
             labels,
@@ -507,6 +544,58 @@ class ClassStats:
         n = xp.astype(self.counts, self.dtype)
         return self.gram - offsets.T @ (n[:, None] * offsets)
 
+    def scatter_along(self, basis: Array, weights: Array) -> tuple[Array, Array]:
+        """The within scatter along orthonormal directions, and how far the
+        Gram's rounding may move a weighted sum of it (NC1).
+
+        Parameters
+        ----------
+        basis : array, shape (d, r)
+            Orthonormal columns v_r (the between-class directions of NC1).
+        weights : array, shape (r,)
+            Non-negative weights w_r (NC1's inverse eigenvalues of Sigma_B).
+
+        Returns
+        -------
+        along : array, shape (r,)
+            ``v_r^T S_W v_r`` in units of ``scale**2`` (`scaled_scatter`).
+        rounding : array, shape ()
+            The relative bound ``eps ||S_W||_F / (sum_r w_r along_r / sum_r w_r)``
+            on the error of ``sum_r w_r along_r`` that storing the (d, d) Gram
+            in the statistics' dtype allows (``docs/accuracy.md``); 0 without
+            scatter or weights, +Inf when nothing is left along the directions.
+            `warn_nc1_rounding` turns it into a warning above
+            `NC1_ROUNDING_LIMIT`.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from ncgeom import ClassStats
+        >>> x = np.array([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0], [0.0, 4.0]])
+        >>> stats = ClassStats.from_features(x, np.array([0, 0, 1, 1]), 2)
+        >>> along, rounding = stats.scatter_along(np.eye(2), np.ones(2))
+        >>> along.tolist(), bool(rounding < 1e-15)
+        ([2.0, 2.0], True)
+        """
+        xp = self.xp
+        scatter = self.scaled_scatter()
+        along = xp.sum(basis * (scatter @ basis), axis=0)
+        largest = xp.max(xp.abs(scatter))
+        unit = xp.where(largest > 0, largest, xp.ones_like(largest))
+        frobenius = unit * xp.sqrt(xp.sum((scatter / unit) * (scatter / unit)))
+        total = xp.sum(weights)
+        share = weights / xp.where(total > 0, total, xp.ones_like(total))
+        typical = xp.sum(share * along)
+        eps = xp.finfo(self.dtype).eps
+        zero = xp.zeros_like(typical)
+        resolved = eps * frobenius / xp.where(typical > 0, typical, xp.ones_like(typical))
+        rounding = xp.where(
+            (frobenius > 0) & (total > 0),
+            xp.where(typical > 0, resolved, xp.full_like(typical, xp.inf)),
+            zero,
+        )
+        return along, rounding
+
     def within_scatter(self) -> Array:
         """``sum_i (x_i - mu_{y_i})(x_i - mu_{y_i})^T`` (d, d); needs the Gram."""
         scale = self.unit_scale
@@ -545,6 +634,50 @@ def merge_stats(*stats: ClassStats) -> ClassStats:
     return functools.reduce(ClassStats.merge, stats)
 
 
+#: Relative bound on NC1's rounding above which `warn_nc1_rounding` warns: the
+#: accuracy every other path keeps.
+NC1_ROUNDING_LIMIT = 1e-4
+
+
+def warn_nc1_rounding(rounding: Any, dtype: Any, *, source: str = "statistics") -> bool:
+    """One warning when `rounding` (a relative bound on NC1's rounding error, a
+    number or a 0-d array: then one host read) exceeds `NC1_ROUNDING_LIMIT`.
+
+    `source` says where the bound comes from: ``"statistics"`` (their stored
+    (d, d) Gram, `ClassStats.scatter_along`) or ``"features"`` (the
+    deviations of in-memory features projected in their own dtype, in
+    `ncgeom.nc_report`). The warning gives the bound and the remedy; it points
+    at the caller's line. Returns whether it warned.
+    """
+    bound = float(to_host(rounding)) if not isinstance(rounding, (int, float)) else rounding
+    if not bound > NC1_ROUNDING_LIMIT:
+        return False
+    size = f"up to {bound:.1e}" if math.isfinite(bound) else "entirely"
+    name = str(dtype).rsplit(".", maxsplit=1)[-1]
+    if source == "features":
+        cause = "the rounding of their deviations from the class means"
+        remedy = "pass the features in float64"
+        if name == "float64":
+            remedy = "float64 cannot resolve it either"
+    else:
+        cause = "the rounding of their (d, d) within-class Gram"
+        remedy = (
+            "accumulate in float64: ClassStats.empty(num_classes, dim, dtype=np.float64) "
+            "(or torch.float64, ...) before `update`, or `from_features` on float64 "
+            "features; or nc_report((features, labels)), which needs no Gram"
+        )
+        if name == "float64":
+            remedy = (
+                "float64 cannot resolve it either; nc_report((features, labels)) needs no Gram"
+            )
+    warn_caller(
+        f"NC1 from these {name} {source} may be off by {size} relative: {cause} "
+        "(docs/accuracy.md) is large next to the scatter along the between-class "
+        f"directions (one far sample away from them?); {remedy}"
+    )
+    return True
+
+
 # ----------------------------------------------------------------------------- the engine
 def class_moments(
     features: Array,
@@ -567,7 +700,7 @@ def class_moments(
     2. Deviations ``x / scale - shift_y`` in `dtype`: their class sums (the
        residual that makes ``shift + sums / n`` the exact mean), squared norms
        and, with `gram`, their Gram; and, with `visitor`, the chunk-wise sums
-       of ``visitor(counts, shifts)(x_chunk, dev_chunk, y_chunk)``.
+       of ``visitor(counts, shifts)(x_chunk, dev_chunk, y_chunk, dev_sq_chunk)``.
 
     The squared deviations lose ``F = |shift - mean|^2 / variance`` times
     their rounding to cancellation (see ``docs/accuracy.md``). On a GPU the
@@ -624,12 +757,18 @@ def class_moments(
         uncovered = (counts > 0) & (pilot.counts == 0)
         if not bool(xp.any(uncovered)):
             shifts = (pilot.shift, pilot.unit_scale, None)
+    rounded = False
     while True:
         borrowed = shifts is not None
         if shifts is None:
             shifts = _scaled_class_means(
                 features, labels, counts, dtype, xp, chunk_size, host, exact=exact
             )
+            # A residual from float64 sums of float64 features is rounded: checked
+            # on the host (with the cancellation, one read), summed on a device.
+            rounded = shifts[2] is not None and xp.finfo(features.dtype).bits >= 64
+            if rounded and not host:
+                shifts, rounded = (shifts[0], shifts[1], None), False
         try:
             stats, extra = _moments_about(
                 features,
@@ -650,8 +789,15 @@ def class_moments(
             # overflow there): take the batch's own means and scale instead.
             exact, shifts = True, None
             continue
+        if exact and not rounded:
+            return stats, extra
+        cancellation, residual_error = _first_try_errors(stats, xp, rounded=rounded)
+        if residual_error > MAX_RESIDUAL_ERROR:
+            # Same means, deviations summed in the second pass.
+            shifts, rounded = (shifts[0], shifts[1], None), False
+            continue
         if exact or (
-            _cancellation(stats, xp) <= MAX_CANCELLATION
+            cancellation <= MAX_CANCELLATION
             and (shift_tolerance is None or _shift_error(stats, xp) <= shift_tolerance)
         ):
             return stats, extra
@@ -722,7 +868,21 @@ def _shift_error(stats: ClassStats, xp: ModuleType) -> float:
 
 
 def _cancellation(stats: ClassStats, xp: ModuleType) -> float:
-    """``max_k |shift_k - mean_k|^2 / v_k`` over classes with samples (a host read).
+    """``max_k |shift_k - mean_k|^2 / v_k`` over classes with samples (a host
+    read): the first number of `_first_try_errors`."""
+    return _first_try_errors(stats, xp, rounded=False)[0]
+
+
+#: Largest accepted ``sqrt(n_k) eps |mean_k| / sqrt(v_k)`` of a residual taken
+#: from float64 sums of float64 features: the rounding of those sums over the
+#: within-class spread, which moves the variances by about as much (relative).
+MAX_RESIDUAL_ERROR = 1e-10
+
+
+def _first_try_errors(stats: ClassStats, xp: ModuleType, *, rounded: bool) -> tuple[float, float]:
+    """The cancellation ``max_k |shift_k - mean_k|^2 / v_k`` and, when the
+    residual came from `rounded` float64 sums, ``max_k sqrt(n_k) eps |shift_k| /
+    sqrt(v_k)`` (else 0), over classes with samples: one host read.
 
     A class whose variance is zero has no rounding to amplify, unless its
     shift is off its mean: the variance is then floored at the dtype's
@@ -732,10 +892,19 @@ def _cancellation(stats: ClassStats, xp: ModuleType) -> float:
     offset_sq = xp.vecdot(stats.sums, stats.sums) / (n * n)
     spread = stats.sqnorms / n - offset_sq
     tiny = xp.finfo(stats.dtype).smallest_normal
+    floored = xp.clip(spread, min=tiny)
+    present = stats.counts > 0
+    zero = xp.zeros_like(offset_sq)
     with quiet_invalid():  # an offset over a floored spread may overflow to +Inf
-        ratio = offset_sq / xp.clip(spread, min=tiny)
-    ratio = xp.where((stats.counts > 0) & (offset_sq > 0), ratio, xp.zeros_like(ratio))
-    return float(to_host(xp.max(ratio)))
+        ratio = xp.where(present & (offset_sq > 0), offset_sq / floored, zero)
+        parts = [xp.max(ratio)]
+        if rounded:
+            eps = xp.finfo(stats.dtype).eps
+            size = xp.vecdot(stats.shift, stats.shift)
+            error = xp.where(present & (size > 0), n * (eps * eps) * size / floored, zero)
+            parts.append(xp.max(error))
+    values = to_host(xp.stack(parts))
+    return float(values[0]), math.sqrt(float(values[1])) if rounded else 0.0
 
 
 def _raise_unrepresentable(
@@ -767,12 +936,22 @@ def _scaled_class_means(
 
     With `exact`, the sums are taken in float64; otherwise in `dtype`.
 
-    From float64 sums the residual ``sum_i x_i / scale - n_k mean_k`` is exact
-    to float64 rounding, so the second pass need not sum the deviations.
+    From float64 sums of float32 (or narrower) features the residual
+    ``sum_i x_i / scale - n_k mean_k`` is exact to float64 rounding, so the
+    second pass need not sum the deviations. From float64 sums of float64
+    (or longdouble) features it carries their rounding, about
+    ``sqrt(n) eps |mean|``: `class_moments` checks it (`_residual_check`).
     """
     num_classes = counts.shape[0]
     num, dim = features.shape
-    acc = xp.float64 if exact else dtype
+    acc = wide_float(xp) if exact else dtype
+    if exact and x64_disabled(xp) and dtype != xp.float64:
+        warn_caller(
+            "the class means of these float32 features need float64 sums to keep NC1 and "
+            "the variances within 1e-4 (collapsed features of large classes), and JAX's "
+            "64-bit mode is off: they are summed in float32 and may be off by more; turn it "
+            "on with jax.config.update('jax_enable_x64', True)"
+        )
     itemsize = 8 if acc == xp.float64 else 4
     if chunk_size is not None:
         rows = check_positive_int(chunk_size, "chunk_size")
@@ -784,15 +963,19 @@ def _scaled_class_means(
         budget = HOST_CHUNK_BYTES if host else CHUNK_BYTES
         # At least K rows: each chunk's sum is a (K, d) array to add up.
         rows = max(budget // (itemsize * dim), min(num_classes, CHUNK_BYTES // (itemsize * dim)))
-    total = None
+    total = xp.zeros((num_classes, dim), dtype=acc, device=array_device(features))
     for part_rows in row_chunks(num, max(1, rows)):
         chunk = xp.astype(features[part_rows, ...], acc, copy=False)
-        part = segment_sum(chunk, labels[part_rows], num_classes, xp)
-        total = part if total is None else total + part
+        total = segment_sum(chunk, labels[part_rows], num_classes, xp, into=total)
     means = total / xp.astype(xp.clip(counts, min=1), acc)[:, None]
     largest = xp.max(xp.abs(means))
     usable = xp.isfinite(largest) & (largest > 0)
     exponent = xp.round(xp.log2(xp.where(usable, largest, xp.ones_like(largest))))
+    # The scale and its inverse must be normal numbers of `dtype`: subnormal
+    # features (below 2**-1022 in float64) are scaled by the smallest normal
+    # power of two, which brings them into range, exactly.
+    low, high = _normal_exponents(xp, dtype)
+    exponent = xp.clip(exponent, min=low, max=high)
     far = xp.abs(exponent) > SCALE_FREE_EXPONENT
     two = xp.full_like(largest, 2.0)
     scale = xp.where(far, xp.pow(two, exponent), xp.ones_like(largest))
@@ -803,6 +986,13 @@ def _scaled_class_means(
         with quiet_invalid():  # Inf in the features: found through the means next
             residual = xp.astype(total / scale - n * xp.astype(scaled, acc), dtype)
     return scaled, xp.astype(scale, dtype), residual
+
+
+def _normal_exponents(xp: ModuleType, dtype: Any) -> tuple[float, float]:
+    """The smallest and largest e with 2**e and 2**-e both finite and normal in `dtype`."""
+    info = xp.finfo(dtype)
+    smallest = math.log2(float(info.smallest_normal))
+    return smallest, float(min(-smallest, math.floor(math.log2(float(info.max)))))
 
 
 def _deviation_moments(
@@ -822,7 +1012,8 @@ def _deviation_moments(
     Returns the class sums of ``dev`` (K, d; zeros unless `class_sums`) and
     of ``||dev||^2`` (K,), the
     pooled Gram ``dev^T dev`` (d, d) if `gram`, and the chunk-wise sum of
-    ``visit(features_chunk, dev_chunk, labels_chunk)`` if `visit` is given.
+    ``visit(features_chunk, dev_chunk, labels_chunk, dev_sq_chunk)`` if `visit`
+    is given (``dev_sq_chunk``: each row's ``||dev||^2``, shared with the sums).
     """
     num_classes, dim = shift.shape
     dtype = shift.dtype
@@ -838,12 +1029,13 @@ def _deviation_moments(
         x = xp.astype(features[part_rows, ...], dtype, copy=False)
         dev = gather_rows(neg_shift, y, xp) + (x if inverse_scale is None else x * inverse_scale)
         if class_sums:
-            sums = sums + segment_sum(dev, y, num_classes, xp)
-        sqnorms = sqnorms + segment_sum(xp.vecdot(dev, dev), y, num_classes, xp)
+            sums = segment_sum(dev, y, num_classes, xp, into=sums)
+        row_sq = xp.vecdot(dev, dev)
+        sqnorms = segment_sum(row_sq, y, num_classes, xp, into=sqnorms)
         if gram_sum is not None:
             gram_sum = gram_sum + dev.T @ dev
         if visit is not None:
-            part = visit(features[part_rows, ...], dev, y)
+            part = visit(features[part_rows, ...], dev, y, row_sq)
             extra = (
                 part if extra is None else tuple(a + b for a, b in zip(extra, part, strict=True))
             )

@@ -28,7 +28,14 @@ from dataclasses import dataclass, fields
 from types import ModuleType
 from typing import Any
 
-from .._lib.backend import array_device, namespace, segment_count, to_host
+from .._lib.backend import (
+    array_device,
+    backend_name,
+    namespace,
+    resolve_namespace,
+    segment_count,
+    to_host,
+)
 from .._lib.validate import (
     check_arrays_given,
     check_batch,
@@ -129,8 +136,9 @@ class LossOptions:
         Temperature ``tau`` of the logit adjustment.
     prior : array or sequence (K,), optional
         Class prior of the logit adjustment.
-    xp : namespace, optional
-        Array namespace; inferred from the arrays when omitted.
+    xp : module, optional
+        Array namespace or library module (``numpy``, ``torch``, ...); inferred
+        from the arrays when omitted, and must be theirs when given.
     """
 
     bias: Array | None = None
@@ -212,8 +220,10 @@ def ufm_objective(
         Positive class prior of the logit adjustment; only its ratios matter.
         Defaults to the label frequencies ``n_k / N`` of `labels` (every class
         must then occur).
-    xp : namespace, optional
-        Array namespace; inferred from the arrays when omitted.
+    xp : module, optional
+        Array namespace or library module (``numpy``, ``torch``, ...); inferred
+        from the arrays when omitted, and must be theirs when given
+        (`TypeError` naming `xp` otherwise).
 
     Returns
     -------
@@ -329,8 +339,10 @@ def collapsed_objective(
     prior : array or sequence, shape (K,), optional
         Positive class prior of the logit adjustment; defaults to
         ``counts / N`` (every count must then be positive).
-    xp : namespace, optional
-        Array namespace; inferred from the arrays when omitted.
+    xp : module, optional
+        Array namespace or library module (``numpy``, ``torch``, ...); inferred
+        from the arrays when omitted, and must be theirs when given
+        (`TypeError` naming `xp` otherwise).
 
     Returns
     -------
@@ -577,8 +589,8 @@ def full_problem(
     """Check the full-sample arguments: the problem data and the variables (W, H, b)."""
     bias = options.bias
     check_arrays_given(classifier=classifier, features=features, labels=labels)
-    xp = options.xp or namespace(
-        classifier=classifier, features=features, labels=labels, bias=bias
+    xp = _checked_namespace(
+        options.xp, classifier=classifier, features=features, labels=labels, bias=bias
     )
     decays = _check_decays(lambda_w, lambda_h, options)
     num_classes, dtype = check_classifier_and_rows(classifier, features, "features", xp)
@@ -619,7 +631,7 @@ def collapsed_problem(
     """Check the class-collapsed arguments: the problem data and the variables (W, H, b)."""
     bias = options.bias
     check_arrays_given(classifier=classifier, means=means)
-    xp = options.xp or namespace(classifier=classifier, means=means, bias=bias)
+    xp = _checked_namespace(options.xp, classifier=classifier, means=means, bias=bias)
     decays = _check_decays(lambda_w, lambda_h, options)
     num_classes, dtype = check_classifier_and_rows(classifier, means, "means", xp)
     if tuple(means.shape) != tuple(classifier.shape):
@@ -648,6 +660,22 @@ def collapsed_problem(
         xp=xp,
     )
     return data, _variables(classifier, means, bias, num_classes, xp, dtype)
+
+
+def _checked_namespace(xp: Any, **arrays: Array) -> ModuleType:
+    """The arrays' namespace; `xp`, when given, must be a library module
+    (`resolve_namespace`) whose namespace is theirs."""
+    found = namespace(**arrays)
+    if xp is None:
+        return found
+    wanted = resolve_namespace(xp)
+    if wanted is not found:
+        msg = (
+            f"`xp` must be the namespace of the arrays ({backend_name(found)}); got "
+            f"{backend_name(wanted)}: leave `xp` out, it is inferred from the arrays"
+        )
+        raise TypeError(msg)
+    return found
 
 
 def _variables(
