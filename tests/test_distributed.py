@@ -22,7 +22,7 @@ torch = pytest.importorskip("torch")
 dist = pytest.importorskip("torch.distributed")
 from torch import nn  # noqa: E402
 
-from ncgeom import ClassStats, nc_report  # noqa: E402
+from ncgeom import ClassStats, nc_report, reduce_class_stats  # noqa: E402
 from ncgeom.report import NCReport  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
@@ -118,6 +118,32 @@ def _worker(rank: int, init_file: str, out: str) -> None:
             lagging.report()
         except ValueError as error:
             results["step_error"] = str(error)
+
+        # collectives that break the contract, with the real gloo transport: an
+        # all-reduce that averages (a "mean" reduction), and one that works in
+        # place and returns None, as torch.distributed.all_reduce does
+        local = ClassStats.from_features(h[rows], y[rows], K)
+
+        def gather(x: torch.Tensor) -> list[torch.Tensor]:
+            out = [torch.empty_like(x) for _ in range(WORLD)]
+            dist.all_gather(out, x.contiguous())
+            return out
+
+        def average(x: torch.Tensor) -> torch.Tensor:
+            x = x.contiguous()
+            dist.all_reduce(x)
+            return x / WORLD
+
+        def in_place(x: torch.Tensor) -> None:
+            dist.all_reduce(x)
+
+        for name, reduce in (("average", average), ("in_place", in_place)):
+            try:
+                reduce_class_stats(
+                    local, rank=rank, world_size=WORLD, all_gather=gather, all_reduce=reduce
+                )
+            except (TypeError, ValueError) as error:
+                results[f"{name}_error"] = f"{type(error).__name__}: {error}"
 
         # the same statistics are still usable after the failed report
         results["after_error"] = tracker.report().to_dict()
@@ -215,3 +241,14 @@ def test_mismatched_num_classes_raises_on_every_rank(ranks: list[dict[str, Any]]
         message = result["mismatch_error"]
         assert "disagree on num_classes (rank 0: 4, rank 1: 5)" in message
         assert f"this is rank {rank}" in message
+
+
+def test_a_broken_collective_raises_on_every_rank(ranks: list[dict[str, Any]]) -> None:
+    for result in ranks:
+        assert result["average_error"].startswith(
+            "ValueError: `all_reduce` (call 1 of 2) and `all_gather` disagree on the counts: "
+            "class "
+        )
+        assert result["in_place_error"].startswith(
+            "TypeError: `all_reduce` returned None; expected one torch array of shape ("
+        )

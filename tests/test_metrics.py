@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import array_api_compat
 import numpy as np
 import pytest
@@ -227,3 +229,236 @@ def test_classifier_shape_and_namespace_are_checked(data):
 
     with pytest.raises(TypeError, match="same array library"):
         metrics.self_duality_error(torch.asarray(w), stats)
+
+
+# ----------------------------------------------------------------------------- degenerate geometry
+def _optimum_features(counts, decay):
+    """Features at the ReLU UFM optimum: every sample at its class mean."""
+    from ncgeom.theory import ufm_relu_optimum
+
+    opt = ufm_relu_optimum(counts, decay, decay)
+    y = np.repeat(np.arange(len(counts)), counts)
+    return opt.means()[y], y, opt
+
+
+def test_one_class_alive_leaves_the_orthogonality_undefined(backend):
+    # All classes but the largest collapse to the origin: no pair of directions.
+    x, y, opt = _optimum_features([300, 3, 2, 1], 3e-2)
+    assert (np.linalg.norm(opt.means(), axis=1) > 0).tolist() == [True, False, False, False]
+    xb, yb = backend.asarray(x), backend.asarray(y)
+    with pytest.warns(UserWarning, match="fewer than two class means are non-zero"):
+        rep = nc_report((xb, yb), backend.asarray(opt.classifier()))
+    assert np.isnan(rep.orthogonality_error)
+    assert dict(rep.unavailable)["orthogonality_error"] == (
+        "fewer than two class means are non-zero (no pair of directions to compare)"
+    )
+    stats = ClassStats.from_features(xb, yb, 4)
+    assert np.isnan(_assert_on(backend, metrics.orthogonality_error(stats)))
+    # The metrics that stay defined keep their values (three classes share the mean 0).
+    assert rep.etf_error == pytest.approx(ref.etf_error(x, y, 4), rel=RTOL)
+    assert rep.equinorm == pytest.approx(ref.equinorm(x, y, 4), rel=RTOL)
+
+
+def test_two_classes_alive_give_their_orthogonality():
+    # Two surviving classes: one pair with a direction; the collapsed mean counts as cosine 0.
+    x, y, opt = _optimum_features([100, 10, 1], 1.5e-2)
+    assert (np.linalg.norm(opt.means(), axis=1) > 0).tolist() == [True, True, False]
+    tilted = x + np.where(y[:, None] == 1, 0.3 * opt.means()[0], 0.0)
+    rep = nc_report((tilted, y))
+    assert rep.orthogonality_error == pytest.approx(
+        ref.orthogonality_error(tilted, y, 3), rel=RTOL
+    )
+    assert rep.orthogonality_error > 0.05
+    assert "orthogonality_error" not in dict(rep.unavailable)
+
+
+def test_cdnv_at_the_optimum_is_zero_or_undefined():
+    """docs/metrics.md: CDNV is 0 at the optimum while at most one class collapses,
+    NaN once two have (their means coincide at the origin: 0 / 0)."""
+    x, y, _ = _optimum_features([100, 10, 1], 1.5e-2)  # one class collapsed
+    assert nc_report((x, y)).cdnv == pytest.approx(0.0, abs=1e-25)
+    x, y, _ = _optimum_features([300, 3, 2, 1], 3e-2)  # three collapsed
+    with pytest.warns(UserWarning, match="two class means coincide"):
+        rep = nc_report((x, y))
+    assert np.isnan(rep.cdnv)
+    assert dict(rep.unavailable)["cdnv"].startswith("two class means coincide")
+
+
+# ----------------------------------------------------------------------------- empty classes
+def test_many_empty_classes_are_summarised_in_the_warning():
+    k = 32_768
+    rng = np.random.default_rng(4)
+    populated = np.array([3, 4, 5, 17, 1000, k - 1])
+    y = np.repeat(populated, 5)
+    x = 3 * rng.normal(size=(k, 4))[y] + rng.normal(size=(y.size, 4))
+    with pytest.warns(UserWarning) as caught:
+        rep = nc_report((x, y), num_classes=k)
+    (message,) = [str(w.message) for w in caught]
+    assert message == (
+        "classes [0-2, 6-16, 18-999, 1001-32766] have no samples and are left out of the "
+        "metrics (32,762 of 32,768 classes; NCReport.excluded and "
+        "metrics.populated(stats).excluded list them all)"
+    )
+    empty = sorted(set(range(k)) - set(populated.tolist()))
+    assert [c for c, _ in rep.excluded] == empty
+    # Every other class empty: 16,384 runs, the first eight shown.
+    y = np.arange(0, k, 2)
+    stats = ClassStats.from_features(rng.normal(size=(y.size, 3)), y, k)
+    with pytest.warns(UserWarning) as caught:
+        view = metrics.populated(stats)
+    (message,) = [str(w.message) for w in caught]
+    assert message.startswith("classes [1, 3, 5, 7, 9, 11, 13, 15, ... 16,376 more] have no")
+    assert len(message) < 250
+    assert view.excluded == tuple(range(1, k, 2))
+
+
+def test_a_short_list_of_empty_classes_is_given_in_full():
+    x, y, k, _ = _data()
+    y = np.where(np.isin(y, [1, 2]), 0, y)
+    with pytest.warns(UserWarning) as caught:
+        metrics.cdnv(ClassStats.from_features(x, y, k))
+    assert [str(w.message) for w in caught] == [
+        "classes [1, 2] have no samples and are left out of the metrics"
+    ]
+
+
+# ----------------------------------------------------------------------------- hostile statistics
+def _edited(**fields):
+    x, y, k, _ = _data()
+    stats = ClassStats.from_features(x, y, k)
+    return dataclasses.replace(stats, **{f: v(getattr(stats, f)) for f, v in fields.items()})
+
+
+HOSTILE_STATS = {
+    "nan_sqnorms": (
+        {"sqnorms": lambda a: np.where(np.arange(a.size) == 1, np.nan, a)},
+        ValueError,
+        "`stats` are not finite: their class variances (from `sqnorms`) hold NaN or Inf",
+    ),
+    "inf_sqnorms": (
+        {"sqnorms": lambda a: a * np.inf},
+        ValueError,
+        "`stats` are not finite: their class variances (from `sqnorms`) hold NaN or Inf",
+    ),
+    "nan_gram": (
+        {"gram": lambda a: a * np.nan},
+        ValueError,
+        "`stats` are not finite: their Gram holds NaN or Inf",
+    ),
+    "zero_scale": (
+        {"scale": lambda a: np.zeros(())},
+        ValueError,
+        "`stats.scale` must be a finite positive number; got 0.0",
+    ),
+    "negative_counts": (
+        {"counts": lambda a: a * np.array([-1, 1, 1, 1, 1])},
+        ValueError,
+        "`stats.counts` must be non-negative; got -",
+    ),
+    "float_counts": (
+        {"counts": lambda a: a + 0.5},
+        TypeError,
+        "`stats.counts` must have an integer dtype; got float64",
+    ),
+    "float32_sums": (
+        {"sums": lambda a: a.astype(np.float32)},
+        TypeError,
+        "`stats.sums` must have the dtype of `stats.shift`, float64; got float32",
+    ),
+    "broadcast_sqnorms": (
+        {"sqnorms": lambda a: a[:1]},
+        ValueError,
+        "`stats.sqnorms` must have shape (5,) to match `stats.shift` (5, 7); got (1,)",
+    ),
+    "broadcast_sums": (
+        {"sums": lambda a: a[:1]},
+        ValueError,
+        "`stats.sums` must have shape (5, 7) to match `stats.shift` (5, 7); got (1, 7)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_STATS))
+def test_corrupt_statistics_are_refused_not_measured(case):
+    fields, error, message = HOSTILE_STATS[case]
+    stats = _edited(**fields)
+    for measure in (metrics.cdnv, metrics.nc1, metrics.orthogonality_error, nc_report):
+        with pytest.raises(error) as caught:
+            measure(stats)
+        assert str(caught.value).startswith(message), (measure, str(caught.value))
+
+
+def test_a_zero_classifier_is_flagged_as_undefined():
+    x, y, k, w = _data()
+    y = np.where(y == 2, 1, y)  # class 2 has no samples: its row does not count
+    stats = ClassStats.from_features(x, y, k)
+    with pytest.warns(UserWarning, match=r"classes \[2\]"):
+        view = metrics.populated(stats)
+    only_empty_row = np.zeros_like(w)
+    only_empty_row[2] = 1.0
+    assert bool(metrics.classifier_flags(only_empty_row, view)["classifier"])
+    assert not bool(metrics.classifier_flags(w, view)["classifier"])
+    for name in ("self_duality_error", "scaled_alignment_error"):
+        assert "classifier" in metrics.DEGENERATE_METRICS[name]
+        with pytest.warns(UserWarning, match=r"classes \[2\]"):
+            assert np.isnan(getattr(metrics, name)(only_empty_row, stats))
+    assert metrics.DEGENERATE_REASONS["classifier"] == (
+        "the classifier is zero on the classes with samples (no direction)"
+    )
+
+
+def test_one_populated_class_among_many_is_named_briefly():
+    k = 32_768
+    stats = ClassStats.from_features(np.ones((3, 2)), np.full(3, 7), k)
+    with pytest.raises(ValueError) as caught:
+        metrics.cdnv(stats)
+    assert str(caught.value) == (
+        "`stats` must hold at least two classes with samples; got 1 "
+        "(classes with samples: [7] of 32,768)"
+    )
+
+
+@pytest.mark.parametrize("how", ["samples", "classes"])
+@pytest.mark.parametrize("offset", [1e10, 1e12])
+def test_nc1_far_from_the_origin_sees_only_the_spread(offset, how):
+    # A common offset: the centre rounds by eps * offset, which (before the
+    # second centring of `Classes.centred`) gave Sigma_B a spurious direction
+    # with an eigenvalue of that rounding squared: NC1 came out near 1e8.
+    rng = np.random.default_rng(8)
+    k, d = 4, 6
+    y = np.concatenate([np.arange(k), rng.integers(0, k, 60)])
+    spread = 3 * rng.normal(size=(k, d))[y] + 0.2 * rng.normal(size=(len(y), d))
+    step = 2.0 ** (np.floor(np.log2(offset)) - 51)  # float64's grid at the offset
+    x = offset + np.round(spread / step) * step
+    want = ref.nc1(x - offset, y, k, how)  # exact: x - offset is on the grid
+    rtol = 50 * np.finfo(np.float64).eps * offset  # the means' own rounding
+    got = {
+        "stats": float(metrics.nc1(ClassStats.from_features(x, y, k), global_mean=how)),
+        "report": nc_report((x, y), global_mean=how).nc1,
+    }
+    for path, value in got.items():
+        assert value == pytest.approx(want, rel=rtol), path
+
+
+def test_ncc_agreement_follows_the_dtype_rule():
+    x, y, k, w = _data()
+    mu = ref.means(x, y, k)
+    w = w + 3 * np.random.default_rng(1).normal(size=w.shape)
+    want = ref.ncc_agreement(x, w, mu, None)
+    # longdouble: computed in float64 with the rule's warning (NumPy's linalg has no float128)
+    wide = x.astype(np.longdouble)
+    if np.finfo(np.longdouble).eps < np.finfo(np.float64).eps:
+        with pytest.warns(UserWarning, match="accumulated in float64"):
+            got = ncgeom.ncc_agreement(wide, w, mu)
+    else:  # longdouble is float64 here
+        got = ncgeom.ncc_agreement(wide, w, mu)
+    assert got.fraction == want
+    # float16 everywhere: computed in float32, not in float16
+    half = [a.astype(np.float16) for a in (x, w, mu)]
+    values = [a.astype(np.float64) for a in half]
+    assert ncgeom.ncc_agreement(*half).fraction == ref.ncc_agreement(*values, None)
+
+
+def test_ncc_agreement_names_features_without_columns():
+    with pytest.raises(ValueError, match=r"^`features` must have at least one column; got shape"):
+        ncgeom.ncc_agreement(np.ones((3, 0)), np.ones((2, 4)), np.ones((2, 4)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -24,10 +25,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy_plugin import NumpyPlugin
+from world import reduce_on_threads
 
 from ncgeom import ClassStats, nc_report
 from ncgeom import plugins as registry
 from ncgeom.plugins import (
+    Collectives,
     FrameworkPlugin,
     available_plugins,
     get_plugin,
@@ -37,7 +40,7 @@ from ncgeom.plugins import (
 )
 from ncgeom.report import NCReport
 from ncgeom.testing import strategies as nst
-from ncgeom.testing.conformance import CHECKS, ConformanceError, check_plugin
+from ncgeom.testing.conformance import CHECKS, OPTIONAL_CHECKS, ConformanceError, check_plugin
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -467,6 +470,137 @@ def test_reduce_single_process_and_bad_arguments() -> None:
         reduce_class_stats(np.eye(2), rank=0, world_size=1, all_gather=list, all_reduce=list)
 
 
+# ----------------------------------------------------------------------------- broken collectives
+def two_ranks() -> list[ClassStats]:
+    """Two ranks with different counts (so that a lost rank or an average shows)."""
+    features, labels = near_collapse_data(seed=5, k=3, d=4, n=60)
+    return [
+        ClassStats.from_features(features[:40], labels[:40], 3),
+        ClassStats.from_features(features[40:], labels[40:], 3),
+    ]
+
+
+BROKEN_COLLECTIVES = {
+    "gather_one_entry": (
+        {"all_gather": lambda rank, xs: xs[:1]},
+        ValueError,
+        r"^`all_gather` returned 1 array; expected 2 numpy arrays \(one per rank, in rank "
+        r"order\), each of shape \(7,\) and dtype int64$",
+    ),
+    "gather_reversed": (
+        {"all_gather": lambda rank, xs: xs[::-1]},
+        ValueError,
+        r"^`all_gather` returned \[.*\] as the entry of rank \d, where this rank's own array "
+        r"\[.*\] belongs: the entries must be in rank order$",
+    ),
+    "gather_own_array_repeated": (
+        {"all_gather": lambda rank, xs: [xs[rank]] * len(xs)},
+        ValueError,
+        r"^`all_reduce` \(call 1 of 2\) and `all_gather` disagree on the counts: class \d ",
+    ),
+    "gather_lists": (
+        {"all_gather": lambda rank, xs: [x.tolist() for x in xs]},
+        TypeError,
+        r"^`all_gather` returned a list of 7 as the entry of rank 0; expected 2 numpy arrays",
+    ),
+    "gather_float_counts": (
+        {"all_gather": lambda rank, xs: [x.astype(np.float64) for x in xs]},
+        TypeError,
+        r"^`all_gather` returned a ndarray of shape \(7,\) and dtype float64 as the entry of "
+        r"rank 0; expected 2 numpy arrays .* dtype int64$",
+    ),
+    "reduce_none": (
+        {"all_reduce": lambda rank, xs: None},
+        TypeError,
+        r"^`all_reduce` returned None; expected one numpy array of shape \(15,\) and dtype "
+        r"float64, the element-wise sum over the ranks \(a collective that works in place "
+        r"must still return the array\)$",
+    ),
+    "reduce_wrong_shape": (
+        {"all_reduce": lambda rank, xs: sum(xs)[:1]},
+        ValueError,
+        r"^`all_reduce` returned a ndarray of shape \(1,\) and dtype float64; expected one "
+        r"numpy array of shape \(15,\)",
+    ),
+    "reduce_average": (
+        {"all_reduce": lambda rank, xs: sum(xs) / len(xs)},
+        ValueError,
+        r"^`all_reduce` \(call 1 of 2\) and `all_gather` disagree on the counts: class \d has "
+        r"\d+ samples on all ranks by `all_gather` and [\d.]+ by `all_reduce`",
+    ),
+    "reduce_unreduced": (
+        {"all_reduce": lambda rank, xs: xs[rank]},
+        ValueError,
+        r"^`all_reduce` \(call 1 of 2\) and `all_gather` disagree on the counts",
+    ),
+    "second_reduce_average": (
+        {"all_reduce": lambda rank, xs: sum(xs) / (1 if xs[0].size == 15 else len(xs))},
+        ValueError,
+        r"^`all_reduce` \(call 2 of 2\) and `all_gather` disagree on the counts",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_COLLECTIVES))
+def test_a_broken_collective_raises_naming_it(case: str) -> None:
+    combine, error, message = BROKEN_COLLECTIVES[case]
+    results = reduce_on_threads(two_ranks(), combine=combine)
+    raised = [r for r in results if isinstance(r, error)]
+    assert raised, results  # at least the rank that sees it; no rank returns wrong statistics
+    assert not [r for r in results if isinstance(r, ClassStats)], results
+    for result in raised:
+        assert re.search(message, str(result)), str(result)
+
+
+def test_correct_collectives_in_either_form_combine_exactly() -> None:
+    """The reference case of the broken ones above: a stacked all-gather (one
+    array with a leading rank axis) and the list form give all the data."""
+    parts = two_ranks()
+    features, labels = near_collapse_data(seed=5, k=3, d=4, n=60)
+    stacked = {"all_gather": lambda rank, xs: np.stack(xs)}
+    for combine in (None, stacked):
+        for result in reduce_on_threads(parts, combine=combine):
+            assert isinstance(result, ClassStats), result
+            assert_matches(result, reference(features, labels, 3), rtol=1e-8)
+
+
+def test_collective_checks_run_on_every_backend(backend: Any) -> None:
+    features, labels = near_collapse_data(seed=5, k=3, d=4, n=60)
+    parts = [
+        ClassStats.from_features(backend.asarray(features[rows]), backend.asarray(labels[rows]), 3)
+        for rows in (slice(0, 40), slice(40, None))
+    ]
+    for result in reduce_on_threads(parts):
+        assert isinstance(result, ClassStats), result
+        np.testing.assert_array_equal(backend.to_numpy(result.counts), np.bincount(labels))
+    average = {"all_reduce": lambda rank, xs: sum(xs[1:], xs[0]) / len(xs)}
+    for result in reduce_on_threads(parts, combine=average):
+        assert isinstance(result, ValueError), result
+        assert str(result).startswith("`all_reduce` (call 1 of 2) and `all_gather` disagree")
+
+
+def test_collectives_must_be_callable() -> None:
+    stats = two_ranks()[0]
+    with pytest.raises(TypeError, match=r"^`all_gather` must be callable \(.*\); got NoneType$"):
+        reduce_class_stats(stats, rank=0, world_size=1, all_gather=None, all_reduce=list)
+    with pytest.raises(TypeError, match=r"^`all_reduce` must be callable \(.*\); got int$"):
+        reduce_class_stats(stats, rank=0, world_size=1, all_gather=list, all_reduce=3)
+
+
+def test_a_collective_of_another_library_is_refused() -> None:
+    import torch
+
+    stats = two_ranks()[0]
+    with pytest.raises(TypeError, match=r"^`all_reduce` returned a Tensor .* expected one numpy"):
+        reduce_class_stats(
+            stats,
+            rank=0,
+            world_size=1,
+            all_gather=lambda x: [x],
+            all_reduce=lambda x: torch.from_numpy(x),
+        )
+
+
 # ----------------------------------------------------------------------------- conformance
 def foreign_objects() -> list[Any]:
     import array_api_strict
@@ -556,6 +690,84 @@ def test_conformance_catches_wrong_values_and_bad_reduction() -> None:
 
     with pytest.raises(ConformanceError, match=r"'all_reduce' .* changed the counts"):
         check_plugin(Doubling(), np.array, checks=["all_reduce"])
+
+
+class GroupPlugin(NumpyPlugin):
+    """The example plugin with its collectives exposed (optional member)."""
+
+    def __init__(self, comm: Any = None, gather: Any = None, reduce: Any = None) -> None:
+        super().__init__(comm)
+        self.gather, self.reduce = gather, reduce
+
+    def collectives(self) -> Collectives:
+        if self.comm is None:
+            alone = Collectives(0, 1, lambda x: [x], lambda x: x)
+        else:
+            alone = Collectives(
+                self.comm.Get_rank(),
+                self.comm.Get_size(),
+                self.comm.allgather,
+                self.comm.allreduce,
+            )
+        return alone._replace(
+            all_gather=self.gather or alone.all_gather, all_reduce=self.reduce or alone.all_reduce
+        )
+
+
+def test_conformance_runs_the_collectives_a_plugin_exposes() -> None:
+    outcome = check_plugin(GroupPlugin(), np.array, mutate=lambda a: np.add(a, 1, out=a))
+    assert list(outcome) == [*CHECKS, *OPTIONAL_CHECKS]
+    assert set(outcome.values()) == {"passed"}
+    skipped = check_plugin(NumpyPlugin(), np.array, checks=["collectives"])["collectives"]
+    assert skipped.startswith("skipped: the plugin has no `collectives()`")
+
+
+@pytest.mark.parametrize(
+    ("gather", "reduce", "message"),
+    [
+        (lambda x: [x, x], None, r"raised ValueError: `all_gather` returned 2 arrays; expected 1"),
+        (lambda x: [], None, r"raised ValueError: `all_gather` returned 0 arrays; expected 1"),
+        (
+            lambda x: [x.astype(np.float32)],
+            None,
+            r"raised TypeError: `all_gather` returned a ndarray of shape \(2, 3\) and dtype "
+            r"float32 as the entry of rank 0",
+        ),
+        (lambda x: [x + 1], None, r"failed: `all_gather` returned \[\[1\.0, 2\.0, 3\.0\]"),
+        (None, lambda x: None, r"raised TypeError: `all_reduce` returned None; expected one"),
+        (None, lambda x: x[:1], r"raised ValueError: `all_reduce` returned a ndarray of shape"),
+        (None, lambda x: 0 * x, r"failed: `all_reduce` returned \[\[0\.0, 0\.0, 0\.0\]"),
+    ],
+)
+def test_conformance_fails_a_plugin_whose_collective_is_broken(
+    gather: Any, reduce: Any, message: str
+) -> None:
+    plugin = GroupPlugin(gather=gather, reduce=reduce)
+    with pytest.raises(
+        ConformanceError, match=r"^check 'collectives' of plugin 'numpy' " + message
+    ):
+        check_plugin(plugin, np.array)
+
+
+def test_conformance_checks_collectives_across_processes() -> None:
+    """Every rank of a group runs the suite's collectives check at once."""
+
+    def run(average: bool) -> list[Any]:
+        def work(rank: int, group: ThreadGroup) -> Any:
+            comm = FakeComm(rank, group)
+            reduce = (lambda x: comm.allreduce(x) / group.size) if average else None
+            return check_plugin(GroupPlugin(comm, reduce=reduce), np.array, checks=["collectives"])
+
+        return run_ranks(3, work)
+
+    assert run(average=False) == [{"collectives": "passed"}] * 3
+    for result in run(average=True):
+        assert isinstance(result, ConformanceError), result
+        assert str(result) == (
+            "check 'collectives' of plugin 'numpy' failed: `all_reduce` returned "
+            "[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]; expected [[3.0, 6.0, 9.0], [12.0, 15.0, 18.0]], "
+            "the element-wise sum over the ranks"
+        )
 
 
 def test_conformance_skips_what_it_cannot_observe_and_rejects_unknown_checks() -> None:
@@ -687,3 +899,18 @@ def test_broken_entry_points_never_take_down_import_or_cli(tmp_path: Path) -> No
     assert "'exits'" in result.stderr and "SystemExit(3) raised at import" in result.stderr
     assert "'function'" in result.stderr
     assert '"objective"' in result.stdout
+
+
+def test_conformance_arguments_of_the_wrong_kind_are_named() -> None:
+    cases = [
+        ({"make_tensor": 5}, TypeError, r"^`make_tensor` must be callable \(.*\); got int$"),
+        ({"mutate": "add"}, TypeError, r"^`mutate` must be callable or None; got str$"),
+        ({"checks": "owns"}, TypeError, r"^`checks` must be a sequence of check names"),
+        ({"checks": [1]}, TypeError, r"^`checks` must be a sequence of check names"),
+        ({"rtol": -1.0}, ValueError, r"^`rtol` must be > 0; got -1\.0$"),
+        ({"rtol": "tight"}, TypeError, r"^`rtol` must be a real number; got 'tight'$"),
+    ]
+    for kwargs, error, message in cases:
+        arguments = {"make_tensor": np.array, **kwargs}
+        with pytest.raises(error, match=message):
+            check_plugin(NumpyPlugin(), **arguments)

@@ -2,36 +2,52 @@
 
 Each rank runs in its own thread; the collectives meet at a barrier, so every
 rank sees the arrays of all ranks in rank order, as a real all-gather does.
+A test can replace what a collective makes of the ranks' arrays (`combine`)
+to play a broken collective.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ncgeom.measure.distributed import reduce_class_stats
 
+#: ``combine(rank, arrays)``: what a collective returns on `rank`, given the
+#: arrays every rank passed to it (in rank order).
+Combine = Callable[[int, list[Any]], Any]
+
+#: The correct collectives.
+COMBINE: dict[str, Combine] = {
+    "all_gather": lambda rank, xs: xs,
+    "all_reduce": lambda rank, xs: sum(xs[1:], xs[0]),
+}
+
 
 def reduce_on_threads(
-    parts: Sequence[Any], per_rank: Sequence[dict[str, Any]] | None = None
+    parts: Sequence[Any],
+    per_rank: Sequence[dict[str, Any]] | None = None,
+    combine: Mapping[str, Combine] | None = None,
 ) -> list[Any]:
     """`reduce_class_stats` of ``parts[r]`` on rank r of a world of ``len(parts)``
-    ranks, with the keyword arguments ``per_rank[r]`` (e.g. ``step``).
+    ranks, with the keyword arguments ``per_rank[r]`` (e.g. ``step``) and the
+    collectives of `COMBINE`, those named in `combine` replaced.
 
     Returns each rank's result, or the exception that rank raised, in rank order.
     """
     world = len(parts)
     per_rank = per_rank or [{} for _ in parts]
+    rules = {**COMBINE, **(combine or {})}
     barrier = threading.Barrier(world, timeout=60)
     slots: list[Any] = [None] * world
     results: list[Any] = [None] * world
 
-    def collective(rank: int, combine: Any) -> Any:
+    def collective(rank: int, name: str) -> Any:
         def call(a: Any) -> Any:
             slots[rank] = a
             barrier.wait()
-            out = combine(list(slots))
+            out = rules[name](rank, list(slots))
             barrier.wait()
             return out
 
@@ -43,8 +59,8 @@ def reduce_on_threads(
                 parts[rank],
                 rank=rank,
                 world_size=world,
-                all_gather=collective(rank, lambda xs: xs),
-                all_reduce=collective(rank, lambda xs: sum(xs[1:], xs[0])),
+                all_gather=collective(rank, "all_gather"),
+                all_reduce=collective(rank, "all_reduce"),
                 **per_rank[rank],
             )
         except Exception as err:  # handed to the caller, on the test's thread

@@ -12,7 +12,9 @@ on the first lookup) and through `register_plugin`. The registry is the only
 global state in ncgeom; a lock guards it, so lookups from several threads are
 safe. A plugin's `all_reduce_stats` passes its framework's ``all_gather``
 and ``all_reduce`` to `reduce_class_stats` (in `ncgeom.measure.distributed`,
-next to `ClassStats`; also importable from here, its 0.1 path).
+next to `ClassStats`; also importable from here, its 0.1 path), which checks
+every result of a collective. A plugin may also expose them as
+``collectives()``, a `Collectives`, for the conformance suite to check.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from collections.abc import Callable, Collection
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from .._lib.validate import check_protocol
-from ..measure.distributed import reduce_class_stats
+from ..measure.distributed import Collectives, reduce_class_stats
 from ..measure.stats import ClassStats
 
 __all__ = [
+    "Collectives",
     "ENTRY_POINT_GROUP",
     "FrameworkPlugin",
     "LoadedEntryPoint",
@@ -63,6 +66,12 @@ class FrameworkPlugin(Protocol):
     and `owns` must not either: look the framework up in `sys.modules` (an
     object can only be a tensor of a framework that is already imported).
     Then loading every installed plugin stays cheap.
+
+    Optionally, ``collectives()`` returns the `Collectives` (rank, world
+    size, ``all_gather``, ``all_reduce``) that `all_reduce_stats` hands to
+    `reduce_class_stats`, for the current process group (one process: rank
+    0 of 1). The conformance suite then runs them, so that a broken
+    collective fails there rather than in a distributed job.
 
     Examples
     --------

@@ -16,7 +16,15 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from .._lib.backend import array_device, detach, namespace, quiet_division, to_host
+from .._lib.backend import (
+    accumulation_dtype,
+    array_device,
+    detach,
+    index_dtype,
+    namespace,
+    quiet_division,
+    to_host,
+)
 from .._lib.validate import (
     check_bias_shape,
     check_choice,
@@ -25,7 +33,7 @@ from .._lib.validate import (
     check_positive_int,
     check_stats_classifier,
 )
-from .stats import ClassStats, row_chunks, rows_per_chunk
+from .stats import ClassStats, row_chunks, rows_per_chunk, warn_nc1_rounding
 
 __all__ = [
     "Classes",
@@ -40,11 +48,13 @@ __all__ = [
     "cdnv",
     "centre_of",
     "class_view",
+    "classifier_flags",
     "equiangularity",
     "equinorm",
     "equinorm_of",
     "etf_error",
     "nc1",
+    "nc1_and_rounding_of",
     "nc1_from_scatter",
     "nc1_of",
     "ncc_agreement",
@@ -71,6 +81,8 @@ class Classes:
 
     Means, centre and variances are in units of the statistics' `scale`, so
     their squares stay in range: every metric here is scale-invariant.
+    `centre_weights` are the weights of `global_mean` over the rows of
+    `means` (summing to 1); replace them together.
     """
 
     xp: ModuleType
@@ -83,6 +95,7 @@ class Classes:
     global_mean: Array  # (d,)
     variances: Array | None  # (K',)
     device: Any = None
+    centre_weights: Array | None = None  # (K',)
 
     @property
     def size(self) -> int:
@@ -90,7 +103,21 @@ class Classes:
 
     @property
     def centred(self) -> Array:
-        return self.means - self.global_mean
+        """``means - global_mean``, centred again with `centre_weights`.
+
+        The stored centre is off the exact weighted mean by its rounding,
+        about eps times the size of the means, the same for every row: far
+        from the origin (a common offset 1e10 times the spread) that breaks
+        the exact dependence ``sum_k w_k c_k = 0`` of the rows and gives
+        Sigma_B a spurious direction whose eigenvalue is that rounding
+        squared, far above the pseudo-inverse cut-off. The second centring
+        subtracts the weighted mean of the differences, which are of the size
+        of the spread and exact to their own rounding.
+        """
+        first = self.means - self.global_mean
+        if self.centre_weights is None:
+            return first
+        return first - self.centre_weights @ first
 
     def take(self, rows: Array) -> Array:
         """Rows of a (K, ...) array that belong to the populated classes."""
@@ -102,12 +129,17 @@ class Classes:
         ``between``: the centred means are zero or below rounding (dead
         features, all class means equal): every metric of the between-class
         spread is undefined. ``means``: every class mean is zero.
+        ``alive``: fewer than two class means are non-zero (all classes but
+        one collapsed to the origin): no pair of directions, so the
+        orthogonality of the means is undefined (a zero mean's cosine counts
+        as 0, which would report such means as perfectly orthogonal).
         ``scaled``: the sqrt(n)-scaled means ``sqrt(n_k) mu_k`` coincide, so
         the target of the scaled alignment has no direction.
         """
         xp = self.xp
         eps = xp.finfo(self.means.dtype).eps
-        largest_mean = xp.max(xp.vecdot(self.means, self.means))
+        sq = xp.vecdot(self.means, self.means)
+        largest_mean = xp.max(sq)
         largest_centred = xp.max(xp.vecdot(self.centred, self.centred))
         scaled = xp.sqrt(self.counts)[:, None] * self.means
         scaled_centred = scaled - xp.mean(scaled, axis=0)
@@ -115,6 +147,8 @@ class Classes:
         return {
             "between": largest_centred <= (16 * eps) ** 2 * largest_mean,
             "means": largest_mean == 0,
+            # The rule of `pair_metrics`: a mean whose square is 0 has no direction.
+            "alive": xp.sum(xp.astype(sq > 0, index_dtype(xp))) < 2,
             "scaled": xp.max(xp.vecdot(scaled_centred, scaled_centred))
             <= (16 * eps) ** 2 * largest_scaled,
         }
@@ -124,8 +158,10 @@ class Classes:
 DEGENERATE_REASONS = {
     "between": "the class means coincide (between-class spread zero or below rounding)",
     "means": "every class mean is zero (dead features)",
+    "alive": "fewer than two class means are non-zero (no pair of directions to compare)",
     "coincident": "two class means coincide (their distance is below rounding)",
     "scaled": "the sqrt(n)-scaled class means coincide (no direction to align with)",
+    "classifier": "the classifier is zero on the classes with samples (no direction)",
 }
 #: The flags that make each metric undefined, the most specific reason first.
 DEGENERATE_METRICS = {
@@ -134,9 +170,9 @@ DEGENERATE_METRICS = {
     "etf_error": ("means", "between"),
     "equinorm": ("means", "between"),
     "equiangularity": ("means", "between"),
-    "orthogonality_error": ("means",),
-    "self_duality_error": ("means", "between"),
-    "scaled_alignment_error": ("means", "scaled"),
+    "orthogonality_error": ("means", "alive"),
+    "self_duality_error": ("means", "between", "classifier"),
+    "scaled_alignment_error": ("means", "scaled", "classifier"),
 }
 
 
@@ -145,7 +181,7 @@ def _take_rows(
 ) -> Array:
     if not excluded:
         return rows
-    return xp.take(rows, xp.asarray(index, dtype=xp.int64, device=device), axis=0)
+    return xp.take(rows, xp.asarray(index, dtype=index_dtype(xp), device=device), axis=0)
 
 
 def class_view(
@@ -160,40 +196,54 @@ def class_view(
 ) -> Classes:
     """The populated classes of class `counts` (K,) and scaled `means` (K, d).
 
-    One host read: the counts, and whether the means are finite (`what`
-    names their source in the error otherwise). Classes without samples are
-    left out, with a warning that names them; at least two classes must have
+    One host read: the counts, and whether the means (and the `variances`,
+    and the Gram and scale of `stats`, where given) are finite; `what` names
+    their source in the error otherwise. Counts must be non-negative
+    integers. Classes without samples are left out, with a warning that
+    names them (in ranges, the first few when there are many:
+    `Classes.excluded` holds them all); at least two classes must have
     samples.
     """
     check_choice(global_mean, "global_mean", GLOBAL_MEANS)
     xp = namespace(counts=counts, means=means)
     device = array_device(means)
-    present = (counts > 0)[:, None]
-    finite = xp.all(xp.isfinite(means) | ~present)
-    host = to_host(xp.concat([counts, xp.reshape(xp.astype(finite, xp.int64), (1,))]))
-    host_counts = host[:-1]
     # The argument the user passed: the statistics, or the features and labels.
     argument = {"statistics": "stats", "features": "features"}.get(what, what)
-    if not host[-1]:
-        msg = (
-            f"`{argument}` are not finite: their class means hold NaN or Inf "
-            "(check_finite=False skipped the check that would have located them)"
+    counted = "stats.counts" if argument == "stats" else "counts"
+    if not xp.isdtype(counts.dtype, "integral"):
+        msg = f"`{counted}` must have an integer dtype; got {counts.dtype}"
+        raise TypeError(msg)
+    checks = _finite_parts(counts, means, variances, stats, xp)
+    host = to_host(
+        xp.concat(
+            [
+                xp.astype(counts, index_dtype(xp)),
+                xp.stack([xp.astype(ok, index_dtype(xp)) for ok in checks.values()]),
+            ]
         )
+    )
+    host_counts = host[: counts.shape[0]]
+    for part, ok in zip(checks, host[counts.shape[0] :], strict=True):
+        if not ok:
+            raise ValueError(_not_finite_message(argument, part, stats))
+    if host_counts.min(initial=0) < 0:
+        first = int(host_counts.argmin())
+        msg = f"`{counted}` must be non-negative; got {int(host_counts[first])} for class {first}"
         raise ValueError(msg)
     index = tuple(int(k) for k in range(means.shape[0]) if host_counts[k] > 0)
     excluded = tuple(int(k) for k in range(means.shape[0]) if host_counts[k] == 0)
     if len(index) < 2:
         named = "stats" if argument == "stats" else "labels"
-        msg = (
-            f"`{named}` must hold at least two classes with samples; got {len(index)} "
-            f"(counts {host_counts.tolist()})"
+        held = (
+            f"counts {host_counts.tolist()}"
+            if len(host_counts) <= 2 * _SHOWN_RUNS
+            else f"classes with samples: {_id_ranges(index)} of {len(host_counts):,}"
         )
+        msg = f"`{named}` must hold at least two classes with samples; got {len(index)} ({held})"
         raise ValueError(msg)
     if excluded and warn:
         warnings.warn(
-            f"classes {list(excluded)} have no samples and are left out of the metrics",
-            UserWarning,
-            stacklevel=3,
+            _empty_classes_message(excluded, len(host_counts)), UserWarning, stacklevel=3
         )
 
     def take(rows: Array) -> Array:
@@ -203,8 +253,94 @@ def class_view(
     kept = take(means)
     host = tuple(int(c) for c in host_counts)
     spread = None if variances is None else take(variances)
-    view = Classes(xp, stats, index, excluded, host, n, kept, kept[0, ...], spread, device)
+    weights = n / xp.sum(n) if global_mean == "samples" else xp.ones_like(n) / len(index)
+    view = Classes(
+        xp, stats, index, excluded, host, n, kept, kept[0, ...], spread, device, weights
+    )
     return dataclasses.replace(view, global_mean=centre_of(view, global_mean))
+
+
+def _finite_parts(
+    counts: Array, means: Array, variances: Array | None, stats: ClassStats | None, xp: ModuleType
+) -> dict[str, Array]:
+    """0-d booleans (no host read): is each part that the metrics read finite?"""
+    present = counts > 0
+    checks = {"class means": xp.all(xp.isfinite(means) | ~present[:, None])}
+    if variances is not None:
+        checks["class variances"] = xp.all(xp.isfinite(variances) | ~present)
+    if stats is not None:
+        if stats.gram is not None:
+            checks["Gram"] = xp.all(xp.isfinite(stats.gram))
+        scale = stats.unit_scale
+        checks["scale"] = xp.isfinite(scale) & (scale > 0)
+    return checks
+
+
+def _not_finite_message(argument: str, part: str, stats: ClassStats | None) -> str:
+    """Which part of the statistics `class_view` found NaN/Inf (or a bad scale) in."""
+    if part == "scale" and stats is not None:
+        value = float(to_host(stats.unit_scale))
+        return f"`{argument}.scale` must be a finite positive number; got {value!r}"
+    held = {
+        "class means": "class means hold NaN or Inf (check_finite=False skipped the "
+        "check that would have located them)",
+        "class variances": "class variances (from `sqnorms`) hold NaN or Inf",
+        "Gram": "Gram holds NaN or Inf",
+    }[part]
+    return f"`{argument}` are not finite: their {held}"
+
+
+#: Runs of class ids a warning shows before it says how many more there are.
+_SHOWN_RUNS = 8
+
+
+def _runs(ids: tuple[int, ...]) -> list[list[int]]:
+    """Runs of consecutive ids, as [first, last] pairs."""
+    runs: list[list[int]] = []
+    for k in ids:
+        if runs and k == runs[-1][1] + 1:
+            runs[-1][1] = k
+        else:
+            runs.append([k, k])
+    return runs
+
+
+def _id_ranges(ids: tuple[int, ...], limit: int = _SHOWN_RUNS) -> str:
+    """Sorted class ids in range form, the first `limit` runs: ``[0-3, 5, 7-9, ...]``.
+
+    Examples
+    --------
+    >>> from ncgeom.measure.metrics import _id_ranges
+    >>> _id_ranges((0, 1, 2, 3, 5, 7, 8))
+    '[0-3, 5, 7, 8]'
+    >>> _id_ranges(tuple(range(0, 40, 2)), limit=3)
+    '[0, 2, 4, ... 17 more]'
+    """
+    runs = _runs(ids)
+    parts = []
+    for first, last in runs[:limit]:
+        if first == last:
+            parts.append(str(first))
+        elif last == first + 1:
+            parts.append(f"{first}, {last}")
+        else:
+            parts.append(f"{first}-{last}")
+    shown = sum(last - first + 1 for first, last in runs[:limit])
+    if shown < len(ids):
+        parts.append(f"... {len(ids) - shown:,} more")
+    return "[" + ", ".join(parts) + "]"
+
+
+def _empty_classes_message(excluded: tuple[int, ...], num_classes: int) -> str:
+    """The warning about classes without samples: their ids in ranges, and
+    their number when there are many."""
+    text = f"classes {_id_ranges(excluded)} have no samples and are left out of the metrics"
+    if len(excluded) > _SHOWN_RUNS:
+        text += (
+            f" ({len(excluded):,} of {num_classes:,} classes; NCReport.excluded and "
+            "metrics.populated(stats).excluded list them all)"
+        )
+    return text
 
 
 def centre_of(view: Classes, global_mean: str) -> Array:
@@ -216,9 +352,15 @@ def centre_of(view: Classes, global_mean: str) -> Array:
 
 
 def populated(stats: ClassStats, global_mean: str = "samples", *, warn: bool = True) -> Classes:
-    """Restrict statistics to classes with samples (one host read of the counts)."""
+    """Restrict statistics to classes with samples (one host read of the counts).
+
+    The statistics are checked first: one floating dtype and consistent
+    shapes (no host read), then, in the host read, non-negative integer
+    counts and finite means, variances, Gram and scale.
+    """
     check_instance(stats, ClassStats, "stats")
     check_choice(global_mean, "global_mean", GLOBAL_MEANS)
+    _check_fields(stats)
     return class_view(
         stats.counts,
         stats.scaled_means,
@@ -227,6 +369,40 @@ def populated(stats: ClassStats, global_mean: str = "samples", *, warn: bool = T
         stats=stats,
         warn=warn,
     )
+
+
+def _check_fields(stats: ClassStats) -> None:
+    """Shapes (K,), (K, d), (K,), (d, d), () and one floating dtype, else an error
+    naming the field: a broadcast or a cast would silently change the metrics."""
+    shift = stats.shift
+    if getattr(shift, "ndim", None) != 2:
+        shape = tuple(getattr(shift, "shape", ()))
+        msg = f"`stats.shift` must have shape (num_classes, dim); got {shape}"
+        raise ValueError(msg)
+    k, d = shift.shape
+    shapes = {
+        "counts": (k,),
+        "sums": (k, d),
+        "sqnorms": (k,),
+        "gram": (d, d),
+        "scale": (),
+    }
+    for field, shape in shapes.items():
+        value = getattr(stats, field)
+        if value is None:
+            continue
+        if tuple(value.shape) != shape:
+            msg = (
+                f"`stats.{field}` must have shape {shape} to match `stats.shift` {(k, d)}; "
+                f"got {tuple(value.shape)}"
+            )
+            raise ValueError(msg)
+        if field != "counts" and value.dtype != shift.dtype:
+            msg = (
+                f"`stats.{field}` must have the dtype of `stats.shift`, {shift.dtype}; "
+                f"got {value.dtype}"
+            )
+            raise TypeError(msg)
 
 
 def _undefined(value: Array, view: Classes, name: str, extra: dict[str, Array] | None = None):
@@ -303,11 +479,20 @@ def nc1(stats: ClassStats, *, global_mean: str = "samples") -> Array:
     0.034483
     """
     view = populated(stats, global_mean)
-    return _undefined(nc1_of(view), view, "nc1")
+    value, rounding = nc1_and_rounding_of(view)
+    warn_nc1_rounding(rounding, stats.dtype)
+    return _undefined(value, view, "nc1")
 
 
 def nc1_of(view: Classes) -> Array:
     """NC1 of a class view whose statistics keep the Gram (the kernel of `nc1`)."""
+    return nc1_and_rounding_of(view)[0]
+
+
+def nc1_and_rounding_of(view: Classes) -> tuple[Array, Array]:
+    """NC1 of a class view whose statistics keep the Gram, and the relative
+    bound on its error from the rounding of the Gram
+    (`ncgeom.stats.ClassStats.scatter_along`; no host read)."""
     stats = view.stats
     if stats is None or stats.gram is None:
         msg = (
@@ -317,8 +502,8 @@ def nc1_of(view: Classes) -> Array:
         raise ValueError(msg)
     xp = view.xp
     basis, weights = between_basis(view.centred, xp)
-    along = xp.sum(basis * (stats.scaled_scatter() @ basis), axis=0)
-    return nc1_from_scatter(along, weights, xp.astype(stats.num_samples, stats.dtype))
+    along, rounding = stats.scatter_along(basis, weights)
+    return nc1_from_scatter(along, weights, xp.astype(stats.num_samples, stats.dtype)), rounding
 
 
 # ----------------------------------------------------------------------------- pairs
@@ -525,7 +710,8 @@ def orthogonality_error(
 
     0 for an orthogonal frame, the optimum of ReLU features; a zero mean (a
     collapsed minority class) has cosine 0 with every other mean. NaN when
-    every mean is zero (dead features).
+    fewer than two means are non-zero (every class but one collapsed, or dead
+    features): there is no pair of directions to compare.
 
     Examples
     --------
@@ -610,7 +796,8 @@ def self_duality_error(
     """``|| nf(W) - nf(Mc) ||_F``: the classifier against the centred means.
 
     `classifier` is W with shape (K, d), one row per class (as in PyTorch's
-    ``nn.Linear(d, K).weight``).
+    ``nn.Linear(d, K).weight``). NaN when W is zero on the classes with
+    samples, or the centred means are (`classifier_flags`, `Classes.flags`).
 
     Examples
     --------
@@ -623,7 +810,26 @@ def self_duality_error(
     """
     weights = check_stats_classifier(classifier, stats)
     view = populated(stats, global_mean)
-    return _undefined(self_duality_error_of(weights, view), view, "self_duality_error")
+    value = self_duality_error_of(weights, view)
+    return _undefined(value, view, "self_duality_error", classifier_flags(weights, view))
+
+
+def classifier_flags(classifier: Array, view: Classes) -> dict[str, Array]:
+    """0-d boolean flags (no host read) of a checked classifier (K, d).
+
+    ``classifier``: its rows of the populated classes are all zero, so it has
+    no direction to compare with the means (`self_duality_error` and
+    `scaled_alignment_error` are undefined); see `DEGENERATE_REASONS`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ncgeom import ClassStats, metrics
+    >>> view = metrics.populated(ClassStats.from_features(np.eye(2), np.arange(2), 2))
+    >>> bool(metrics.classifier_flags(np.zeros((2, 2)), view)["classifier"])
+    True
+    """
+    return {"classifier": view.xp.all(view.take(classifier) == 0)}
 
 
 def self_duality_error_of(classifier: Array, view: Classes) -> Array:
@@ -640,7 +846,8 @@ def scaled_alignment_error(classifier: Array, stats: ClassStats) -> Array:
     ``sqrt(n_k) mu_k`` minus the mean of those rows). With equal counts, S is
     a multiple of the means centred at their mean, so the error equals
     `self_duality_error` (whose centre, the mean of all samples, is then the
-    same point).
+    same point). NaN when W is zero on the classes with samples, or the
+    sqrt(n)-scaled means coincide.
 
     Examples
     --------
@@ -655,7 +862,8 @@ def scaled_alignment_error(classifier: Array, stats: ClassStats) -> Array:
     """
     weights = check_stats_classifier(classifier, stats)
     view = populated(stats)
-    return _undefined(scaled_alignment_error_of(weights, view), view, "scaled_alignment_error")
+    value = scaled_alignment_error_of(weights, view)
+    return _undefined(value, view, "scaled_alignment_error", classifier_flags(weights, view))
 
 
 def scaled_alignment_error_of(classifier: Array, view: Classes) -> Array:
@@ -735,7 +943,7 @@ class NearestCentre:
         """Number of rows (0-d int64) where ``argmax(logits)`` is the nearest centre."""
         xp = namespace(along=along)
         agree = xp.argmax(logits, axis=1) == self.nearest(along)
-        return xp.sum(xp.astype(agree, xp.int64))
+        return xp.sum(xp.astype(agree, index_dtype(xp)))
 
 
 def ncc_agreement(
@@ -775,6 +983,9 @@ def ncc_agreement(
     xp = namespace(features=features, classifier=classifier, means=means, bias=bias)
     check_features(features, xp)
     num, dim = features.shape
+    if dim == 0:
+        msg = f"`features` must have at least one column; got shape {tuple(features.shape)}"
+        raise ValueError(msg)
     for name, value in (("classifier", classifier), ("means", means)):
         if value.ndim != 2 or value.shape[1] != dim:
             msg = f"`{name}` must have shape (num_classes, {dim}); got {tuple(value.shape)}"
@@ -787,21 +998,23 @@ def ncc_agreement(
         )
         raise ValueError(msg)
     if bias is not None:
-        check_bias_shape(bias, classifier.shape[0])
+        check_bias_shape(bias, classifier.shape[0], finite=False)  # read below with the rest
     features, classifier, means = detach(features), detach(classifier), detach(means)
     bias = None if bias is None else detach(bias)
-    dtype = xp.result_type(features.dtype, classifier.dtype, means.dtype)
+    # The dtype rule of the statistics: half precision in float32, longdouble
+    # in float64 (with a warning), float64 off on JAX without x64 (likewise).
+    dtype = accumulation_dtype(xp, xp.result_type(features.dtype, classifier.dtype, means.dtype))
     means = xp.astype(means, dtype)
     missing = xp.all(xp.isnan(means), axis=1)
     finite = [
         ("features", xp.all(xp.isfinite(features))),
         ("classifier", xp.all(xp.isfinite(classifier))),
         ("means", xp.all(xp.isfinite(means) | missing[:, None])),
-        ("present means", xp.sum(xp.astype(~missing, xp.int64)) >= 1),
+        ("present means", xp.sum(xp.astype(~missing, index_dtype(xp))) >= 1),
     ]
     if bias is not None:
         finite.append(("bias", xp.all(xp.isfinite(bias))))
-    ok = to_host(xp.stack([xp.astype(f, xp.int64) for _, f in finite]))
+    ok = to_host(xp.stack([xp.astype(f, index_dtype(xp)) for _, f in finite]))
     for (name, _), good in zip(finite, ok, strict=True):
         if not good:
             if name == "present means":
@@ -813,7 +1026,7 @@ def ncc_agreement(
             raise ValueError(msg)
     present = xp.asarray(
         [int(k) for k, gone in enumerate(to_host(missing)) if not gone],
-        dtype=xp.int64,
+        dtype=index_dtype(xp),
         device=array_device(features),
     )
     kept = xp.take(means, present, axis=0)
@@ -832,12 +1045,12 @@ def ncc_agreement(
     rows = rows_per_chunk(
         num, max(dim, classifier.shape[0]), dtype, xp, chunk_size, array_device(features)
     )
-    matches = xp.zeros((), dtype=xp.int64, device=array_device(features))
+    matches = xp.zeros((), dtype=index_dtype(xp), device=array_device(features))
     for part_rows in row_chunks(num, rows):
         x = xp.astype(features[part_rows, ...], dtype) / scale
         logits = x @ weight.T
         if shift is not None:
             logits = logits + shift / scale
         matches = matches + rule.matches((x - centre) @ rule.basis, logits)
-    total = xp.asarray(num, dtype=xp.int64, device=array_device(features))
+    total = xp.asarray(num, dtype=index_dtype(xp), device=array_device(features))
     return NCCAgreement(matches, total)

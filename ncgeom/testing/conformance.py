@@ -23,7 +23,17 @@ nc_report         `nc_report` on those statistics (with a classifier) equals the
 all_reduce        ``all_reduce_stats`` is the identity in a single process
 registry          register, look up by name and by tensor, list, unregister (the
                   registry is left as it was found)
+collectives       (optional, for a plugin with ``collectives()``) its all-gather returns
+                  one array per rank in rank order and its all-reduce their sum, each
+                  of the argument's shape, dtype and library; `reduce_class_stats`
+                  through them equals the float64 reference (counts times the number
+                  of processes, the same means and covariance)
 ================  =======================================================================
+
+The ``collectives`` check runs the plugin's collectives in whatever process
+group ``plugin.collectives()`` describes: alone (rank 0 of 1), or with every
+process of a group running the suite at once, where it checks the values
+across the ranks too.
 
 With pytest, one test per check::
 
@@ -45,13 +55,15 @@ from typing import Any
 import numpy as np
 
 from .._lib.backend import array_device, namespace, to_host
+from .._lib.validate import check_positive
 from ..integrations import plugins as registry
+from ..measure import distributed
 from ..measure.report import NCReport, nc_report
 from ..measure.stats import ClassStats
 
-__all__ = ["CHECKS", "ConformanceError", "check_plugin"]
+__all__ = ["CHECKS", "ConformanceError", "OPTIONAL_CHECKS", "check_plugin"]
 
-#: Names of the checks, in the order `check_plugin` runs them.
+#: Names of the checks every plugin must pass, in the order `check_plugin` runs them.
 CHECKS = (
     "protocol",
     "owns",
@@ -63,6 +75,9 @@ CHECKS = (
     "all_reduce",
     "registry",
 )
+#: Checks of optional plugin members, run after `CHECKS` when the plugin has
+#: the member (``collectives``), and skipped with a reason when named without it.
+OPTIONAL_CHECKS = ("collectives",)
 
 _NUM_CLASSES = 4
 _DIM = 6
@@ -100,7 +115,8 @@ def check_plugin(
         Extra objects the plugin must not own, e.g. tensors of another
         framework. Python builtins are always tried.
     checks : sequence of str, optional
-        Subset of `CHECKS` to run (default: all).
+        Names from `CHECKS` and `OPTIONAL_CHECKS` to run (default: all of
+        `CHECKS`, and the optional checks of the members the plugin has).
     rtol : float
         Relative tolerance of the numerical comparisons (float64).
 
@@ -132,10 +148,16 @@ def check_plugin(
     >>> sorted(set(outcome.values()))
     ['passed']
     """
-    selected = CHECKS if checks is None else tuple(checks)
-    unknown = [name for name in selected if name not in CHECKS]
+    _check_arguments(make_tensor, mutate, checks)
+    rtol = check_positive(rtol, "rtol")
+    if checks is None:
+        selected = CHECKS + tuple(name for name in OPTIONAL_CHECKS if hasattr(plugin, name))
+    else:
+        selected = tuple(checks)
+    known = CHECKS + OPTIONAL_CHECKS
+    unknown = [name for name in selected if name not in known]
     if unknown:
-        msg = f"`checks` must be names from {CHECKS}; got unknown {unknown}"
+        msg = f"`checks` must be names from {known}; got unknown {unknown}"
         raise ValueError(msg)
     case = _Case(plugin, make_tensor, mutate, tuple(foreign), rtol)
     results: dict[str, str] = {}
@@ -151,6 +173,26 @@ def check_plugin(
             )
             raise ConformanceError(msg) from error
     return results
+
+
+def _check_arguments(make_tensor: Any, mutate: Any, checks: Any) -> None:
+    """TypeErrors naming an argument of `check_plugin` of the wrong kind."""
+    if not callable(make_tensor):
+        msg = (
+            "`make_tensor` must be callable (a NumPy array -> a tensor of the framework); "
+            f"got {type(make_tensor).__name__}"
+        )
+        raise TypeError(msg)
+    if mutate is not None and not callable(mutate):
+        msg = f"`mutate` must be callable or None; got {type(mutate).__name__}"
+        raise TypeError(msg)
+    if checks is not None and (
+        isinstance(checks, (str, bytes))
+        or not isinstance(checks, Iterable)
+        or not all(isinstance(name, str) for name in checks)
+    ):
+        msg = f"`checks` must be a sequence of check names (str); got {checks!r}"
+        raise TypeError(msg)
 
 
 def _name(plugin: Any) -> str:
@@ -389,6 +431,87 @@ class _Case:
             reduced.within_covariance(),
             to_host(stats.within_covariance()),
         )
+
+    def check_collectives(self) -> str | None:
+        make = getattr(self.plugin, "collectives", None)
+        if make is None:
+            return (
+                "skipped: the plugin has no `collectives()` (an optional member), so its "
+                "all-gather and all-reduce run only in a job of several processes"
+            )
+        if not callable(make):
+            raise self.fail(
+                "collectives", f"`collectives` must be callable; got {type(make).__name__}"
+            )
+        group = make()
+        rank, world_size = self._group(group)
+        base = np.arange(6.0).reshape(2, 3)
+        for dtype in (np.float64, np.int64):
+            x = self.convert((base + rank).astype(dtype), "collectives")
+            gathered = distributed._gathered(group.all_gather(x), x, world_size)
+            for r, item in enumerate(gathered):
+                if not np.array_equal(to_host(item), base + r):
+                    raise self.fail(
+                        "collectives",
+                        f"`all_gather` returned {to_host(item).tolist()} as the entry of "
+                        f"rank {r}; expected {(base + r).tolist()} (every rank's array, in "
+                        "rank order)",
+                    )
+        x = self.convert(base + rank, "collectives")
+        summed = to_host(distributed._reduced(group.all_reduce(x), x))
+        expected = world_size * base + world_size * (world_size - 1) / 2
+        if not np.array_equal(summed, expected):
+            raise self.fail(
+                "collectives",
+                f"`all_reduce` returned {summed.tolist()}; expected {expected.tolist()}, "
+                "the element-wise sum over the ranks",
+            )
+        self._reduce_through(group, rank, world_size)
+        return None
+
+    def _group(self, group: Any) -> tuple[int, int]:
+        """Rank and size of what ``collectives()`` returned, checked."""
+        fields = ("rank", "world_size", "all_gather", "all_reduce")
+        missing = [field for field in fields if not hasattr(group, field)]
+        if missing:
+            raise self.fail(
+                "collectives",
+                f"collectives() returned {type(group).__name__}, which lacks {missing}; "
+                "expected an ncgeom.plugins.Collectives",
+            )
+        rank, world_size = group.rank, group.world_size
+        if not (isinstance(rank, int) and isinstance(world_size, int) and 0 <= rank < world_size):
+            raise self.fail(
+                "collectives",
+                f"collectives() gave rank {rank!r} of world size {world_size!r}; expected "
+                "integers with 0 <= rank < world_size",
+            )
+        return rank, world_size
+
+    def _reduce_through(self, group: Any, rank: int, world_size: int) -> None:
+        """`reduce_class_stats` through the plugin's collectives, every rank holding
+        the same samples: the statistics of ``world_size`` copies of them."""
+        stats = self.stats("collectives")
+        reduced = distributed.reduce_class_stats(
+            stats,
+            rank=rank,
+            world_size=world_size,
+            all_gather=group.all_gather,
+            all_reduce=group.all_reduce,
+        )
+        if namespace(reduced=reduced.shift) is not namespace(stats=stats.shift):
+            raise self.fail("collectives", "reduce_class_stats changed the namespace")
+        counts, means, variances, sigma_w, _ = _reference_moments(self.features, self.labels)
+        got, want = to_host(reduced.counts).tolist(), (world_size * counts).tolist()
+        if got != want:
+            raise self.fail(
+                "collectives",
+                f"reduce_class_stats through the collectives gave counts {got}; expected "
+                f"{want} ({world_size} processes with {counts.tolist()} each)",
+            )
+        self.close("collectives", "class means", reduced.means, means)
+        self.close("collectives", "class variances", reduced.class_variances, variances)
+        self.close("collectives", "within-class covariance", reduced.within_covariance(), sigma_w)
 
     def check_registry(self) -> None:
         name = self.plugin.name
