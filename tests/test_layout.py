@@ -74,6 +74,45 @@ def test_each_layer_imports_only_the_layers_below(folder):
     assert wrong == []
 
 
+def _module_graph() -> dict[str, set[str]]:
+    """Module -> the ncgeom modules it imports anywhere (at the top or inside a
+    function), packages' ``__init__`` files left out."""
+    modules = {
+        _module_name(path): path for path in PACKAGE.rglob("*.py") if path.name != "__init__.py"
+    }
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for target in _ncgeom_imports(path):
+            while target and target not in modules:
+                target = target.rpartition(".")[0]  # an attribute of a module
+            if target and target != name:
+                targets.add(target)
+        graph[name] = targets
+    return graph
+
+
+def test_no_two_modules_import_each_other():
+    # Not even inside a function: a cycle hides an unclear division of work.
+    graph = _module_graph()
+    assert "ncgeom.measure.verdict" in graph["ncgeom.measure.report"]
+    cycles = []
+    done: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> None:
+        for nxt in sorted(graph[node]):
+            if nxt in path:
+                cycles.append(" -> ".join([*path[path.index(nxt) :], nxt]))
+            elif nxt not in done:
+                visit(nxt, [*path, nxt])
+        done.add(node)
+
+    for start in sorted(graph):
+        if start not in done:
+            visit(start, [start])
+    assert cycles == []
+
+
 def test_every_module_lives_in_a_layer_folder():
     top = sorted(p.name for p in PACKAGE.glob("*.py"))
     # the package, `python -m ncgeom`, and the two facades of the plugin API

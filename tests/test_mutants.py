@@ -181,7 +181,8 @@ def test_report_to_dict_layout():
     assert str(two).endswith("\n  excluded: class 2 (no samples), class 3 (no samples)")
     d = partial.to_dict()
     assert d["excluded"] == [{"class": 2, "reason": "no samples"}]
-    assert d["theory"] is None
+    # The theory still says which classes collapse, for the verdict.
+    assert d["theory"]["counts"] == counts
     for name in ("gof_error", "classifier_gram_error", "logit_structure_error"):
         assert d["unavailable"][name] == "the theory needs every class to have samples"
     assert d["unavailable"]["ncc_agreement"] == "needs features, not statistics"
@@ -556,9 +557,10 @@ def test_report_with_theory_keeps_or_replaces_the_context():
     other = ufm_relu_optimum(counts, 2e-2, 1e-2)
     y = np.repeat(np.arange(3), counts)
     x = np.asarray(opt.means())[y]
-    report = nc_report((x, y), np.asarray(opt.classifier()), theory=opt)
+    report = nc_report((x, y), np.asarray(opt.classifier()))
     assert report.theory is None and report.objective is None
     first = report.with_theory(opt, objective=1.5)
+    assert first.theory == nc_report((x, y), theory=opt).theory
     assert first.objective == 1.5 and first.theory is not None
     assert first.with_theory(None).theory == first.theory  # None keeps the context
     assert first.with_theory(None).objective == 1.5  # and the objective
@@ -669,7 +671,7 @@ def test_reduce_class_stats_empty_rank_on_a_second_device():
 
 
 def test_report_with_theory_uses_the_report_centre():
-    from ncgeom.measure.verdict import theory_context
+    from ncgeom.measure.report import theory_context
 
     counts = [12, 9, 6]
     opt = ufm_relu_optimum(counts, 1e-2, 1e-2)
@@ -865,7 +867,8 @@ def test_class_moments_visits_every_chunk_and_borrows_close_running_means():
     def visitor(n, shifts):
         seen.update(counts=n, shifts=shifts)
 
-        def visit(xc, dev, yc):
+        def visit(xc, dev, yc, dev_sq):
+            np.testing.assert_allclose(dev_sq, np.sum(dev * dev, axis=1), rtol=1e-15)
             return xc.sum(axis=0), dev.T @ dev, np.bincount(yc, minlength=k)
 
         return visit
@@ -1154,7 +1157,9 @@ def test_report_ncc_agreement_with_small_and_zero_classifiers_and_a_bias():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert nc_report((x, y), w, b).ncc_agreement == pytest.approx(want)
-        # A zero classifier: the bias alone decides (argmax(b) = class 0).
+    # A zero classifier: the bias alone decides (argmax(b) = class 0); the
+    # classifier's own geometry is undefined, with a warning.
+    with pytest.warns(UserWarning, match="the classifier is zero"):
         zero = nc_report((x, y), np.zeros((k, 4)), b).ncc_agreement
     assert zero == pytest.approx(np.mean(nearest == 0))
 

@@ -301,7 +301,8 @@ def test_tracker_bad_input() -> None:
     with pytest.raises(ValueError, match=r"`labels` must lie in \[0, 3\); got min -1 at row 0"):
         tracker.observe(h, torch.tensor([-1, 1, 2, 1, 0, 2]))
     with pytest.raises(
-        ValueError, match=r"`features` must be 2-D \(batch, dim\); got shape \(6,\)"
+        ValueError,
+        match=r"`features` must be 2-D \(batch, dim\) with at least one column; got shape \(6,\)",
     ):
         tracker.observe(torch.randn(6), torch.zeros(6, dtype=torch.int64))
     with pytest.raises(TypeError, match=r"`labels` must be a torch.Tensor; got list"):

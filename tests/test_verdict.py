@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from ncgeom import nc_report
-from ncgeom.report import NCReport
+from ncgeom.report import NCReport, theory_context
 from ncgeom.theory import ufm_relu_optimum
-from ncgeom.verdict import COLLAPSED_FRACTION, Verdict, theory_context
+from ncgeom.verdict import COLLAPSED_FRACTION, Verdict
 from ncgeom.vocabulary import METRIC_NAMES, METRICS, PER_CLASS, label, per_class_label
 
 COUNTS = [30, 20, 3, 1]

@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
+
+import numpy as np
 
 from .._lib.backend import (
     accumulation_dtype,
     backend_name,
     detach,
     gather_rows,
+    index_dtype,
     namespace,
     to_host,
+    wide_float,
 )
 from .._lib.validate import (
-    check_bias_shape,
+    check_bias_vector,
     check_choice,
     check_class_count,
     check_classifier,
@@ -26,19 +31,18 @@ from .._lib.validate import (
     check_instance,
     check_labels,
     check_num_classes,
+    check_real,
     check_stats_classifier,
     check_stream_batch,
 )
 from ..theory import comparison as tm
 from ..theory.optimum import UFMOptimum
 from . import metrics as m
-from .stats import ClassStats, Visit, class_moments
-from .vocabulary import METRIC_NAMES
+from .stats import ClassStats, Visit, class_moments, warn_nc1_rounding
+from .verdict import Verdict
+from .vocabulary import METRIC_NAMES, METRICS
 
-if TYPE_CHECKING:
-    from .verdict import Verdict
-
-__all__ = ["NCReport", "nc_report"]
+__all__ = ["NCReport", "nc_report", "theory_context"]
 
 Array = Any
 
@@ -51,8 +55,12 @@ class NCReport:
     (e.g. no classifier was given). Definitions: `ncgeom.metrics`; names and
     symbols: `ncgeom.vocabulary`. The text (``str(report)``) and `to_dict`
     lead with a `ncgeom.verdict.Verdict`: the objective's gap to the optimum,
-    which classes collapse, and each metric against its value at the optimum;
-    `with_theory` adds what the verdict needs from the predicted optimum.
+    which classes collapse, and each metric against its value at the optimum.
+    `nc_report` fills in what the verdict needs when it is given the
+    predicted optimum (``theory=``) and, or measures, the objective.
+
+    Every value with units (``within_variance``, ``objective``, the measured
+    norms and margins) is in the features' own units, whatever their size.
     """
 
     METRICS: ClassVar[tuple[str, ...]] = METRIC_NAMES
@@ -95,8 +103,13 @@ class NCReport:
     def with_theory(
         self, optimum: UFMOptimum | None, *, objective: float | None = None
     ) -> NCReport:
-        """This report with the optimum's numbers (`ncgeom.verdict.theory_context`)
-        and the measured UFM+ objective, for the verdict.
+        """This report with another optimum's numbers (`theory_context`) or an
+        objective measured elsewhere, for the verdict.
+
+        ``nc_report(..., theory=optimum, objective=value)`` gives the same
+        report in one call, with the theory-based metrics as well; this method
+        serves a report that already exists, e.g. to attach the training loss
+        measured after the report was made.
 
         Parameters
         ----------
@@ -105,7 +118,7 @@ class NCReport:
             keeps the report's current theory context.
         objective : float, optional
             The UFM+ objective measured at the same point (e.g. the training
-            loss with the regulariser).
+            loss with the regulariser); None keeps the report's.
 
         Examples
         --------
@@ -114,23 +127,22 @@ class NCReport:
         >>> from ncgeom.theory import ufm_relu_optimum
         >>> opt = ufm_relu_optimum([30, 20, 3, 1], 2e-2, 2e-2)
         >>> y = np.repeat(np.arange(4), [30, 20, 3, 1])
-        >>> report = nc_report((opt.means()[y], y), opt.classifier(), theory=opt)
+        >>> report = nc_report((opt.means()[y], y), opt.classifier())
         >>> report = report.with_theory(opt, objective=float(opt.objective))
         >>> report.to_dict()["verdict"]["gap"], report.to_dict()["verdict"]["predicted_collapsed"]
         (0.0, [3])
         """
-        from .verdict import theory_context
-
         context = self.theory
         if optimum is not None:
             context = theory_context(optimum, global_mean=self.global_mean)
-        value = self.objective if objective is None else float(objective)
-        return dataclasses.replace(self, theory=context, objective=value)
+        value = self.objective if objective is None else _checked_objective(objective)
+        why = self.unavailable
+        if value is not None:
+            why = tuple((name, text) for name, text in why if name != "objective")
+        return dataclasses.replace(self, theory=context, objective=value, unavailable=why)
 
     def verdict(self) -> Verdict:
         """The `ncgeom.verdict.Verdict` of this report."""
-        from .verdict import Verdict
-
         return Verdict.of(self)
 
     def to_dict(self) -> dict[str, Any]:
@@ -169,12 +181,13 @@ def nc_report(
     bias: Array | None = None,
     *,
     theory: UFMOptimum | None = None,
+    objective: float | None = None,
     num_classes: int | None = None,
     global_mean: str = "samples",
     check_finite: bool = True,
     chunk_size: int | None = None,
 ) -> NCReport:
-    """Every metric of `ncgeom.metrics` that the inputs allow.
+    """Every metric of `ncgeom.metrics` that the inputs allow, and the verdict.
 
     Parameters
     ----------
@@ -183,18 +196,29 @@ def nc_report(
         in-memory features (N, d) and integer labels (N,). The in-memory path
         makes the two chunked passes of `ncgeom.stats.class_moments` (class
         means, then deviations, projected on the span of the centred means),
-        so it never forms a (d, d) matrix; it also gives the NCC agreement.
+        so it never forms a (d, d) matrix; it also gives the NCC agreement
+        and, with `theory` and a classifier, the UFM+ objective.
     classifier : array (K, d), optional
         Last-layer weights W (rows are classes); enables the classifier
-        metrics.
+        metrics. Must be finite.
     bias : array (K,), optional
-        Last-layer bias, used by the NCC agreement.
+        Last-layer bias, used by the NCC agreement of in-memory features
+        (statistics have no samples to classify, so a bias is refused there).
+        Needs `classifier`; must be finite.
     theory : UFMOptimum, optional
-        The predicted optimum (`ncgeom.theory.ufm_relu_optimum`) for the same
-        K; adds the theory-based metrics of `ncgeom.theory_metrics`
-        (``gof_error``, and with a classifier ``classifier_gram_error``,
-        ``logit_structure_error``) and per-class measured-vs-predicted
-        feature norms and margins (``z_kk - max_{j != k} z_kj``).
+        The predicted optimum (`ncgeom.theory.ufm_relu_optimum`) for the
+        training counts and weight decays, with the same K. Adds the
+        theory-based metrics of `ncgeom.theory_metrics` (``gof_error``, and
+        with a classifier ``classifier_gram_error``,
+        ``logit_structure_error``), per-class measured-vs-predicted feature
+        norms and margins (``z_kk - max_{j != k} z_kj``), and the verdict's
+        theory context (`theory_context`): which classes the theorem
+        collapses and each metric's value at the optimum.
+    objective : float, optional
+        The UFM+ objective measured at the same point (e.g. the training loss
+        with its regulariser), for the verdict's gap to the optimum. Without
+        it, the report measures the objective itself when it can: in-memory
+        features of the theory's class counts, a classifier, no bias.
     num_classes : int, optional
         K for in-memory input; default: rows of `classifier`, else
         ``max(labels) + 1`` (refused when that is far above the number of
@@ -223,26 +247,69 @@ def nc_report(
     >>> report = nc_report((x, y))
     >>> report.nc1 < 1e-2, report.orthogonality_error < 0.05
     (True, True)
+
+    With the predicted optimum, the verdict compares the two; at the optimum
+    itself the objective's gap is zero:
+
+    >>> from ncgeom.theory import ufm_relu_optimum
+    >>> opt = ufm_relu_optimum([30, 20, 3, 1], 2e-2, 2e-2)
+    >>> y = np.repeat(np.arange(4), [30, 20, 3, 1])
+    >>> verdict = nc_report((opt.means()[y], y), opt.classifier(), theory=opt).verdict()
+    >>> abs(verdict.gap) < 1e-12, verdict.predicted_collapsed, verdict.observed_collapsed
+    (True, [3], [3])
     """
     check_choice(global_mean, "global_mean", m.GLOBAL_MEANS)
+    if bias is not None and classifier is None:
+        msg = (
+            "`bias` needs a `classifier`: it is added to the classifier's logits; "
+            "got classifier=None"
+        )
+        raise ValueError(msg)
+    context = None if theory is None else theory_context(theory, global_mean=global_mean)
+    if objective is not None:
+        objective = _checked_objective(objective)
     values: dict[str, Array] = {}
     unavailable: dict[str, str] = {}
+    ce_sum = None
     if isinstance(source, ClassStats):
         stats = source
+        if bias is not None:
+            msg = (
+                "`bias` is used only by the NCC agreement, which needs in-memory features; "
+                "with a ClassStats source pass no bias"
+            )
+            raise ValueError(msg)
+        if context is not None:
+            check_class_count(len(context["counts"]), stats.num_classes, "theory", "`stats` have")
         if classifier is not None:
             classifier = check_stats_classifier(classifier, stats)
         view = m.populated(stats, global_mean)
         if stats.gram is not None:
-            values["nc1"] = m.nc1_of(view)
+            values["nc1"], values[_NC1_ROUNDING] = m.nc1_and_rounding_of(view)
         else:
             unavailable["nc1"] = "statistics without Gram"
         unavailable["ncc_agreement"] = "needs features, not statistics"
-    elif isinstance(source, (tuple, list)) and len(source) == 2:
-        stats, view, values["nc1"], agreement, classifier = _scan_features(
-            *source, classifier, bias, num_classes, global_mean, check_finite, chunk_size
+        objective_reason = (
+            "the cross-entropy needs the features, not statistics: pass objective= "
+            "(e.g. the training loss with its regulariser)"
         )
-        if agreement is not None:
-            values["ncc_agreement"] = agreement
+    elif isinstance(source, (tuple, list)) and len(source) == 2:
+        scan = _scan_features(
+            *source,
+            classifier,
+            bias,
+            num_classes,
+            global_mean,
+            check_finite,
+            chunk_size,
+            context,
+            measure_objective=objective is None,
+        )
+        stats, view, classifier, ce_sum = scan.stats, scan.view, scan.classifier, scan.ce_sum
+        values["nc1"], values[_NC1_ROUNDING] = scan.nc1, scan.rounding
+        objective_reason = scan.objective_reason
+        if scan.agreement is not None:
+            values["ncc_agreement"] = scan.agreement
     else:
         msg = (
             "`source` must be a ClassStats or a (features, labels) pair; "
@@ -255,13 +322,14 @@ def nc_report(
     flags.update(view.flags())
     values.update(pairs)
     # In float64: the variance in the features' units may leave float32's range.
-    scale = xp.astype(stats.unit_scale, xp.float64)
+    scale = xp.astype(stats.unit_scale, wide_float(xp))
     spread = xp.sum(view.counts * view.variances) / xp.sum(view.counts)
-    values["within_variance"] = xp.astype(spread, xp.float64) * scale * scale
+    values["within_variance"] = xp.astype(spread, wide_float(xp)) * scale * scale
     values["equinorm"] = m.equinorm_of(view)
     if classifier is not None:
         values["self_duality_error"] = m.self_duality_error_of(classifier, view)
         values["scaled_alignment_error"] = m.scaled_alignment_error_of(classifier, view)
+        flags.update(m.classifier_flags(classifier, view))
     else:
         for name in ("self_duality_error", "scaled_alignment_error", "ncc_agreement"):
             unavailable.setdefault(name, "no classifier given")
@@ -272,11 +340,15 @@ def nc_report(
     vectors: dict[str, Array] = {}
     if theory is not None:
         _theory_values(stats, view, classifier, theory, values, vectors, unavailable)
+    if ce_sum is not None:
+        values["objective"] = _objective(ce_sum, stats, classifier, context)
+    elif objective is None and context is not None:
+        unavailable["objective"] = objective_reason
 
     names, vector_names, flag_names = list(values), list(vectors), list(flags)
-    parts = [xp.stack([xp.astype(values[k], xp.float64) for k in names])]
-    parts.append(xp.stack([xp.astype(flags[k], xp.float64) for k in flag_names]))
-    parts += [xp.astype(vectors[k], xp.float64) for k in vector_names]
+    parts = [xp.stack([xp.astype(values[k], wide_float(xp)) for k in names])]
+    parts.append(xp.stack([xp.astype(flags[k], wide_float(xp)) for k in flag_names]))
+    parts += [xp.astype(vectors[k], wide_float(xp)) for k in vector_names]
     host = to_host(xp.concat(parts))  # the one device-to-host transfer
     floats: dict[str, Any] = {k: float(v) for k, v in zip(names, host, strict=False)}
     start = len(names)
@@ -285,7 +357,12 @@ def nc_report(
     for name in vector_names:
         floats[name] = tuple(float(v) for v in host[start : start + stats.num_classes])
         start += stats.num_classes
+    if _NC1_ROUNDING in floats:
+        origin = "statistics" if isinstance(source, ClassStats) else "features"
+        warn_nc1_rounding(floats.pop(_NC1_ROUNDING), stats.dtype, source=origin)
     _mark_degenerate(floats, unavailable, raised)
+    if objective is not None:
+        floats["objective"] = objective
     return NCReport(
         num_classes=stats.num_classes,
         num_samples=sum(view.host_counts),
@@ -296,7 +373,42 @@ def nc_report(
         backend=backend_name(xp),
         dtype=str(stats.dtype).rsplit(".", maxsplit=1)[-1],
         unavailable=tuple(unavailable.items()),
+        theory=context,
         **floats,
+    )
+
+
+#: The key under which the bound of NC1's Gram rounding travels with the results.
+_NC1_ROUNDING = "nc1_gram_rounding"
+
+
+def _checked_objective(objective: Any) -> float:
+    """A measured objective: a finite real number."""
+    return check_real(objective, "objective")
+
+
+def _objective(
+    ce_sum: Array, stats: ClassStats, classifier: Array, context: Mapping[str, Any]
+) -> Array:
+    """The UFM+ objective (0-d float64) from the summed cross-entropy of the samples.
+
+    ``f = CE / N + (lambda_w / 2) ||W||^2 + (lambda_h / 2) ||H||^2`` with
+    ``||H||^2 = sum_k n_k (||mu_k||^2 + v_k)``, from the statistics in units
+    of their scale and multiplied back in float64.
+    """
+    xp = stats.xp
+    f64 = wide_float(xp)
+    n = xp.astype(stats.counts, f64)
+    means = xp.astype(stats.scaled_means, f64)
+    spread = xp.astype(stats.scaled_variances(), f64)
+    scale = xp.astype(stats.unit_scale, f64)
+    features_sq = xp.sum(n * (xp.vecdot(means, means) + spread)) * scale * scale
+    weight = xp.astype(classifier, f64)
+    classifier_sq = xp.sum(weight * weight)
+    return (
+        ce_sum / xp.sum(n)
+        + 0.5 * context["lambda_w"] * classifier_sq
+        + 0.5 * context["lambda_h"] * features_sq
     )
 
 
@@ -341,6 +453,19 @@ def _infer_num_classes(
     return inferred
 
 
+class _Scan(NamedTuple):
+    """What the passes over in-memory features give `nc_report`."""
+
+    stats: ClassStats
+    view: m.Classes
+    nc1: Array
+    rounding: Array  # estimate of NC1's relative rounding error (`_projection_rounding`)
+    agreement: Array | None  # NCC agreement; None without a classifier
+    classifier: Array | None  # the checked classifier
+    ce_sum: Array | None  # summed cross-entropy of the UFM+ objective
+    objective_reason: str | None  # why `ce_sum` is None
+
+
 def _scan_features(
     features: Array,
     labels: Array,
@@ -350,80 +475,107 @@ def _scan_features(
     global_mean: str,
     check_finite: bool,
     chunk_size: int | None,
-) -> tuple[ClassStats, m.Classes, Array, Array | None, Array | None]:
+    context: Mapping[str, Any] | None,
+    *,
+    measure_objective: bool,
+) -> _Scan:
     """The engine's two passes over in-memory features, plus NC1 along the span
-    of the centred means and the NCC agreement from the same chunks."""
+    of the centred means, the NCC agreement and the summed cross-entropy of the
+    UFM+ objective from the same chunks."""
     xp = namespace(features=features, labels=labels, classifier=classifier, bias=bias)
     check_features(features, xp)
     check_labels(labels, features.shape[0], xp)
     if features.shape[1] == 0:
         msg = f"`features` must have at least one column; got shape {tuple(features.shape)}"
         raise ValueError(msg)
-    if classifier is not None and (
-        classifier.ndim != 2 or classifier.shape[1] != features.shape[1]
-    ):
-        shape = tuple(classifier.shape)
-        hint = (
-            "; it looks transposed (rows must be classes)"
-            if shape[:1] == features.shape[1:]
-            else ""
-        )
-        msg = (
-            f"`classifier` must have shape (num_classes, {features.shape[1]}) "
-            f"(one row per class, as many columns as `features`); got {shape}{hint}"
-        )
-        raise ValueError(msg)
     num, dim = features.shape
+    theory_classes = None if context is None else len(context["counts"])
     if num_classes is None:
         num_classes = _infer_num_classes(labels, classifier, num, xp)
     if num == 0:
         msg = "`features` must hold at least one sample; got 0 rows"
         raise ValueError(msg)
     num_classes = check_num_classes(num_classes)
-    features, labels = check_stream_batch(features, labels, num_classes, xp, check_finite)
+    if theory_classes is not None:
+        check_class_count(theory_classes, num_classes, "theory", "the features have")
     dtype = accumulation_dtype(xp, features.dtype)
-    state: dict[str, Any] = {}
+    if classifier is not None:
+        if classifier.ndim != 2 or classifier.shape[1] != dim:
+            shape = tuple(classifier.shape)
+            hint = "; it looks transposed (rows must be classes)" if shape[:1] == (dim,) else ""
+            msg = (
+                f"`classifier` must have shape (num_classes, {dim}) (one row per class, as "
+                f"many columns as `features`); got {shape}{hint}"
+            )
+            raise ValueError(msg)
+        classifier = check_classifier(classifier, (num_classes, dim), dtype, xp, finite=False)
+    if bias is not None:
+        check_bias_vector(bias, num_classes, xp, finite=False)
+    # The finiteness of the classifier and bias is read with the label range.
+    features, labels = check_stream_batch(
+        features,
+        labels,
+        num_classes,
+        xp,
+        check_finite,
+        also_finite={"classifier": classifier, "bias": bias},
+    )
+    objective_reason = _objective_reason(classifier, bias, context, measure_objective)
+    state: dict[str, Any] = {"reason": objective_reason}
 
     def visitor(counts: Array, means: Array) -> Visit:
         first = m.class_view(counts, means, None, global_mean, warn=True, what="features")
-        if classifier is not None:
-            state["classifier"] = check_classifier(classifier, (num_classes, dim), dtype, xp)
-            if bias is not None:
-                check_bias_shape(bias, num_classes)
         basis, weights = m.between_basis(first.centred, xp)
         # Positions among the populated classes -> class ids (built on the
         # device when every class is populated: no upload).
         if first.excluded:
-            index = xp.asarray(first.index, dtype=xp.int64, device=first.device)
+            index = xp.asarray(first.index, dtype=index_dtype(xp), device=first.device)
         else:
-            index = xp.arange(num_classes, dtype=xp.int64, device=first.device)
+            index = xp.arange(num_classes, dtype=index_dtype(xp), device=first.device)
         rule = m.NearestCentre.of(first.centred, index, basis)
         # Coordinates of (mean_y - g) along the basis, by class id.
         centred_along = (means - first.global_mean) @ basis
         state.update(first=first, weights=weights, basis=basis)
-        weight = state.get("classifier")
-        if weight is not None:
-            weight = m.scale_free(weight, xp)  # argmax is scale-free; no logit overflows
-        shift = None
-        if bias is not None:
-            largest = xp.max(xp.abs(state["classifier"]))
-            shift = xp.astype(detach(bias), dtype) / xp.where(
-                largest > 0, largest, xp.ones_like(largest)
+        weight = shift = largest = classes = None
+        if classifier is not None:
+            # argmax is scale-free, and logits of entries near 1 do not overflow.
+            largest = xp.max(xp.abs(classifier))
+            largest = xp.where(largest > 0, largest, xp.ones_like(largest))
+            weight = classifier / largest
+            if bias is not None:
+                shift = xp.astype(detach(bias), dtype) / largest
+        if state["reason"] is None and first.host_counts != tuple(context["counts"]):
+            state["reason"] = (
+                "the features' class counts differ from the theory's: pass objective= "
+                "measured on the training data"
             )
+        if state["reason"] is None:
+            classes = xp.arange(num_classes, dtype=index_dtype(xp), device=first.device)
+            largest = xp.astype(largest, wide_float(xp))
 
-        def visit(x: Array, dev: Array, y: Array) -> tuple[Array, ...]:
+        def visit(x: Array, dev: Array, y: Array, dev_sq: Array) -> tuple[Array, ...]:
             dev_along = dev @ basis
             # Squares summed in float64: one far sample (an outlier) would
             # otherwise make every other row's square round at its size.
-            wide = xp.astype(dev_along, xp.float64)
-            sums = (xp.sum(wide * wide, axis=0),)
+            wide = xp.astype(dev_along, wide_float(xp))
+            squares = wide * wide
+            # Weighted by each row's squared norm: what the rounding of the
+            # row's projection can move, for NC1's rounding estimate.
+            norms = xp.astype(dev_sq, wide_float(xp))
+            sums = (xp.sum(squares, axis=0), norms @ squares)
             if weight is None:
                 return sums
             logits = xp.astype(x, dtype, copy=False) @ weight.T
             if shift is not None:
                 logits = logits + shift
             along = dev_along + gather_rows(centred_along, y, xp)
-            return (*sums, rule.matches(along, logits))
+            sums = (*sums, rule.matches(along, logits))
+            if classes is None:
+                return sums
+            return (
+                *sums,
+                _cross_entropy_sum(xp.astype(logits, wide_float(xp)) * largest, y, classes),
+            )
 
         return visit
 
@@ -455,10 +607,64 @@ def _scan_features(
     correction = xp.sum(residual * residual / view.counts[:, None], axis=0)
     scatter = xp.clip(xp.astype(extra[0], dtype) - correction, min=0)
     nc1 = m.nc1_from_scatter(scatter, basis_weights, xp.sum(view.counts))
-    agreement = None
+    rounding = _projection_rounding(scatter, basis_weights, extra[1], view, dim)
+    agreement = ce_sum = None
     if classifier is not None:
-        agreement = xp.astype(extra[1], dtype) / num
-    return stats, view, nc1, agreement, state.get("classifier")
+        agreement = xp.astype(extra[2], dtype) / num
+        if state["reason"] is None:
+            ce_sum = extra[3]
+    scan = _Scan(stats, view, nc1, rounding, agreement, classifier, ce_sum, state["reason"])
+    return scan
+
+
+def _projection_rounding(
+    scatter: Array, weights: Array, weighted: Array, view: m.Classes, dim: int
+) -> Array:
+    """An estimate of NC1's relative error from projecting the deviations in
+    their own dtype (0-d float64; docs/accuracy.md).
+
+    A row's projection on a direction is off by about ``e ||dev_i||`` with
+    ``e = eps sqrt(d)``, so the scatter along direction r moves by about
+    ``2 e sqrt(sum_i ||dev_i||^2 p_ir^2) + e^2 sum_i ||dev_i||^2``; `weighted`
+    holds the sums ``sum_i ||dev_i||^2 p_ir^2``.
+    """
+    xp = view.xp
+    f64 = wide_float(xp)
+    e2 = float(xp.finfo(scatter.dtype).eps) ** 2 * dim
+    total = xp.astype(xp.sum(view.counts * view.variances), f64)
+    w = xp.astype(weights, f64)
+    moved = xp.sum(w * (2 * xp.sqrt(e2 * weighted) + e2 * total))
+    kept = xp.sum(w * xp.astype(scatter, f64))
+    inf = xp.full_like(moved, math.inf)
+    return xp.where(kept > 0, moved / xp.where(kept > 0, kept, 1.0), xp.where(moved > 0, inf, 0.0))
+
+
+def _objective_reason(
+    classifier: Array | None,
+    bias: Array | None,
+    context: Mapping[str, Any] | None,
+    wanted: bool,
+) -> str | None:
+    """Why the in-memory pass cannot measure the UFM+ objective (None if it can)."""
+    if not wanted or context is None:
+        return "not measured"
+    if classifier is None:
+        return "the cross-entropy needs a classifier: pass classifier= or objective="
+    if bias is not None:
+        return (
+            "the optimum is bias-free, and the objective of a biased classifier needs its "
+            "bias decay: pass objective="
+        )
+    return None
+
+
+def _cross_entropy_sum(logits: Array, labels: Array, classes: Array) -> Array:
+    """``sum_i [logsumexp(z_i) - z_{i, y_i}]`` of float64 logits (0-d)."""
+    xp = namespace(logits=logits)
+    top = xp.max(logits, axis=1)
+    lse = top + xp.log(xp.sum(xp.exp(logits - top[:, None]), axis=1))
+    true = xp.sum(xp.where(labels[:, None] == classes[None, :], logits, 0.0), axis=1)
+    return xp.sum(lse - true)
 
 
 def _theory_values(
@@ -470,24 +676,23 @@ def _theory_values(
     vectors: dict[str, Array],
     unavailable: dict[str, str],
 ) -> None:
-    """Add the theory-based metrics to `values` (scalars) and `vectors` (per class)."""
-    check_instance(
-        theory,
-        UFMOptimum,
-        "theory",
-        what="UFMOptimum (ncgeom.theory.ufm_relu_optimum)",
-        advice="for explicit margins use ncgeom.theory_metrics",
-    )
-    check_class_count(theory.num_classes, stats.num_classes, "theory", "the features have")
+    """Add the theory-based metrics to `values` (scalars) and `vectors` (per class).
+
+    They are computed from the class means in units of the statistics' scale
+    (so no square overflows); norms and margins, which carry the features'
+    units, are multiplied back by the scale in float64.
+    """
     names = ("gof_error", "classifier_gram_error", "logit_structure_error", *NCReport.PER_CLASS)
     if view.excluded:
         for name in names:
             unavailable[name] = "the theory needs every class to have samples"
         return
-    means = stats.shift + stats.offsets
-    values["gof_error"] = tm.gof_error(means, theory)
-    norms = tm.norm_comparison(means, theory)
-    vectors["feature_norms_measured"] = norms.measured
+    xp = view.xp
+    scale = xp.astype(stats.unit_scale, wide_float(xp))
+    means = stats.scaled_means
+    values["gof_error"] = tm.gof_error(means, theory, check_finite=False)
+    norms = tm.norm_comparison(means, theory, check_finite=False)
+    vectors["feature_norms_measured"] = xp.astype(norms.measured, wide_float(xp)) * scale
     vectors["feature_norms_predicted"] = norms.predicted
     if classifier is None:
         for name in (
@@ -498,8 +703,179 @@ def _theory_values(
         ):
             unavailable[name] = "no classifier given"
         return
-    values["classifier_gram_error"] = tm.classifier_gram_error(classifier, theory)
-    values["logit_structure_error"] = tm.logit_structure_error(classifier, means, theory)
-    margins = tm.margin_comparison(classifier, means, theory)
-    vectors["margins_measured"] = margins.measured
+    means = xp.astype(means, classifier.dtype)
+    values["classifier_gram_error"] = tm.classifier_gram_error(
+        classifier, theory, check_finite=False
+    )
+    values["logit_structure_error"] = tm.logit_structure_error(
+        classifier, means, theory, check_finite=False
+    )
+    margins = tm.margin_comparison(classifier, means, theory, check_finite=False)
+    vectors["margins_measured"] = xp.astype(margins.measured, wide_float(xp)) * scale
     vectors["margins_predicted"] = margins.predicted
+
+
+# ----------------------------------------------------------------------------- theory
+#: The metrics' values at the optimum are evaluated (from its K class means) up
+#: to this many classes; above, the pair metrics' K x K work is left out.
+TARGET_CLASSES = 2048
+
+
+def theory_context(optimum: UFMOptimum, *, global_mean: str = "samples") -> dict[str, Any]:
+    """The optimum's numbers a report keeps, JSON-ready.
+
+    Computed on the host in float64 from the optimum's arrays (one read for
+    its counts, one for its values), whatever its backend.
+
+    Parameters
+    ----------
+    optimum : UFMOptimum
+        From `ncgeom.theory.ufm_relu_optimum`, any backend.
+    global_mean : {"samples", "classes"}
+        Centre used for the metrics evaluated at the optimum (match the report's).
+
+    Returns
+    -------
+    dict
+        ``lambda_w``, ``lambda_h``, ``counts``, ``num_samples``,
+        ``collapse_count`` (n_crit), ``alive`` (per class), ``objective``
+        (f*), ``targets`` (each metric's value at the optimum, or None) and
+        ``target_reasons`` (why one is None).
+
+    Examples
+    --------
+    >>> from ncgeom.theory import ufm_relu_optimum
+    >>> context = theory_context(ufm_relu_optimum([30, 20, 3, 1], 2e-2, 2e-2))
+    >>> context["alive"], round(context["collapse_count"], 3)
+    ([True, True, True, False], 1.555)
+    >>> context["targets"]["nc1"], round(context["targets"]["etf_error"], 3)
+    (0.0, 0.768)
+    """
+    check_instance(
+        optimum,
+        UFMOptimum,
+        "theory",
+        what="UFMOptimum (ncgeom.theory.ufm_relu_optimum)",
+        advice="for explicit margins use ncgeom.theory_metrics",
+    )
+    check_choice(global_mean, "global_mean", m.GLOBAL_MEANS)
+    host = _on_host(optimum)
+    counts = [int(n) for n in host.counts]
+    context: dict[str, Any] = {
+        "lambda_w": float(host.lambda_w),
+        "lambda_h": float(host.lambda_h),
+        "counts": counts,
+        "num_samples": sum(counts),
+        "collapse_count": float(host.collapse_count),
+        "alive": [bool(a) for a in host.alive],
+        "objective": float(host.objective),
+    }
+    context["targets"], context["target_reasons"] = _targets_at(host, global_mean)
+    return context
+
+
+def _on_host(optimum: UFMOptimum) -> UFMOptimum:
+    """The same optimum with NumPy float64 arrays (two host reads)."""
+    xp = optimum.xp
+    fields = ("margins", "feature_norms", "classifier_norms", "cosines")
+    values = to_host(
+        xp.concat(
+            [xp.astype(getattr(optimum, name), wide_float(xp)) for name in fields]
+            + [xp.reshape(xp.astype(optimum.objective, wide_float(xp)), (1,))]
+            + [xp.astype(optimum.alive, wide_float(xp))]
+        )
+    )
+    k = optimum.num_classes
+    rows = np.asarray(values, dtype=np.float64)
+    arrays = {name: rows[i * k : (i + 1) * k] for i, name in enumerate(fields)}
+    # The cosines are NaN for collapsed classes (h_k = 0): undefined, not wrong.
+    checked = {
+        **{name: arrays[name] for name in fields[:-1]},
+        "objective": rows[4 * k : 4 * k + 1],
+    }
+    for name, value in checked.items():
+        if not np.all(np.isfinite(value)):
+            msg = (
+                f"`theory` must hold finite values; its `{name}` holds NaN or Inf "
+                "(build it with ncgeom.ufm_relu_optimum)"
+            )
+            raise ValueError(msg)
+    return dataclasses.replace(
+        optimum,
+        counts=np.asarray(to_host(optimum.counts), dtype=np.int64),
+        objective=rows[len(fields) * k],
+        alive=rows[len(fields) * k + 1 :] > 0,
+        **arrays,
+    )
+
+
+def _targets_at(
+    optimum: UFMOptimum, global_mean: str
+) -> tuple[dict[str, float | None], dict[str, str]]:
+    """Each metric's value at the (host) optimum, from its K class means
+    (features collapse there: no sample-level work), and why one is None."""
+    targets: dict[str, float | None] = {}
+    reasons: dict[str, str] = {}
+    k = optimum.num_classes
+    values: dict[str, float | None] = {}
+    why: dict[str, str] = {}
+    if k <= TARGET_CLASSES:
+        values, why = _metrics_at(optimum, global_mean)
+    for name, metric in METRICS.items():
+        if metric.expect != "value":
+            targets[name] = 0.0 if metric.expect == "zero" else 1.0
+            continue
+        value = values.get(name)
+        if k > TARGET_CLASSES:
+            targets[name] = None
+            reasons[name] = f"not evaluated at the optimum above {TARGET_CLASSES} classes ({k})"
+        elif value is None or not math.isfinite(value):
+            targets[name] = None
+            reasons[name] = "undefined at the optimum: " + why.get(name, "not finite")
+        else:
+            targets[name] = float(value)
+    return targets, reasons
+
+
+def _metrics_at(optimum: UFMOptimum, global_mean: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """The report's metrics at the optimum, and why one is undefined there."""
+    means = np.asarray(optimum.means(), dtype=np.float64)
+    classifier = np.asarray(optimum.classifier(), dtype=np.float64)
+    counts = np.asarray(optimum.counts, dtype=np.int64)
+    k = counts.shape[0]
+    stats = ClassStats(
+        counts=counts,
+        shift=means,
+        sums=np.zeros_like(means),
+        sqnorms=np.zeros(k),
+        gram=None,
+        scale=np.ones(()),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = nc_report(stats, classifier, global_mean=global_mean)
+    values = {name: getattr(report, name) for name in METRICS}
+    why = dict(report.unavailable)
+    flags = {
+        name
+        for name, raised in m.populated(stats, global_mean, warn=False).flags().items()
+        if bool(raised)
+    }
+    if flags & {"means", "between"}:
+        values["ncc_agreement"] = None
+        why["ncc_agreement"] = m.DEGENERATE_REASONS["means" if "means" in flags else "between"]
+    else:
+        values["ncc_agreement"] = _agreement_at(stats, classifier, global_mean)
+    return values, why
+
+
+def _agreement_at(stats: ClassStats, classifier: np.ndarray, global_mean: str) -> float:
+    """The NCC agreement of collapsed features (every sample at its class mean):
+    each class's mean is classified once and counts ``n_k`` times."""
+    view = m.populated(stats, global_mean, warn=False)
+    counts = np.asarray(stats.counts)
+    rule = m.NearestCentre.of(view.centred, np.arange(counts.shape[0]))
+    nearest = np.asarray(rule.nearest(view.centred @ rule.basis))
+    logits = view.means @ (classifier / np.max(np.abs(classifier))).T
+    agree = np.argmax(logits, axis=1) == nearest
+    return float(counts[agree].sum() / counts.sum())

@@ -1,9 +1,10 @@
 """The verdict a report leads with: how close to the optimum, which classes collapse.
 
-`theory_context` turns a `UFMOptimum` into the plain numbers a report keeps
-(lambdas, counts, threshold, which classes the theorem keeps alive, the
-optimal objective, and every metric's value at the optimum); `Verdict.of`
-reads an `NCReport` (with that context, if any) and answers three questions:
+`Verdict.of` reads an `NCReport` and its theory context (the plain numbers
+that `ncgeom.report.theory_context` takes from a `UFMOptimum`: lambdas,
+counts, threshold, which classes the theorem keeps alive, the optimal
+objective, and every metric's value at the optimum) and answers three
+questions:
 
 - the gap between the measured objective and the optimum, absolute and in %;
 - which classes the theorem predicts to collapse (``n_k <= n_crit`` at the
@@ -13,102 +14,28 @@ reads an `NCReport` (with that context, if any) and answers three questions:
   (zero, one, or a count-dependent value) and the distance of the
   measurement from it.
 
-Every missing number carries the reason it is missing.
+Every missing number carries the reason it is missing. This module reads
+reports; it makes none (`ncgeom.report` imports it, not the reverse).
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from .vocabulary import METRICS
 
-__all__ = ["COLLAPSED_FRACTION", "ClassCheck", "MetricCheck", "Verdict", "theory_context"]
+__all__ = ["COLLAPSED_FRACTION", "ClassCheck", "MetricCheck", "Verdict"]
 
 #: A class counts as collapsed when its mean's norm is at most this fraction
 #: of the largest class-mean norm.
 COLLAPSED_FRACTION = 0.1
-#: Above this many entries (N x K, float64: 32 MB) the optimum's metric values are
-#: not evaluated (they are computed from the N rows of the optimum's features).
-_TARGET_ENTRIES = 4_000_000
-
-
-def theory_context(optimum: Any, *, global_mean: str = "samples") -> dict[str, Any]:
-    """The optimum's numbers a report keeps, JSON-ready.
-
-    Parameters
-    ----------
-    optimum : UFMOptimum
-        From `ncgeom.theory.ufm_relu_optimum`, any backend.
-    global_mean : {"samples", "classes"}
-        Centre used for the metrics evaluated at the optimum (match the report's).
-
-    Returns
-    -------
-    dict
-        ``lambda_w``, ``lambda_h``, ``counts``, ``collapse_count`` (n_crit),
-        ``alive`` (per class), ``objective`` (f*), ``targets`` (each metric's
-        value at the optimum, or None) and ``target_reasons`` (why one is None).
-
-    Examples
-    --------
-    >>> from ncgeom.theory import ufm_relu_optimum
-    >>> context = theory_context(ufm_relu_optimum([30, 20, 3, 1], 2e-2, 2e-2))
-    >>> context["alive"], round(context["collapse_count"], 3)
-    ([True, True, True, False], 1.555)
-    >>> context["targets"]["nc1"], round(context["targets"]["etf_error"], 3)
-    (0.0, 0.768)
-    """
-    from .._lib.backend import to_host
-    from .report import nc_report
-
-    counts = [int(n) for n in np.asarray(to_host(optimum.counts))]
-    context: dict[str, Any] = {
-        "lambda_w": float(optimum.lambda_w),
-        "lambda_h": float(optimum.lambda_h),
-        "counts": counts,
-        "num_samples": sum(counts),
-        "collapse_count": float(optimum.collapse_count),
-        "alive": [bool(a) for a in np.asarray(to_host(optimum.alive))],
-        "objective": float(to_host(optimum.objective)),
-        "targets": {},
-        "target_reasons": {},
-    }
-    targets, reasons = context["targets"], context["target_reasons"]
-    total = sum(counts)
-    if total * len(counts) > _TARGET_ENTRIES:
-        for name, metric in METRICS.items():
-            if metric.expect == "value":
-                targets[name] = None
-                reasons[name] = f"not evaluated at the optimum ({total} samples x {len(counts)})"
-            else:
-                targets[name] = 0.0 if metric.expect == "zero" else 1.0
-        return context
-    means = np.asarray(to_host(optimum.means()), dtype=np.float64)
-    classifier = np.asarray(to_host(optimum.classifier()), dtype=np.float64)
-    labels = np.repeat(np.arange(len(counts)), counts)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        at_optimum = nc_report(
-            (means[labels], labels), classifier, num_classes=len(counts), global_mean=global_mean
-        )
-    why = dict(at_optimum.unavailable)
-    for name, metric in METRICS.items():
-        if metric.expect != "value":
-            targets[name] = 0.0 if metric.expect == "zero" else 1.0
-            continue
-        value = getattr(at_optimum, name, None)
-        if value is None or not math.isfinite(value):
-            targets[name] = None
-            reasons[name] = "undefined at the optimum: " + why.get(name, "not finite")
-        else:
-            targets[name] = float(value)
-    return context
+#: What to pass for a theory context.
+_NO_THEORY = (
+    "no theory given: pass theory=ncgeom.ufm_relu_optimum(counts, lambda_w, lambda_h) to nc_report"
+)
 
 
 @dataclass(frozen=True)
@@ -165,8 +92,8 @@ class Verdict:
     >>> from ncgeom.verdict import Verdict
     >>> opt = ufm_relu_optimum([30, 20, 3, 1], 2e-2, 2e-2)
     >>> y = np.repeat(np.arange(4), [30, 20, 3, 1])
-    >>> report = nc_report((opt.means()[y], y), opt.classifier(), theory=opt)
-    >>> verdict = Verdict.of(report.with_theory(opt, objective=0.75))
+    >>> report = nc_report((opt.means()[y], y), opt.classifier(), theory=opt, objective=0.75)
+    >>> verdict = Verdict.of(report)
     >>> round(verdict.gap, 4), [c.predicted for c in verdict.classes]
     (0.0198, ['alive', 'alive', 'alive', 'collapsed'])
     """
@@ -189,17 +116,19 @@ class Verdict:
         objective = report.objective
         optimum = gap = percent = None
         if context is None:
-            gap_reason = "no theory given: pass lambda_w and lambda_h"
+            gap_reason = _NO_THEORY
         elif objective is None:
             optimum = context["objective"]
-            gap_reason = "no measured objective given"
+            gap_reason = "no measured objective: " + why.get(
+                "objective", "pass objective= to nc_report"
+            )
         else:
             optimum = context["objective"]
             gap = objective - optimum
             percent = 100.0 * gap / optimum if optimum > 0 else None
             gap_reason = None if percent is not None else "optimum is 0"
         collapse_count = None if context is None else context["collapse_count"]
-        collapse_reason = None if context is not None else "no theory given"
+        collapse_reason = None if context is not None else _NO_THEORY
         return cls(
             objective=objective,
             optimum=optimum,
@@ -421,7 +350,7 @@ def _metric_checks(
         elif metric.expect == "value":
             target = None
             if reason is None:
-                reason = "value at the optimum depends on the counts: no theory given"
+                reason = "value at the optimum depends on the counts: " + _NO_THEORY
         else:
             target = 0.0 if metric.expect == "zero" else 1.0
         distance = None

@@ -16,6 +16,13 @@ namespace, device and floating dtype of the measured arrays. Predictions given
 as host data (lists, NumPy arrays) are moved there; arrays of another library
 or device raise, as everywhere in ncgeom. K x K matrices are formed in row
 blocks, so memory stays bounded for large K.
+
+Every function works on its inputs divided by a power of two near their
+largest entry, so no product overflows or underflows: the distances are the
+same for features of size 1e-20 or 1e20, and the per-class norms and margins
+are those of the inputs, in their units (they overflow only where the value
+itself lies beyond the dtype's range). Measured arrays must be finite
+(`check_finite`, one host read).
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ from .._lib.validate import (
     check_class_count,
     check_class_matrix,
     check_classifier_and_means,
+    check_finite_arrays,
+    check_flag,
     check_positive,
     check_values_like,
 )
@@ -60,7 +69,9 @@ class Comparison(NamedTuple):
     predicted: Array
 
 
-def gof_error(means: Array, predicted: Any, *, counts: Any = None) -> Array:
+def gof_error(
+    means: Array, predicted: Any, *, counts: Any = None, check_finite: bool = True
+) -> Array:
     """Distance of the class-mean Gram matrix from the predicted orthogonal frame.
 
     ``|| nf(means @ means.T) - nf(diag(||h_k||^2)) ||_F`` with the predicted
@@ -76,6 +87,8 @@ def gof_error(means: Array, predicted: Any, *, counts: Any = None) -> Array:
     counts : array-like, shape (K,), optional
         Samples per class; needed with explicit margins, not allowed with a
         UFMOptimum (which holds its own).
+    check_finite : bool
+        Raise if `means` hold NaN or Inf (default; one host read).
 
     Returns
     -------
@@ -92,6 +105,8 @@ def gof_error(means: Array, predicted: Any, *, counts: Any = None) -> Array:
     0.5196
     """
     xp, k, margins, n = _matrix_and_prediction(means, "means", predicted, counts)
+    _check_finite(xp, check_finite, means=means)
+    means = means / _power_of_two_near_largest(means, xp)
     if isinstance(predicted, UFMOptimum):
         target = (
             check_values_like(predicted.feature_norms, "predicted.feature_norms", means, xp) ** 2
@@ -109,7 +124,9 @@ def gof_error(means: Array, predicted: Any, *, counts: Any = None) -> Array:
     return _nf_distance(measured_rows, target_rows, target_norm, k, xp)
 
 
-def classifier_gram_error(classifier: Array, predicted: Any, *, counts: Any = None) -> Array:
+def classifier_gram_error(
+    classifier: Array, predicted: Any, *, counts: Any = None, check_finite: bool = True
+) -> Array:
     """Distance of ``W @ W.T`` from its predicted shape (the paper's NC2_WWT).
 
     The target is ``(K I - J) diag(sqrt(n_k) M_k) (K I - J)`` (``J``: all ones),
@@ -124,6 +141,8 @@ def classifier_gram_error(classifier: Array, predicted: Any, *, counts: Any = No
     counts : array-like, shape (K,), optional
         Samples per class; needed with explicit margins, not allowed with a
         UFMOptimum.
+    check_finite : bool
+        Raise if `classifier` holds NaN or Inf (default; one host read).
 
     Returns
     -------
@@ -138,6 +157,8 @@ def classifier_gram_error(classifier: Array, predicted: Any, *, counts: Any = No
     True
     """
     xp, k, margins, n = _matrix_and_prediction(classifier, "classifier", predicted, counts)
+    _check_finite(xp, check_finite, classifier=classifier)
+    classifier = classifier / _power_of_two_near_largest(classifier, xp)
     # Scaled by 1/K^2: entry (i, j) = delta_ij D_i - (D_i + D_j) / K + S / K^2,
     # whose squared Frobenius norm is (K (K-2) sum D^2 + S^2) / K^2.
     weights = xp.sqrt(n) * margins
@@ -155,7 +176,9 @@ def classifier_gram_error(classifier: Array, predicted: Any, *, counts: Any = No
     return _nf_distance(measured_rows, target_rows, target_norm, k, xp)
 
 
-def logit_structure_error(classifier: Array, means: Array, predicted: Any) -> Array:
+def logit_structure_error(
+    classifier: Array, means: Array, predicted: Any, *, check_finite: bool = True
+) -> Array:
     """Distance of ``W @ means.T`` from ``(I - J/K) diag(M)`` (the paper's NC3_WH).
 
     Column k of ``W @ means.T`` holds the logits of the class-k mean; at the
@@ -169,6 +192,8 @@ def logit_structure_error(classifier: Array, means: Array, predicted: Any) -> Ar
         Measured class means (not centred).
     predicted : UFMOptimum or array-like, shape (K,)
         The optimum, or explicit margins ``M_k``.
+    check_finite : bool
+        Raise if `classifier` or `means` hold NaN or Inf (default; one host read).
 
     Returns
     -------
@@ -183,6 +208,9 @@ def logit_structure_error(classifier: Array, means: Array, predicted: Any) -> Ar
     True
     """
     xp, k, margins = _pair_and_prediction(classifier, means, predicted)
+    _check_finite(xp, check_finite, classifier=classifier, means=means)
+    classifier = classifier / _power_of_two_near_largest(classifier, xp)
+    means = means / _power_of_two_near_largest(means, xp)
     target_norm = xp.sqrt(xp.sum(margins * margins) * ((k - 1) / k))
 
     def target_rows(start: int, stop: int) -> Array:
@@ -201,6 +229,7 @@ def margin_comparison(
     predicted: Any,
     *,
     against: Literal["max", "mean"] = "max",
+    check_finite: bool = True,
 ) -> Comparison:
     """Measured against predicted margins, per class.
 
@@ -220,6 +249,8 @@ def margin_comparison(
         The optimum, or explicit margins ``M_k``.
     against : {"max", "mean"}
         Which competing logit the true logit is compared with.
+    check_finite : bool
+        Raise if `classifier` or `means` hold NaN or Inf (default; one host read).
 
     Returns
     -------
@@ -237,6 +268,11 @@ def margin_comparison(
     """
     check_choice(against, "against", ("max", "mean"))
     xp, k, margins = _pair_and_prediction(classifier, means, predicted)
+    _check_finite(xp, check_finite, classifier=classifier, means=means)
+    # Logits of the inputs scaled to entries near 1, scaled back at the end.
+    w_scale = _power_of_two_near_largest(classifier, xp)
+    h_scale = _power_of_two_near_largest(means, xp)
+    classifier, means = classifier / w_scale, means / h_scale
     parts = []
     for start, stop in _blocks(k):
         logits = means[start:stop, :] @ classifier.T
@@ -248,7 +284,7 @@ def margin_comparison(
             other = (xp.sum(logits, axis=1) - true) / (k - 1)
         parts.append(true - other)
     measured = parts[0] if len(parts) == 1 else xp.concat(parts)
-    return Comparison(measured, margins)
+    return Comparison(measured * h_scale * w_scale, margins)
 
 
 def norm_comparison(
@@ -258,6 +294,7 @@ def norm_comparison(
     counts: Any = None,
     lambda_ratio: float | None = None,
     normalize: bool = False,
+    check_finite: bool = True,
 ) -> Comparison:
     """Measured against predicted feature-mean norms ``||h_k||``, per class.
 
@@ -276,6 +313,8 @@ def norm_comparison(
     normalize : bool
         Divide both vectors by their Euclidean norm, comparing only the
         relative sizes (independent of the penalty convention).
+    check_finite : bool
+        Raise if `means` hold NaN or Inf (default; one host read).
 
     Returns
     -------
@@ -292,6 +331,7 @@ def norm_comparison(
     [0.650816, 0.685799, 0.684934, 0.0]
     """
     xp, k, margins, n = _matrix_and_prediction(means, "means", predicted, counts)
+    _check_finite(xp, check_finite, means=means)
     if isinstance(predicted, UFMOptimum):
         if lambda_ratio is not None:
             msg = "`lambda_ratio` is taken from the UFMOptimum; pass it only with explicit margins"
@@ -309,10 +349,13 @@ def norm_comparison(
         ratio = check_positive(lambda_ratio, "lambda_ratio")
         scale = math.sqrt((k - 1) * ratio / k)
         target = xp.sqrt(scale * margins / xp.sqrt(n))
-    measured = xp.linalg.vector_norm(means, axis=1)
+    h_scale = _power_of_two_near_largest(means, xp)
+    measured = xp.linalg.vector_norm(means / h_scale, axis=1)
     if normalize:
         measured = measured / _nan_if_zero(xp.sqrt(xp.sum(measured * measured)), xp)
         target = target / _nan_if_zero(xp.sqrt(xp.sum(target * target)), xp)
+    else:
+        measured = measured * h_scale
     return Comparison(measured, target)
 
 
@@ -341,6 +384,25 @@ def _nf_distance(
         diff = measured_rows(start, stop) / measured_norm - target_rows(start, stop) / target_norm
         total = total + xp.sum(diff * diff)
     return xp.sqrt(total)
+
+
+def _power_of_two_near_largest(x: Array, xp: ModuleType) -> Array:
+    """A power of two (0-d, dtype of `x`) near the largest absolute entry of `x`;
+    1 when every entry is zero.
+
+    Dividing by it is exact and brings the entries near 1, so that products of
+    rows neither overflow nor underflow whatever the inputs' size.
+    """
+    largest = xp.max(xp.abs(x))
+    usable = xp.isfinite(largest) & (largest > 0)
+    exponent = xp.round(xp.log2(xp.where(usable, largest, xp.ones_like(largest))))
+    return xp.pow(xp.full_like(largest, 2.0), exponent)
+
+
+def _check_finite(xp: ModuleType, wanted: bool, **arrays: Array) -> None:
+    """`check_finite_arrays` unless the caller has read the finiteness already."""
+    if check_flag(wanted, "check_finite"):
+        check_finite_arrays(xp, **arrays)
 
 
 def _nan_if_zero(norm: Array, xp: ModuleType) -> Array:

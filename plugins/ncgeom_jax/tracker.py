@@ -348,4 +348,4 @@ def nc_metrics(
         if counts is None:
             counts = [int(n) for n in stats.counts.tolist()]
         theory = ufm_relu_optimum(counts, lambda_w, lambda_h, xp=jnp, dtype=stats.dtype)
-    return nc_report(stats, classifier, theory=theory).with_theory(theory)
+    return nc_report(stats, classifier, theory=theory)

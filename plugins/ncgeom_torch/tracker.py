@@ -15,7 +15,7 @@ import array_api_compat.torch as torch_xp
 import torch
 from torch import nn
 
-from ncgeom.checks import check_num_classes, check_positive
+from ncgeom.checks import check_container, check_counts, check_num_classes, check_positive
 from ncgeom.metrics import ncc_agreement
 from ncgeom.report import NCReport, nc_report
 from ncgeom.stats import ClassStats
@@ -159,9 +159,14 @@ class NCTracker:
             if not isinstance(value, torch.Tensor):
                 msg = f"`{name}` must be a torch.Tensor; got {type(value).__name__}"
                 raise TypeError(msg)
+        for name, value in (("features", features), ("labels", labels)):
+            check_container(value, name)  # sparse or meta tensors hold no readable values
         features = features.detach()
-        if features.ndim != 2:
-            msg = f"`features` must be 2-D (batch, dim); got shape {tuple(features.shape)}"
+        if features.ndim != 2 or features.shape[1] == 0:
+            msg = (
+                "`features` must be 2-D (batch, dim) with at least one column; "
+                f"got shape {tuple(features.shape)}"
+            )
             raise ValueError(msg)
         if labels.device != features.device:
             labels = labels.to(features.device, non_blocking=True)
@@ -455,10 +460,10 @@ class NCTracker:
             theory = None
             if with_theory:
                 theory = self._theory(stats, counts, lambda_w, lambda_h)
-            report = nc_report(stats, weight, theory=theory)
+            report = nc_report(stats, weight, theory=theory, objective=objective)
         if weight is not None:
             report = _with_metric(report, "ncc_agreement", None, _NCC_FROM_STATISTICS)
-        return report.with_theory(theory, objective=objective)
+        return report
 
     def _record(
         self, report: NCReport, step: int | None, lambda_w: float | None, lambda_h: float | None
@@ -563,13 +568,26 @@ def _objective_sums(
     )
 
 
+def checked_counts(counts: Any, num_classes: int) -> list[int]:
+    """Training counts: K positive integers (`check_counts`; a string is a TypeError)."""
+    host = check_counts(counts)
+    if host.shape[0] != num_classes:
+        msg = (
+            f"`counts` must give one training count per class ({num_classes}); got {host.shape[0]}"
+        )
+        raise ValueError(msg)
+    return host.tolist()
+
+
 def optimum_for(
     stats: ClassStats, counts: Any, lambda_w: float, lambda_h: float
 ) -> UFMOptimum | None:
     """The UFM+ optimum for `counts` (default: the counts of `stats`) and the
     lambdas, on the statistics' device and dtype; None, with a warning, when
     a class was not observed and no counts were given."""
-    if counts is None:
+    if counts is not None:
+        counts = checked_counts(counts, stats.num_classes)
+    else:
         counts = stats.counts.cpu()
         if bool((counts == 0).any()):
             missing = torch.nonzero(counts == 0).flatten().tolist()
