@@ -89,7 +89,7 @@ def test_unparsable_counts_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as info:
         main(["theory", "--counts", "5,x", "--lambda-w", "1", "--lambda-h", "1"])
     assert info.value.code == 2
-    assert "comma-separated integers" in capsys.readouterr().err
+    assert "must be integers separated by commas or spaces" in capsys.readouterr().err
 
 
 def test_no_command_prints_help(capsys):

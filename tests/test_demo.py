@@ -61,9 +61,9 @@ def test_command_line_runs_and_checks_its_options(tmp_path, capsys):
     assert main([*args, "--no-plots", "--out", str(tmp_path)]) == 0
     assert "wrote" in capsys.readouterr().out
     assert main([*args, "--out", str(tmp_path), "--counts", "5,5"]) == 2
-    assert "`counts` must give 10 classes" in capsys.readouterr().err
+    assert "`--counts` must give 10 classes" in capsys.readouterr().err
     assert main([*args, "--out", str(tmp_path), "--lambda-w", "0"]) == 2
-    assert "`lambda_w` must be a finite number > 0; got 0.0" in capsys.readouterr().err
+    assert "`--lambda-w` must be a finite number > 0; got 0.0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -71,9 +71,11 @@ def test_command_line_runs_and_checks_its_options(tmp_path, capsys):
     [
         (
             ["--device", "gpu"],
-            r"`device` must be a torch device such as cpu, cuda or cuda:1; got 'gpu'",
+            r"`--device` must be a torch device such as cpu, cuda or cuda:1; got 'gpu'",
         ),
-        (["--device", "cuda:99"], r"`device` 'cuda(:99)?' is not (available|usable)"),
+        (["--device", "cuda:99"], r"`--device` 'cuda:99' (is not available|does not exist)"),
+        (["--device", "cpu:5"], r"`--device` 'cpu:5' does not exist: torch has one CPU device"),
+        (["--device", "meta"], r"`--device` 'meta' holds no data"),
     ],
 )
 def test_bad_device_is_one_line_before_training(extra, match, tmp_path, capsys):
@@ -105,5 +107,21 @@ def test_out_that_is_a_file_is_refused_first(tmp_path, capsys):
     target.write_text("keep me")
     args = ["demo", "--dataset", "synthetic", "--epochs", "2", "--out", str(target)]
     assert main(args) == 2
-    assert "`out` must name a folder" in capsys.readouterr().err
+    assert "`--out` must name a folder" in capsys.readouterr().err
     assert target.read_text() == "keep me"
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["--lambda-w", "1e300"], r"training diverged: the objective is inf after epoch 1"),
+        (["--lr", "1e30"], r"training diverged: the network's outputs hold NaN or Inf"),
+    ],
+)
+def test_diverging_training_names_the_settings(extra, match, tmp_path, capsys):
+    args = ["demo", "--dataset", "synthetic", "--epochs", "3", "--width", "16", "--no-plots"]
+    assert main([*args, "--out", str(tmp_path / "out"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(match, err)
+    assert "lower `lambda_w`" in err and "or `lr`" in err
+    assert not (tmp_path / "out").exists()  # no report of a diverged run

@@ -293,7 +293,7 @@ def test_command_line_checks_its_options(capsys):
         main(["reproduce", "--preset", "huge"])
     assert "invalid choice: 'huge'" in capsys.readouterr().err
     assert main(["reproduce", "--device", "nonsense"]) == 2
-    assert "`device`" in capsys.readouterr().err
+    assert "`--device` must be a torch device" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"`seed`.*-1"):
         run_reproduce("quick", seed=-1)
     with pytest.raises(ValueError, match=r"`preset`.*'huge'"):

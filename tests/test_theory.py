@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 import tracemalloc
 from fractions import Fraction
 
@@ -610,3 +611,33 @@ def test_unusable_device_is_named(device):
         ufm_relu_optimum([3, 2], 1e-2, 1e-2, device=device)
     with pytest.raises(ValueError, match=r"`device` must be a device of .* usable here"):
         critical_regularization([3, 2], device=device)
+
+
+def _alive_exactly(m, rest, k, lw, lh):
+    """``m (K-1) > (rest + m)^2 K lw lh`` in exact rational arithmetic."""
+    return m * (k - 1) > (rest + m) ** 2 * k * Fraction(lw) * Fraction(lh)
+
+
+def test_min_samples_to_survive_is_exact_on_a_wide_interval_far_from_zero():
+    # The float discriminant rounds to <= 0 here while the exact interval is
+    # 2.9e9 counts wide: a search from the float root once stepped 1.4e9 times.
+    r = (2**62 - 1) // 3
+    counts, lw, lh = [r // 2, r - r // 2, 1], 2.0**-32, 2.0**-31
+    start = time.perf_counter()
+    first = min_samples_to_survive(counts, 2, lw, lh)
+    assert time.perf_counter() - start < 1.0
+    rest = r
+    assert _alive_exactly(first, rest, 3, lw, lh)
+    assert not _alive_exactly(first - 1, rest, 3, lw, lh)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_min_samples_to_survive_matches_a_brute_force_search(seed):
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(2, 6))
+    counts = rng.integers(1, 400, size=k).tolist()
+    lw, lh = float(10 ** rng.uniform(-4, -2)), float(10 ** rng.uniform(-4, -2))
+    for cls in range(k):
+        rest = sum(counts) - counts[cls]
+        alive = [m for m in range(1, 20_000) if _alive_exactly(m, rest, k, lw, lh)]
+        assert min_samples_to_survive(counts, cls, lw, lh) == (alive[0] if alive else None)

@@ -15,15 +15,15 @@ running it on the parsed arguments (returning the exit status):
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
+import signal
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from types import ModuleType
 from typing import Any, NamedTuple, NoReturn, TextIO
 
@@ -31,23 +31,22 @@ from .._lib.backend import BACKENDS, backend_namespace, to_host
 from .._lib.jsonable import jsonable
 from .._lib.progress import Progress
 from .._lib.validate import check_output_dir, check_output_file
-from ..theory.optimum import (
-    UFMOptimum,
-    _survival_counts,
-    critical_regularization,
-    ufm_relu_optimum,
-)
+from ..theory.optimum import UFMOptimum, critical_regularization, survival_span, ufm_relu_optimum
 from .plugins import load_entry_points
 
 __all__ = [
     "COMMANDS",
     "COMMAND_ENTRY_POINTS",
     "Command",
+    "MAX_COUNTS_FILE_BYTES",
     "PLOT_SUFFIXES",
+    "add_counts_option",
     "available_commands",
+    "check_interrupted",
     "check_output_dir",
     "check_output_file",
     "main",
+    "require_extra",
 ]
 
 #: Entry-point group through which installed packages add subcommands (each
@@ -100,23 +99,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     {...}
     0
     """
+    with _Interrupts(program=argv is None) as interrupts:
+        try:
+            return _main(argv, interrupts)
+        except KeyboardInterrupt:
+            if interrupts.program:
+                interrupts.exit()
+            interrupts.report()
+            return 130
+
+
+def _main(argv: Sequence[str] | None, interrupts: _Interrupts) -> int:
     commands = available_commands()
     parser = _parser(commands)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    name = f"ncgeom {args.command}"
+    name = interrupts.name = f"ncgeom {args.command}"
     try:
-        return commands[args.command].run(args)
+        status = commands[args.command].run(args)
+        check_interrupted()  # an interrupt that a library dropped still ends with 130
+        return status
     except BrokenPipeError:
         # The reader (e.g. `head`) left early: stop quietly, as Unix tools do.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
-    except KeyboardInterrupt:
-        _fail(name, "interrupted")
-        return 130
     except (ValueError, TypeError) as err:
         if args.debug:
             raise
@@ -138,6 +147,118 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         _fail(name, f"{type(err).__name__}: {err} (rerun with --debug for the traceback)")
         return 1
+
+
+# Seconds the program waits, after Ctrl-C, for a command to stop before it exits anyway.
+_INTERRUPT_GRACE_S = 5.0
+
+
+class _Interrupts:
+    """Ctrl-C (SIGINT) during a command: `KeyboardInterrupt`, remembered.
+
+    A library may catch the `KeyboardInterrupt` that Python raises in whatever
+    code runs when the signal arrives: JAX's bare ``except:`` clauses (in its
+    shape checks, run for every operation outside a compiled function) did,
+    and `ncgeom verify --backend jax` then ran on. The handler here also
+    records the signal, and `check_interrupted` raises it again at the next
+    check (each `verify` configuration, each `demo` epoch, the end of the
+    command). Inside an import the handler only records it. When the program
+    runs as the ``ncgeom`` command (not ``main(argv)`` from Python) it ends
+    with `exit` once the interrupt reaches `main`, at a second Ctrl-C, or if
+    the command has not stopped `_INTERRUPT_GRACE_S` seconds after the signal.
+    """
+
+    def __init__(self, *, program: bool) -> None:
+        self.program = program
+        self.name = "ncgeom"
+        self.previous: Any = None
+        self.installed = False
+        self.finished = threading.Event()
+        self.reported = False
+
+    def __enter__(self) -> _Interrupts:
+        global _ACTIVE
+        _PENDING.clear()
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
+            self.installed = True
+            _ACTIVE = self
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        global _ACTIVE
+        self.finished.set()
+        _PENDING.clear()
+        if self.installed:
+            _ACTIVE = None
+            previous = signal.SIG_DFL if self.previous is None else self.previous
+            signal.signal(signal.SIGINT, previous)
+
+    def report(self) -> None:
+        """The one line of an interrupted command (once)."""
+        if not self.reported:
+            self.reported = True
+            _fail(self.name, "interrupted")
+
+    def exit(self) -> NoReturn:
+        """End the program now with status 130 and the one line.
+
+        The interrupted frames are never released: jaxlib can crash
+        (segmentation fault) when they are, if Ctrl-C came during an XLA
+        compilation or a JAX import.
+        """
+        self.report()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe or stream
+                pass
+        os._exit(130)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.program and _PENDING.is_set():
+            self.exit()
+        _PENDING.set()
+        if self.program:
+            threading.Thread(target=self._watch, daemon=True).start()
+        if not _importing(frame):
+            raise KeyboardInterrupt
+        # An exception inside a module's import can abort the process (jaxlib's
+        # C++ initialisation calls `std::terminate`): the interrupt waits for
+        # the next `check_interrupted`, the end of the command, or the grace.
+
+    def _watch(self) -> None:
+        if not self.finished.wait(_INTERRUPT_GRACE_S):
+            self.exit()
+
+
+def _importing(frame: Any) -> bool:
+    """Whether `frame` runs inside an import (a frame of importlib's bootstrap)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+_PENDING = threading.Event()  # Ctrl-C seen during the running command
+_ACTIVE: _Interrupts | None = None
+
+
+def check_interrupted() -> None:
+    """Raise `KeyboardInterrupt` if Ctrl-C was pressed during the running command.
+
+    A no-op outside `main`. Long loops of commands call it, so that an
+    interrupt that a library caught and dropped still ends the command.
+
+    Examples
+    --------
+    >>> from ncgeom.cli import check_interrupted
+    >>> check_interrupted()  # no command running: nothing to do
+    """
+    if _ACTIVE is not None and _PENDING.is_set():
+        raise KeyboardInterrupt
 
 
 def _fail(name: str, message: str) -> None:
@@ -249,13 +370,11 @@ PLOT_SUFFIXES = (
 
 
 def _theory_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--counts",
-        type=_counts,
+    add_counts_option(
+        parser,
         required=True,
-        metavar="N1,N2,...",
-        help="samples per class, comma-separated positive integers in any order, or @FILE "
-        "to read them from a file (commas or whitespace)",
+        help="samples per class: positive integers in any order, separated by commas or "
+        "spaces, or @FILE to read them from a file (commas or whitespace, at most 16 MiB)",
     )
     parser.add_argument(
         "--lambda-w",
@@ -300,13 +419,12 @@ def _run_theory(args: argparse.Namespace) -> int:
         plot = check_output_file(
             args.plot, "--plot", suffixes=PLOT_SUFFIXES, default_suffix=".png"
         )
-        if importlib.util.find_spec("matplotlib") is None:
-            msg = "`--plot` needs matplotlib: pip install 'ncgeom[plots]'"
-            raise ValueError(msg)
+        require_extra("plots", {"matplotlib": "the figure"}, needed_by="`--plot`")
     opt = ufm_relu_optimum(args.counts, args.lambda_w, args.lambda_h, args.dim)
     counts = to_host(opt.counts)
     critical = [float(v) for v in critical_regularization(counts)]
-    survive = _survival_counts(counts, opt.lambda_w, opt.lambda_h)
+    intervals = _survival_intervals(counts, opt.lambda_w, opt.lambda_h)
+    survive = [None if span is None else span[0] for span in intervals]
     if plot is not None:
         from ..theory.plot import theory_figure
 
@@ -316,20 +434,20 @@ def _run_theory(args: argparse.Namespace) -> int:
         data["num_samples"] = opt.num_samples
         data["critical_regularization"] = critical
         data["min_samples_to_survive"] = survive
-        data["survival_interval"] = [
-            None if span is None else list(span)
-            for span in _survival_intervals(counts, opt.lambda_w, opt.lambda_h)
-        ]
+        data["survival_interval"] = [None if span is None else list(span) for span in intervals]
         print(json.dumps(jsonable(data), indent=2))
     else:
-        _print_theory(opt, critical, survive, sys.stdout)
+        _print_theory(opt, critical, intervals, sys.stdout)
         if plot is not None:
             print(f"figure written to {plot}")
     return 0
 
 
 def _print_theory(
-    opt: UFMOptimum, critical: list[float], survive: list[int | None], out: TextIO
+    opt: UFMOptimum,
+    critical: list[float],
+    intervals: list[tuple[int, int] | None],
+    out: TextIO,
 ) -> None:
     data = opt.to_dict()
     k = opt.num_classes
@@ -385,11 +503,10 @@ def _print_theory(
         "many for this regularisation:",
         out,
     )
-    intervals = _survival_intervals(to_host(opt.counts), opt.lambda_w, opt.lambda_h)
     shown = range(k) if k <= 20 else [i for i in range(k) if not data["alive"][i]][:20]
     for i in shown:
         span = intervals[i]
-        where = "none" if span is None else f"[{span[0]}, {span[1]}]"
+        where = "none" if span is None else f"[{_count(span[0])}, {_count(span[1])}]"
         state = "alive" if data["alive"][i] else "collapsed"
         print(
             f"  class {i} ({state} with n_k = {data['counts'][i]}): survives for n_k in {where}",
@@ -400,11 +517,16 @@ def _print_theory(
     dead = [i for i in range(k) if not data["alive"][i]]
     if dead:
         parts = [
-            f"class {i}: " + ("impossible" if survive[i] is None else str(survive[i]))
+            f"class {i}: " + ("impossible" if intervals[i] is None else _count(intervals[i][0]))
             for i in dead
         ]
         print("samples a collapsed class needs to survive: " + ", ".join(parts), file=out)
     print(f"optimal objective f* = {data['objective']:.12g}", file=out)
+
+
+def _count(n: int) -> str:
+    """A count of the survival intervals, exact; marked when beyond the int64 range."""
+    return str(n) if n <= _MAX_TOTAL else f"{n} (beyond 2**63 - 1)"
 
 
 def _say(text: str, out: TextIO) -> None:
@@ -415,34 +537,15 @@ def _say(text: str, out: TextIO) -> None:
 def _survival_intervals(
     counts: Any, lambda_w: float, lambda_h: float
 ) -> list[tuple[int, int] | None]:
-    """Per class, the counts [a, b] that keep it alive with the other counts fixed.
-
-    Solved once per distinct count; the bounds are settled with the exact
-    integer test of `ncgeom.theory`.
-    """
-    from ..theory.optimum import _min_count, _survives
-
+    """Per class, the counts [a, b] that keep it alive with the other counts fixed
+    (`ncgeom.theory.optimum.survival_span`, once per distinct count)."""
     host = [int(n) for n in counts]
     total, num = sum(host), len(host)
     cache: dict[int, tuple[int, int] | None] = {}
-    out = []
     for n in host:
         if n not in cache:
-            rest = total - n
-            low = _min_count(rest, num, lambda_w, lambda_h)
-            if low is None:
-                cache[n] = None
-            else:
-                c = num * lambda_w * lambda_h / (num - 1)
-                disc = max(1.0 - 4.0 * c * rest, 0.0)
-                high = max(low, math.floor((1.0 - 2.0 * c * rest + math.sqrt(disc)) / (2.0 * c)))
-                while high > low and not _survives(high, rest, num, lambda_w, lambda_h):
-                    high -= 1
-                while _survives(high + 1, rest, num, lambda_w, lambda_h):
-                    high += 1
-                cache[n] = (low, high)
-        out.append(cache[n])
-    return out
+            cache[n] = survival_span(total - n, num, lambda_w, lambda_h)
+    return [cache[n] for n in host]
 
 
 # ---------------------------------------------------------------------------
@@ -451,8 +554,9 @@ def _survival_intervals(
 
 class _Gaps(NamedTuple):
     objective: float  # relative, signed: (solver - closed form) / closed form
-    geometry: float  # max abs error of margins, norms, orthogonality (nan with a bias)
-    nc1: float  # max spread of a class's features (nan in the collapsed form)
+    geometry: float | None  # max abs error of margins, norms, orthogonality (None with a bias)
+    nc1: float | None  # max spread of a class's features (None in the collapsed form)
+    finite: bool  # the solver's objective and every array it returned are finite
     converged: bool
 
 
@@ -558,22 +662,25 @@ def _run_verify(args: argparse.Namespace) -> int:
     rows = []
     progress = Progress(args.configs, sys.stderr)
     started = time.perf_counter()
-    for index in range(args.configs):
-        k = int(rng.integers(2, args.max_classes + 1))
-        counts = [int(v) for v in rng.integers(1, args.max_count + 1, size=k)]
-        lw, lh = (float(v) for v in 10.0 ** rng.uniform(-5.0, -1.0, size=2))
-        opt = ufm_relu_optimum(counts, lw, lh)
-        solution = solve_ufm(
-            counts, lw, lh, k,
-            bias=args.bias, form=args.form, restarts=args.restarts, tol=args.tol,
-            max_iter=args.max_iter, seed=int(rng.integers(2**31)), xp=xp, device=device,
-        )  # fmt: skip
-        gaps = _gaps(opt, solution, args.bias)
-        rows.append({"counts": counts, "lambda_w": lw, "lambda_h": lh, **gaps._asdict()})
-        progress.update(
-            index + 1, f"worst objective gap {_worst(rows, args.bias)['objective']:.2e}"
-        )
-    progress.close()
+    try:
+        for index in range(args.configs):
+            k = int(rng.integers(2, args.max_classes + 1))
+            counts = [int(v) for v in rng.integers(1, args.max_count + 1, size=k)]
+            lw, lh = (float(v) for v in 10.0 ** rng.uniform(-5.0, -1.0, size=2))
+            opt = ufm_relu_optimum(counts, lw, lh)
+            solution = solve_ufm(
+                counts, lw, lh, k,
+                bias=args.bias, form=args.form, restarts=args.restarts, tol=args.tol,
+                max_iter=args.max_iter, seed=int(rng.integers(2**31)), xp=xp, device=device,
+            )  # fmt: skip
+            check_interrupted()
+            gaps = _gaps(opt, solution, args.bias)
+            rows.append({"counts": counts, "lambda_w": lw, "lambda_h": lh, **gaps._asdict()})
+            progress.update(
+                index + 1, f"worst objective gap {_worst(rows, args.bias)['objective']:.2e}"
+            )
+    finally:
+        progress.close()
     elapsed = time.perf_counter() - started
     failed = [i for i, row in enumerate(rows) if not _passes(row, args.bias)]
     if args.json:
@@ -605,52 +712,87 @@ def _largest_fitting(cost: Callable[[int], int], high: int, limit: int) -> int:
 
 
 def _gaps(opt: UFMOptimum, solution: Any, bias: bool) -> _Gaps:
+    """The solver's gaps to the closed form, computed on the host in float64.
+
+    A solution with a non-finite objective or array is not compared (its
+    gaps are NaN where they apply): such a row fails.
+    """
     import numpy as np
 
-    from .._lib.backend import to_host
     from ..theory.comparison import gof_error, margin_comparison, norm_comparison
 
     target = float(opt.objective)
-    objective = (solution.objective - target) / target
-    geometry = nc1 = math.nan
+    objective = (float(solution.objective) - target) / target
+    arrays = {
+        name: to_host(getattr(solution, name)).astype(np.float64)
+        for name in ("classifier", "means", "features", "bias")
+        if getattr(solution, name, None) is not None
+    }
+    finite = math.isfinite(objective) and all(np.isfinite(a).all() for a in arrays.values())
+    geometry = nc1 = None
     if not bias:
-        margins = margin_comparison(solution.classifier, solution.means, opt)
-        norms = norm_comparison(solution.means, opt)
-        errors = [
-            np.max(np.abs(to_host(margins.measured) - to_host(margins.predicted))),
-            np.max(np.abs(to_host(norms.measured) - to_host(norms.predicted))),
-        ]
-        if opt.num_alive > 0:
-            errors.append(float(to_host(gof_error(solution.means, opt))))
-        geometry = float(max(errors))
-    if solution.features is not None:
-        features = to_host(solution.features)
-        means = to_host(solution.means)
-        labels = to_host(solution.labels)
-        nc1 = float(np.max(np.abs(features - means[labels]))) if features.size else 0.0
-    return _Gaps(objective, geometry, nc1, bool(solution.converged))
+        geometry = math.nan
+        if finite:
+            margins = margin_comparison(arrays["classifier"], arrays["means"], opt)
+            norms = norm_comparison(arrays["means"], opt)
+            errors = [
+                float(np.max(np.abs(to_host(margins.measured) - to_host(margins.predicted)))),
+                float(np.max(np.abs(to_host(norms.measured) - to_host(norms.predicted)))),
+            ]
+            if opt.num_alive > 0:
+                errors.append(float(to_host(gof_error(arrays["means"], opt))))
+            geometry = max(errors)
+    if "features" in arrays:
+        nc1 = math.nan
+        if finite:
+            features, means = arrays["features"], arrays["means"]
+            labels = to_host(solution.labels)
+            nc1 = float(np.max(np.abs(features - means[labels]))) if features.size else 0.0
+    return _Gaps(objective, geometry, nc1, finite, bool(solution.converged))
 
 
 def _passes(row: dict[str, Any], bias: bool) -> bool:
+    """Whether a row of `verify` is within the limits; any non-finite value fails it."""
+    measured = [row[key] for key in ("objective", "geometry", "nc1") if row[key] is not None]
+    if not row["finite"] or not all(math.isfinite(value) for value in measured):
+        return False
     # With a bias the optimum lies at or below the bias-free f* (b = 0 is
     # feasible), by an unknown amount: only the side above f* is checked.
     if row["objective"] > _OBJECTIVE_TOL:
         return False
-    if not bias and (row["objective"] < -_BELOW_TOL or not row["geometry"] <= _GEOMETRY_TOL):
-        return False
-    return math.isnan(row["nc1"]) or row["nc1"] <= _NC1_TOL
+    if not bias:
+        if row["objective"] < -_BELOW_TOL:
+            return False
+        if row["geometry"] is None or row["geometry"] > _GEOMETRY_TOL:
+            return False
+    return row["nc1"] is None or row["nc1"] <= _NC1_TOL
 
 
-def _worst(rows: list[dict[str, Any]], bias: bool) -> dict[str, float]:
-    # Without a bias the gap is |f_solver - f*| / f*; with a bias the solver
-    # may (and usually does) go below the bias-free f*, so the worst case is
-    # the largest amount above it.
+def _worst(rows: list[dict[str, Any]], bias: bool) -> dict[str, float | None]:
+    """The worst objective, geometry and NC1 gaps: NaN when any row's value is not finite.
+
+    Without a bias the objective gap is |f_solver - f*| / f*; with a bias the
+    solver may (and usually does) go below the bias-free f*, so the worst
+    case is the largest amount above it. Geometry and NC1 are None when no
+    row has them.
+    """
     objective = [row["objective"] if bias else abs(row["objective"]) for row in rows]
-    out = {"objective": max(objective)}
+    out: dict[str, float | None] = {"objective": _largest(objective)}
     for key in ("geometry", "nc1"):
-        values = [row[key] for row in rows if not math.isnan(row[key])]
-        out[key] = max(values) if values else math.nan
+        values = [row[key] for row in rows if row[key] is not None]
+        out[key] = _largest(values) if values else None
     return out
+
+
+def _largest(values: list[float]) -> float:
+    """The largest value; NaN if any value is not finite (``max`` would skip a NaN)."""
+    if not all(math.isfinite(value) for value in values):
+        return math.nan
+    return max(values)
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3e}"
 
 
 def _print_verify(
@@ -668,7 +810,7 @@ def _print_verify(
         file=out,
     )
     if args.bias:
-        lowest = min(row["objective"] for row in rows)
+        lowest = -_largest([-row["objective"] for row in rows])
         print(
             f"objective with bias relative to the bias-free f*: at most {worst['objective']:+.3e}"
             f" (limit {_OBJECTIVE_TOL:g}), down to {lowest:+.3e}",
@@ -681,13 +823,14 @@ def _print_verify(
             file=out,
         )
         print(
-            f"worst geometry gap (margins, norms, orthogonality): {worst['geometry']:.3e} "
+            f"worst geometry gap (margins, norms, orthogonality): {_number(worst['geometry'])} "
             f"(limit {_GEOMETRY_TOL:g})",
             file=out,
         )
-    if not math.isnan(worst["nc1"]):
+    if worst["nc1"] is not None:
         print(
-            f"worst within-class spread (NC1): {worst['nc1']:.3e} (limit {_NC1_TOL:g})", file=out
+            f"worst within-class spread (NC1): {_number(worst['nc1'])} (limit {_NC1_TOL:g})",
+            file=out,
         )
     if failed:
         print(f"{len(failed)} configuration(s) outside the limits:", file=out)
@@ -696,7 +839,8 @@ def _print_verify(
             print(
                 f"  #{i}: counts={row['counts']} lambda_w={row['lambda_w']:.3g} "
                 f"lambda_h={row['lambda_h']:.3g} objective gap={row['objective']:+.3e} "
-                f"geometry={row['geometry']:.3e} converged={row['converged']}",
+                f"geometry={_number(row['geometry'])} nc1={_number(row['nc1'])} "
+                f"finite={row['finite']} converged={row['converged']}",
                 file=out,
             )
     else:
@@ -712,35 +856,160 @@ def _backend(name: str) -> tuple[ModuleType, Any]:
             return xp, "cuda" if torch.cuda.is_available() else "cpu"
         return xp, None
     except ImportError as err:
-        msg = f"`--backend` {name!r} is not installed ({err})"
+        install = _BACKEND_INSTALL.get(name, f"pip install {name}")
+        msg = f"`--backend` {name!r} is not installed ({err}): {install}"
         raise ValueError(msg) from None
+
+
+# How to install each backend of `ncgeom verify`.
+_BACKEND_INSTALL = {
+    "torch": "pip install 'ncgeom[torch]'",
+    "jax": "pip install 'ncgeom[jax]'",
+    "cupy": "pip install 'ncgeom[cupy]'",
+}
 
 
 # ---------------------------------------------------------------------------
 # shared helpers
 
 
+def require_extra(extra: str, modules: dict[str, str], *, needed_by: str) -> None:
+    """Import each module a command needs; if one fails, name the pip command.
+
+    Parameters
+    ----------
+    extra : str
+        The install extra that brings the modules, e.g. ``"demo"``.
+    modules : dict of str to str
+        Module name to what it is needed for, e.g. ``{"torch": "training"}``.
+    needed_by : str
+        Who needs them, for the message, e.g. ``"`ncgeom demo`"``.
+
+    Raises
+    ------
+    ValueError
+        ``NEEDED_BY needs MODULE (PURPOSE), which cannot be imported here
+        (REASON): pip install 'ncgeom[EXTRA]'`` for the first module that
+        does not import.
+
+    Examples
+    --------
+    >>> from ncgeom.cli import require_extra
+    >>> require_extra("plots", {"json": "reports"}, needed_by="`ncgeom theory --plot`")
+    >>> try:
+    ...     require_extra("demo", {"no_such_module": "training"}, needed_by="`ncgeom demo`")
+    ... except ValueError as err:
+    ...     print(str(err).split(", ")[0], "...", str(err).split(": ")[-1])
+    `ncgeom demo` needs no_such_module (training) ... pip install 'ncgeom[demo]'
+    """
+    for module, purpose in modules.items():
+        try:
+            __import__(module)
+        except ImportError as err:
+            msg = (
+                f"{needed_by} needs {module} ({purpose}), which cannot be imported here "
+                f"({err}): pip install 'ncgeom[{extra}]'"
+            )
+            raise ValueError(msg) from None
+
+
+#: Largest ``--counts @FILE`` read, in bytes (16 MiB: over a million ten-digit counts).
+MAX_COUNTS_FILE_BYTES = 16 * 2**20
+
+
+def add_counts_option(parser: argparse.ArgumentParser, *, required: bool, help: str) -> None:
+    """Add ``--counts``: class counts separated by commas or spaces, or ``@FILE``.
+
+    Every word after ``--counts`` up to the next option is read (``5000,500``,
+    ``5000 500`` and ``5000, 500`` give the same counts); ``@FILE`` reads the
+    counts from a file of at most `MAX_COUNTS_FILE_BYTES`. The parsed value
+    is a list of int (None when the option is left out). Range checks are
+    left to the command.
+
+    Examples
+    --------
+    >>> import argparse
+    >>> from ncgeom.cli import add_counts_option
+    >>> parser = argparse.ArgumentParser()
+    >>> add_counts_option(parser, required=True, help="samples per class")
+    >>> parser.parse_args(["--counts", "5000,500", "50", "5"]).counts
+    [5000, 500, 50, 5]
+    """
+    parser.add_argument(
+        "--counts",
+        type=_counts,
+        nargs="+",
+        action=_JoinCounts,
+        required=required,
+        default=None,
+        metavar=("N1,N2,...", "N"),
+        help=help,
+    )
+
+
+class _JoinCounts(argparse.Action):
+    """The counts of every word given to ``--counts``, in order, as one list."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, [n for part in values for n in part])
+
+
 def _counts(text: str) -> list[int]:
     """Counts from "5000,200,20", or from a file with "@FILE" (commas or whitespace).
 
     A command line holds at most 128 KiB in one argument, about 25,000
-    four-digit counts; more classes come from a file.
+    four-digit counts; more classes come from a file, read up to
+    `MAX_COUNTS_FILE_BYTES`.
     """
-    source = text
-    if text.startswith("@"):
-        try:
-            source = Path(text[1:]).read_text()
-        except (OSError, UnicodeDecodeError) as err:
-            reason = getattr(err, "strerror", None) or err
-            msg = f"cannot read the counts file {text[1:]!r}: {reason}"
-            raise argparse.ArgumentTypeError(msg) from None
+    source = _read_counts_file(text[1:]) if text.startswith("@") else text
     parts = source.replace(",", " ").split()
+    for part in parts:
+        if not _is_integer(part):
+            where = f" in the counts file {text[1:]!r}" if text.startswith("@") else ""
+            msg = (
+                f"must be integers separated by commas or spaces, e.g. 5000,200,20, or "
+                f"@FILE; got {_shorten(part)!r}{where}"
+            )
+            raise argparse.ArgumentTypeError(msg)
+    return [int(part) for part in parts]
+
+
+def _is_integer(word: str) -> bool:
+    """An optionally signed run of ASCII digits (no "1_000", no other scripts' digits)."""
+    digits = word[1:] if word[:1] in "+-" else word
+    return digits.isascii() and digits.isdigit() and len(digits) <= 4000
+
+
+def _read_counts_file(name: str) -> str:
+    """The text of a counts file, read up to `MAX_COUNTS_FILE_BYTES` (one extra byte
+    tells a longer file)."""
     try:
-        return [int(part) for part in parts]
-    except ValueError:
-        shown = text if len(text) <= 60 else text[:57] + "..."
-        msg = f"must be comma-separated integers, e.g. 5000,200,20, or @FILE; got {shown!r}"
+        with open(name, "rb") as file:
+            data = file.read(MAX_COUNTS_FILE_BYTES + 1)
+    except OSError as err:
+        msg = f"cannot read the counts file {name!r}: {err.strerror or err}"
         raise argparse.ArgumentTypeError(msg) from None
+    if len(data) > MAX_COUNTS_FILE_BYTES:
+        msg = (
+            f"the counts file {name!r} must hold at most {MAX_COUNTS_FILE_BYTES // 2**20} MiB "
+            f"of counts; it is longer"
+        )
+        raise argparse.ArgumentTypeError(msg)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        msg = f"the counts file {name!r} must be text (UTF-8); byte {err.start} is not"
+        raise argparse.ArgumentTypeError(msg) from None
+
+
+def _shorten(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 COMMANDS: dict[str, Command] = {

@@ -480,34 +480,56 @@ def _total(host_counts: np.ndarray) -> int:
 
 def _min_count(rest: int, num_classes: int, lw: float, lh: float) -> int | None:
     """Smallest count alive next to `rest` samples of the other classes, or None."""
-    # Alive iff c m^2 + (2 c R - 1) m + c R^2 < 0 with c = K lw lh / (K-1):
-    # the open interval between the roots, real iff 4 c R < 1. The lower
-    # root is written in its cancellation-free form 2 c R^2 / (1 - 2cR + sqrt(D)).
-    c = num_classes * lw * lh / (num_classes - 1)
-    disc = 1.0 - 4.0 * c * rest
-    if disc <= 0.0:
-        candidate = max(1, math.floor(1.0 / (2.0 * c) - rest))
-    else:
-        root = math.sqrt(disc)
-        low = 2.0 * c * rest * rest / (1.0 - 2.0 * c * rest + root)
-        candidate = max(1, math.floor(low) + 1)
-    # The float root can be off by one near an integer: settle it exactly.
-    while candidate > 1 and _survives(candidate - 1, rest, num_classes, lw, lh):
-        candidate -= 1
-    for m in (candidate, candidate + 1):
-        if _survives(m, rest, num_classes, lw, lh):
-            return m
-    return None
+    span = survival_span(rest, num_classes, lw, lh)
+    return None if span is None else span[0]
 
 
-def _survives(m: int, rest: int, num_classes: int, lw: float, lh: float) -> bool:
-    """Exact test of ``m (K-1) > (rest + m)^2 K lw lh`` in integer arithmetic.
+def survival_span(rest: int, num_classes: int, lw: float, lh: float) -> tuple[int, int] | None:
+    """The counts m >= 1 that keep a class alive beside `rest` samples of the
+    other classes, as ``(first, last)``, or None when there are none.
 
-    ``lw lh = p / q`` exactly (the binary values of the floats), so the test is
-    ``m (K-1) q > (rest + m)^2 K p`` on Python integers.
+    Class k is alive iff ``m (K-1) > (rest + m)^2 K lw lh``. With ``lw lh =
+    p / q`` exactly (the binary values of the floats) and ``t = rest + m``
+    this is ``g(t) = A t^2 - B t + B rest < 0`` for the integers ``A = K p``,
+    ``B = (K-1) q``: negative exactly between the roots
+    ``(B -+ sqrt(D)) / (2A)``, ``D = B (B - 4 A rest)``. `math.isqrt` places
+    each root within one integer, and exact integer comparisons settle each
+    end in at most two steps: O(1) big-integer operations whatever the weight
+    decays (the ends may exceed 2**63 - 1 when they are tiny).
+
+    Examples
+    --------
+    >>> from ncgeom.theory.optimum import survival_span
+    >>> survival_span(7600, 5, 5e-3, 1e-3)  # min_samples_to_survive's example
+    (401, 144399)
     """
     p, q = (Fraction(lw) * Fraction(lh)).as_integer_ratio()
-    return m * (num_classes - 1) * q > (rest + m) ** 2 * num_classes * p
+    a_coef, b_coef = num_classes * p, (num_classes - 1) * q
+    disc = b_coef * (b_coef - 4 * a_coef * rest)
+    if disc <= 0:  # no real root, or a double root, where g is never < 0
+        return None
+    root = math.isqrt(disc)
+
+    def below_upper(t: int) -> bool:  # t < (B + sqrt(D)) / (2A)
+        x = 2 * a_coef * t - b_coef
+        return x < 0 or x * x < disc
+
+    def above_lower(t: int) -> bool:  # t > (B - sqrt(D)) / (2A)
+        y = b_coef - 2 * a_coef * t
+        return y < 0 or y * y < disc
+
+    last = (b_coef + root) // (2 * a_coef)
+    while below_upper(last + 1):
+        last += 1
+    while not below_upper(last):
+        last -= 1
+    first = (b_coef - root) // (2 * a_coef)
+    while above_lower(first - 1):
+        first -= 1
+    while not above_lower(first):
+        first += 1
+    low, high = max(first, rest + 1) - rest, last - rest
+    return (low, high) if low <= high else None
 
 
 def _per_class(

@@ -15,20 +15,32 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
-from ncgeom.cli import Command, check_output_dir
+from ncgeom.checks import check_counts
+from ncgeom.cli import (
+    Command,
+    add_counts_option,
+    check_interrupted,
+    check_output_dir,
+    require_extra,
+)
 from ncgeom.utils import Progress, jsonable
 
 __all__ = [
     "DemoConfig",
+    "FIGURE_FILES",
+    "FieldError",
+    "REPORT_FILES",
     "check_device",
+    "check_output_folder",
     "command",
     "cpu_threads",
     "default_counts",
@@ -103,20 +115,24 @@ def load_dataset(
         pool_y = np.repeat(np.arange(num_classes), per_class)
         pool_x = (centres[pool_y] + 1.5 * rng.normal(size=(pool_y.size, dim))).astype(np.float32)
     else:
-        msg = f"`dataset` must be one of {DATASETS}; got {name!r}"
-        raise ValueError(msg)
+        raise FieldError("dataset", f"must be one of {DATASETS}; got {name!r}")
     available = np.bincount(pool_y)
     num_classes = available.size
     if counts is None:
         counts = default_counts(int(available.min()), num_classes, ratio)
-    counts = [int(n) for n in counts]
+    try:
+        counts = check_counts(counts).tolist()
+    except ValueError as err:
+        raise FieldError("counts", str(err).removeprefix("`counts` ")) from None
     if len(counts) != num_classes:
-        msg = f"`counts` must give {num_classes} classes for {name!r}; got {len(counts)}"
-        raise ValueError(msg)
+        raise FieldError(
+            "counts", f"must give {num_classes} classes for {name!r}; got {len(counts)}"
+        )
     for k, (want, have) in enumerate(zip(counts, available, strict=True)):
         if not 1 <= want <= have:
-            msg = f"`counts` for class {k} must lie in [1, {have}] for {name!r}; got {want}"
-            raise ValueError(msg)
+            raise FieldError(
+                "counts", f"for class {k} must lie in [1, {have}] for {name!r}; got {want}"
+            )
     rows = np.concatenate(
         [rng.permutation(np.flatnonzero(pool_y == k))[:n] for k, n in enumerate(counts)]
     )
@@ -145,21 +161,15 @@ def run_demo(config: DemoConfig, *, progress: bool = True) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
-    from ncgeom.theory import ufm_relu_optimum
-
     from .regularizer import ufm_penalty
     from .tap import FeatureTap
     from .tracker import NCTracker
 
-    _check_config(config)
-    device = check_device(config.device)
-    check_output_dir(config.out, "out")
+    device, (x_np, y_np, counts), theory = _prepare(config)
     torch.manual_seed(config.seed)
-    x_np, y_np, counts = load_dataset(config.dataset, config.counts, config.ratio, config.seed)
     x = torch.as_tensor(x_np, device=device)
     y = torch.as_tensor(y_np, device=device)
     num, num_classes = len(y_np), len(counts)
-    theory = ufm_relu_optimum(counts, config.lambda_w, config.lambda_h, dim=config.width)
 
     model = _build_model(x.shape[1], config.width, config.depth, num_classes).to(device)
     classifier = model[1]
@@ -172,6 +182,7 @@ def run_demo(config: DemoConfig, *, progress: bool = True) -> dict[str, Any]:
     started = time.perf_counter()
     with flush_denormal(), cpu_threads(config.threads if device.type == "cpu" else None):
         for epoch in range(1, config.epochs + 1):
+            check_interrupted()
             with FeatureTap(model, classifier, detach=False) as tap:
                 logits = model(x)
             loss = F.cross_entropy(logits, y) + ufm_penalty(
@@ -186,7 +197,14 @@ def run_demo(config: DemoConfig, *, progress: bool = True) -> dict[str, Any]:
             optimizer.step()
             schedule.step()
             losses.append(float(loss.detach()))
+            if not math.isfinite(losses[-1]):
+                _diverged(config, epoch, f"the objective is {losses[-1]}")
             if epoch % config.eval_every == 0 or epoch in (1, config.epochs):
+                with torch.no_grad():
+                    outputs = model(x)
+                if not bool(torch.isfinite(outputs).all()):
+                    _diverged(config, epoch, "the network's outputs hold NaN or Inf")
+                accuracy = float((outputs.argmax(dim=1) == y).double().mean())
                 # The objective, NCC agreement and geometry after this step.
                 report = tracker.evaluate(
                     model,
@@ -196,8 +214,6 @@ def run_demo(config: DemoConfig, *, progress: bool = True) -> dict[str, Any]:
                     lambda_h=config.lambda_h,
                     step=epoch,
                 )
-                with torch.no_grad():
-                    accuracy = float((model(x).argmax(dim=1) == y).double().mean())
                 evaluations.append(
                     {
                         "epoch": epoch,
@@ -248,6 +264,14 @@ def run_demo(config: DemoConfig, *, progress: bool = True) -> dict[str, Any]:
     files[0].write_text(json.dumps(summary, indent=2) + "\n")
     files[1].write_text(_markdown(summary))
     return summary
+
+
+def _diverged(config: DemoConfig, epoch: int, what: str) -> NoReturn:
+    msg = (
+        f"training diverged: {what} after epoch {epoch} (float32); lower `lambda_w` "
+        f"({config.lambda_w:g}), `lambda_h` ({config.lambda_h:g}) or `lr` ({config.lr:g})"
+    )
+    raise ValueError(msg)
 
 
 @contextlib.contextmanager
@@ -326,51 +350,157 @@ def check_device(name: Any) -> Any:
     ------
     ValueError
         If `name` is not a torch device, or names one this machine or this
-        torch build does not have (e.g. ``cuda`` on a CPU-only build).
+        torch build does not have (e.g. ``cuda`` on a CPU-only build, ``cpu:5``
+        or ``cuda:3`` on a machine with one GPU), or ``meta`` (no data).
 
     Examples
     --------
     >>> from ncgeom_torch.demo import check_device
     >>> check_device("cpu")
     device(type='cpu')
-    >>> check_device("gpu")
-    Traceback (most recent call last):
-    ...
-    ValueError: `device` must be a torch device such as cpu, cuda or cuda:1; got 'gpu'
+    >>> try:
+    ...     check_device("cpu:5")
+    ... except ValueError as err:
+    ...     print(err)
+    `device` 'cpu:5' does not exist: torch has one CPU device, cpu
     """
     import torch
 
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError, ValueError):
-        msg = f"`device` must be a torch device such as cpu, cuda or cuda:1; got {name!r}"
-        raise ValueError(msg) from None
+        raise FieldError(
+            "device", f"must be a torch device such as cpu, cuda or cuda:1; got {name!r}"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         build = "has no CUDA support" if torch.version.cuda is None else "finds no CUDA device"
-        msg = (
-            f"`device` {name!r} is not available: this torch {torch.__version__} {build}; use cpu"
+        raise FieldError(
+            "device", f"{name!r} is not available: this torch {torch.__version__} {build}; use cpu"
         )
-        raise ValueError(msg)
+    if device.type == "meta":
+        raise FieldError("device", f"{name!r} holds no data; use cpu or cuda")
+    if device.type == "cpu" and device.index not in (None, 0):
+        raise FieldError("device", f"{name!r} does not exist: torch has one CPU device, cpu")
+    if device.type == "cuda" and device.index is not None:
+        present = torch.cuda.device_count()
+        if device.index >= present:
+            raise FieldError(
+                "device",
+                f"{name!r} does not exist: this machine has {present} CUDA device(s), "
+                f"cuda:0 to cuda:{present - 1}",
+            )
     try:
         torch.empty(1, device=device)
-    except Exception as error:  # an index beyond the devices present, a missing backend
+    except Exception as error:  # a missing backend, a device that fails to start
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        msg = f"`device` {name!r} is not usable here: {first}"
-        raise ValueError(msg) from None
+        raise FieldError("device", f"{name!r} is not usable here: {first}") from None
     return device
+
+
+class FieldError(ValueError):
+    """A bad value of one setting, named by its field (`DemoConfig`, `run_reproduce`).
+
+    The command line reports it under the option's name: ``field`` becomes
+    ``--field`` (underscores as dashes).
+    """
+
+    def __init__(self, field: str, text: str) -> None:
+        self.field, self.text = field, text
+        super().__init__(f"`{field}` {text}")
+
+    def for_option(self) -> ValueError:
+        """The same error, naming the command-line option."""
+        return ValueError(f"`--{self.field.replace('_', '-')}` {self.text}")
+
+
+#: Files `run_demo` writes into its output folder (``report.json``, ``report.md``,
+#: and with `DemoConfig.plots` the figures of `ncgeom_torch.demo_plots.write_figures`).
+REPORT_FILES = ("report.json", "report.md")
+FIGURE_FILES = ("metrics.png", "gram.png", "classes.png")
+
+
+def check_output_folder(out: Any, field: str, files: tuple[str, ...]) -> Path:
+    """The output folder `out`, checked before any work.
+
+    It must be a non-empty name of a folder (existing or to be created) that
+    can be written, and none of the `files` to be written into it may be an
+    existing folder. Errors are a `FieldError` naming `field`.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from ncgeom_torch.demo import check_output_folder
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     (Path(folder) / "report.json").mkdir()
+    ...     try:
+    ...         check_output_folder(folder, "out", ("report.json",))
+    ...     except ValueError as err:
+    ...         print(str(err).split(";")[0])
+    `out` must not hold a folder named 'report.json', a file it writes
+    """
+    if isinstance(out, str) and not out:
+        raise FieldError(field, "must name a folder; got ''")
+    try:
+        folder = check_output_dir(out, field)
+    except ValueError as err:
+        text = str(err).removeprefix(f"`{field}` ")
+        raise FieldError(field, text) from None
+    for name in files:
+        target = folder / name
+        if target.is_dir() and not target.is_symlink():
+            raise FieldError(
+                field, f"must not hold a folder named {name!r}, a file it writes; got {str(out)!r}"
+            )
+    return folder
+
+
+def _prepare(config: DemoConfig) -> tuple[Any, tuple[np.ndarray, np.ndarray, list[int]], Any]:
+    """Every check of `config` before training: device, output folder, data, theory."""
+    from ncgeom.theory import ufm_relu_optimum
+
+    _check_config(config)
+    device = check_device(config.device)
+    files = REPORT_FILES + (FIGURE_FILES if config.plots else ())
+    check_output_folder(config.out, "out", files)
+    data = load_dataset(config.dataset, config.counts, config.ratio, config.seed)
+    counts = data[2]
+    theory = ufm_relu_optimum(counts, config.lambda_w, config.lambda_h)
+    if config.width < theory.num_alive:
+        raise FieldError(
+            "width",
+            f"(the feature dimension) must be at least {theory.num_alive}, the number of "
+            f"classes alive at the optimum for these counts and lambdas; got {config.width}",
+        )
+    theory = ufm_relu_optimum(counts, config.lambda_w, config.lambda_h, dim=config.width)
+    return device, data, theory
 
 
 def _check_config(config: DemoConfig) -> None:
     for name in ("epochs", "eval_every", "width", "depth", "threads"):
         value = getattr(config, name)
-        if not isinstance(value, int) or value < 1:
-            msg = f"`{name}` must be a positive integer; got {value!r}"
-            raise ValueError(msg)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise FieldError(name, f"must be a positive integer; got {value!r}")
     for name in ("lambda_w", "lambda_h", "lr", "ratio"):
         value = getattr(config, name)
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            msg = f"`{name}` must be a finite number > 0; got {value!r}"
-            raise ValueError(msg)
+        if isinstance(value, bool) or not (
+            isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+        ):
+            raise FieldError(name, f"must be a finite number > 0; got {value!r}")
+    if config.ratio > 1:
+        raise FieldError(
+            "ratio",
+            f"(the smallest default class over the largest) must lie in (0, 1]; got "
+            f"{config.ratio!r}",
+        )
+    seed = config.seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise FieldError("seed", f"must be an integer in [0, 2**63); got {seed!r}")
+    cores = os.cpu_count() or 1
+    if config.threads > cores:
+        raise FieldError(
+            "threads", f"must be at most {cores}, the CPUs of this machine; got {config.threads}"
+        )
 
 
 def _fmt(value: Any) -> str:
@@ -441,16 +571,17 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults.dataset,
         help="training data: scikit-learn's 8x8 digits or a Gaussian mixture",
     )
-    parser.add_argument(
-        "--counts",
-        default=None,
-        help="comma-separated samples per class (default: geometric, full class to --ratio)",
+    add_counts_option(
+        parser,
+        required=False,
+        help="samples per class, separated by commas or spaces, or @FILE (default: "
+        "geometric, from the full class down to --ratio of it)",
     )
     parser.add_argument(
         "--ratio",
         type=float,
         default=defaults.ratio,
-        help="smallest class over largest, for the default geometric counts",
+        help="smallest class over largest, in (0, 1], for the default geometric counts",
     )
     parser.add_argument(
         "--epochs",
@@ -511,16 +642,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    counts = None
-    if args.counts:
-        try:
-            counts = tuple(int(part) for part in args.counts.split(","))
-        except ValueError:
-            msg = f"`--counts` must be comma-separated integers; got {args.counts!r}"
-            raise ValueError(msg) from None
     config = DemoConfig(
         dataset=args.dataset,
-        counts=counts,
+        counts=None if args.counts is None else tuple(args.counts),
         ratio=args.ratio,
         epochs=args.epochs,
         eval_every=args.eval_every,
@@ -535,7 +659,16 @@ def _run(args: argparse.Namespace) -> int:
         out=args.out,
         plots=not args.no_plots,
     )
-    summary = run_demo(config)
+    modules = {"torch": "training"}
+    if config.dataset == "digits":
+        modules["sklearn"] = "the digits data set"
+    if config.plots:
+        modules["matplotlib"] = "the figures; or pass --no-plots"
+    require_extra("demo", modules, needed_by="`ncgeom demo`")
+    try:
+        summary = run_demo(config)
+    except FieldError as err:
+        raise err.for_option() from None
     print(Path(summary["files"][1]).read_text())
     print("wrote " + ", ".join(summary["files"]))
     return 0

@@ -33,7 +33,7 @@ from ncgeom.utils import jsonable
 
 from .regularizer import classifier_weight
 from .tap import resolve_layer
-from .tracker import optimum_for
+from .tracker import checked_counts, optimum_for
 
 __all__ = ["NeuralCollapseCallback", "default_labels", "last_linear_layer"]
 
@@ -94,8 +94,10 @@ class NeuralCollapseCallback(pl.Callback):
         (`ncgeom.theory.ufm_relu_optimum`): ``gof_error`` and the
         per-class norms and margins are then logged and reported too.
     counts : sequence of int, optional
-        Class counts of the training set for the theory; default the counts
-        observed in the measured epoch.
+        Class counts of the training set for the theory, one positive
+        integer per class; default the counts observed in the measured
+        epoch. A string (e.g. ``"1,2,3"``) is a `TypeError`: pass a
+        sequence such as ``[1, 2, 3]``.
     labels : callable, optional
         ``labels(batch)`` returns the batch's integer labels. Default: the
         second item of a tuple or list batch, or the entry ``"labels"``,
@@ -197,7 +199,7 @@ class NeuralCollapseCallback(pl.Callback):
         self.stage = stage
         self.every_n_epochs = check_positive_int(every_n_epochs, "every_n_epochs")
         self.lambda_w, self.lambda_h = lambda_w, lambda_h
-        self.counts = None if counts is None else [int(n) for n in counts]
+        self.counts = None if counts is None else checked_counts(counts, self.num_classes)
         self.labels_of = labels if labels is not None else default_labels
         self.gram = bool(gram)
         self.dtype = dtype
@@ -406,7 +408,7 @@ class NeuralCollapseCallback(pl.Callback):
         theory = None
         if with_theory:
             theory = optimum_for(stats, self.counts, self.lambda_w, self.lambda_h)
-        return nc_report(stats, weight, theory=theory).with_theory(theory)
+        return nc_report(stats, weight, theory=theory)
 
     def _layer_name(self, pl_module: pl.LightningModule) -> str:
         for name, module in pl_module.named_modules():

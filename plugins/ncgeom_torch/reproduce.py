@@ -47,15 +47,18 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from ncgeom.cli import Command
+from ncgeom.cli import Command, require_extra
 from ncgeom.utils import Progress, jsonable
 
+from .demo import FieldError, check_device, check_output_folder
 from .reproduce_data import build_model, imbalance_counts, load_pool, training_subset
 from .reproduce_report import imbalance_key
 
 __all__ = [
+    "FIGURE_FILES",
     "PRESETS",
     "Preset",
+    "REPORT_FILES",
     "RunSpec",
     "command",
     "run_reproduce",
@@ -733,6 +736,14 @@ def run_reproduce(
         ``runs``, ``threshold_sweep``, ``sweep_agreement``, ``ufm``,
         ``controlled``, ``seconds``, ``files``.
 
+    Raises
+    ------
+    ValueError
+        (`ncgeom_torch.demo.FieldError`, naming the argument) Before any
+        training: an unknown preset, a seed outside [0, 2**63 - seeds], a
+        device this machine does not have, an output folder that is a file,
+        is not writable or holds a folder in place of a file it writes.
+
     Examples
     --------
     >>> tiny = Preset("tiny", digits_head=12, digits_profiles=(("step", 4.0),),
@@ -746,25 +757,22 @@ def run_reproduce(
     """
     if isinstance(preset, str):
         if preset not in PRESETS:
-            msg = f"`preset` must be one of {tuple(PRESETS)}; got {preset!r}"
-            raise ValueError(msg)
+            raise FieldError("preset", f"must be one of {tuple(PRESETS)}; got {preset!r}")
         preset = PRESETS[preset]
     if not isinstance(preset, Preset):
         msg = f"`preset` must be a preset name or a Preset; got {type(preset).__name__}"
         raise TypeError(msg)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        msg = f"`seed` must be a non-negative integer; got {seed!r}"
-        raise ValueError(msg)
+    # Every seed used, seed .. seed + preset.seeds - 1, must suit torch.manual_seed.
+    last = 2**63 - preset.seeds
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= last:
+        raise FieldError(
+            "seed", f"must be an integer in [0, 2**63 - {preset.seeds}]; got {seed!r}"
+        )
     import torch
 
-    try:
-        torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        msg = f"`device` must be a torch device such as 'cpu' or 'cuda'; got {device!r}"
-        raise ValueError(msg) from err
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        msg = f"`device` {device!r} asks for CUDA, which this torch build does not see"
-        raise ValueError(msg)
+    check_device(device)
+    files = REPORT_FILES + (FIGURE_FILES if plots else ())
+    out = check_output_folder(out, "out", files)
 
     plan = _plan(preset, seed)
     threads = torch.get_num_threads()
@@ -777,7 +785,6 @@ def run_reproduce(
     finally:
         torch.set_num_threads(threads)
     summary = _summarise(preset, seed, device, results, seconds)
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = [out / "report.json", out / "report.md"]
     if plots:
@@ -892,20 +899,43 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         default="quick",
         help="quick: minutes on a laptop CPU; full: more seeds, longer training",
     )
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
-    parser.add_argument("--out", default="ncgeom-reproduce", help="output folder")
-    parser.add_argument("--seed", type=int, default=0, help="first seed")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
+    parser.add_argument(
+        "--out",
+        default="ncgeom-reproduce",
+        help="output folder, created if missing (checked before any training)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="first seed, >= 0 (the full preset uses the next ones)"
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
 
 
+#: Files `run_reproduce` writes into its output folder (with `plots`, the figures of
+#: `ncgeom_torch.reproduce_plots.write_figures` too).
+REPORT_FILES = ("report.json", "report.md")
+FIGURE_FILES = ("training.png", "per_class.png", "threshold.png", "controlled.png")
+
+
 def _run(args: argparse.Namespace) -> int:
-    summary = run_reproduce(
-        args.preset,
-        out=args.out,
-        seed=args.seed,
-        device=args.device,
-        plots=not args.no_plots,
-    )
+    modules = {
+        "torch": "training",
+        "sklearn": "the digits data set",
+        "mnist1d": "the MNIST-1D data set",
+    }
+    if not args.no_plots:
+        modules["matplotlib"] = "the figures; or pass --no-plots"
+    require_extra("reproduce", modules, needed_by="`ncgeom reproduce`")
+    try:
+        summary = run_reproduce(
+            args.preset,
+            out=args.out,
+            seed=args.seed,
+            device=args.device,
+            plots=not args.no_plots,
+        )
+    except FieldError as err:
+        raise err.for_option() from None
     agreement = summary["sweep_agreement"]
     if agreement is not None and agreement["clear"]["fraction"] is not None:
         print(
