@@ -552,3 +552,18 @@ def test_nc1_and_the_report_warn_when_the_float32_gram_cannot_resolve_it():
         quiet_stats = ClassStats.from_features(quiet, qy, 10)
         metrics.nc1(quiet_stats)
         nc_report(quiet_stats)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_no_nc1_warning_when_the_scatter_is_only_rounding(dtype):
+    # Features exactly at their class means: the scatter left is rounding, with a
+    # large relative error and an absolute one far below the dtype's eps.
+    y = np.repeat(np.arange(3), [30, 20, 10])
+    for scale in (1e-20, 1.0, 3.7, 2.0**20, 1e20):
+        x = (np.eye(3, 5)[y] * np.array([0.9, 1.0, 1.1])[y, None] * scale).astype(dtype)
+        stats = ClassStats.from_features(x, y, 3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert nc_report((x, y)).nc1 < 1e-30
+            assert float(metrics.nc1(stats)) < 1e-30
+            nc_report(stats)

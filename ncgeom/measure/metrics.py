@@ -480,7 +480,9 @@ def nc1(stats: ClassStats, *, global_mean: str = "samples") -> Array:
     """
     view = populated(stats, global_mean)
     value, rounding = nc1_and_rounding_of(view)
-    warn_nc1_rounding(rounding, stats.dtype)
+    xp = view.xp
+    bound, host_value = (float(v) for v in to_host(xp.stack([rounding, value])))
+    warn_nc1_rounding(bound, stats.dtype, nc1=host_value)
     return _undefined(value, view, "nc1")
 
 

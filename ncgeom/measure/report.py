@@ -359,7 +359,8 @@ def nc_report(
         start += stats.num_classes
     if _NC1_ROUNDING in floats:
         origin = "statistics" if isinstance(source, ClassStats) else "features"
-        warn_nc1_rounding(floats.pop(_NC1_ROUNDING), stats.dtype, source=origin)
+        rounding = floats.pop(_NC1_ROUNDING)
+        warn_nc1_rounding(rounding, stats.dtype, nc1=floats["nc1"], source=origin)
     _mark_degenerate(floats, unavailable, raised)
     if objective is not None:
         floats["objective"] = objective

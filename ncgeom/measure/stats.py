@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+import numpy as np
+
 from .._lib.backend import (
     accumulation_dtype,
     array_device,
@@ -639,9 +641,16 @@ def merge_stats(*stats: ClassStats) -> ClassStats:
 NC1_ROUNDING_LIMIT = 1e-4
 
 
-def warn_nc1_rounding(rounding: Any, dtype: Any, *, source: str = "statistics") -> bool:
+def warn_nc1_rounding(
+    rounding: Any, dtype: Any, *, nc1: float | None = None, source: str = "statistics"
+) -> bool:
     """One warning when `rounding` (a relative bound on NC1's rounding error, a
     number or a 0-d array: then one host read) exceeds `NC1_ROUNDING_LIMIT`.
+
+    With `nc1` (its value), an error below the dtype's eps in absolute terms
+    (NC1 is a ratio to the between-class spread) is not worth a warning: a
+    within-class scatter made only of rounding (features exactly at their
+    class means) has a large relative error and none that matters.
 
     `source` says where the bound comes from: ``"statistics"`` (their stored
     (d, d) Gram, `ClassStats.scatter_along`) or ``"features"`` (the
@@ -652,8 +661,10 @@ def warn_nc1_rounding(rounding: Any, dtype: Any, *, source: str = "statistics") 
     bound = float(to_host(rounding)) if not isinstance(rounding, (int, float)) else rounding
     if not bound > NC1_ROUNDING_LIMIT:
         return False
-    size = f"up to {bound:.1e}" if math.isfinite(bound) else "entirely"
     name = str(dtype).rsplit(".", maxsplit=1)[-1]
+    if nc1 is not None and not bound * abs(nc1) > float(np.finfo(name).eps):
+        return False
+    size = f"up to {bound:.1e}" if math.isfinite(bound) else "entirely"
     if source == "features":
         cause = "the rounding of their deviations from the class means"
         remedy = "pass the features in float64"
