@@ -499,7 +499,9 @@ def test_callback_counts_given_as_a_string_is_a_type_error():
 
     with pytest.raises(TypeError, match=r"`counts` must be a sequence of positive integers"):
         NeuralCollapseCallback(3, counts="1,2,3")
-    with pytest.raises(ValueError, match=r"`counts` must give one training count per class \(3\); got 2"):
+    with pytest.raises(
+        ValueError, match=r"`counts` must give one training count per class \(3\); got 2"
+    ):
         NeuralCollapseCallback(3, counts=[1, 2])
     with pytest.raises(ValueError, match=r"`counts` must be positive integers; got 2\.5"):
         NeuralCollapseCallback(3, counts=[1, 2.5, 3])
