@@ -83,8 +83,6 @@ def test_the_shared_checks_of_a_classifier_and_a_bias(backend):
         validate.check_bias_vector(bias, K, xp)
     with pytest.raises(ValueError, match=r"`bias` must be finite; got nan at \[2\]"):
         validate.check_bias_shape(bias, K)
-    with pytest.raises(ValueError, match=r"`bias` needs a `classifier`"):
-        validate.check_bias_vector(backend.asarray(np.zeros(K)), K, xp, has_classifier=False)
 
 
 def test_the_batch_check_reads_the_finiteness_of_more_arrays_in_its_one_read(monkeypatch):

@@ -728,7 +728,10 @@ def test_cancellation_and_shift_error_of_chosen_shifts():
     assert engine._shift_error(small, np) == pytest.approx(want, rel=1e-12)
     # The one-sample class has no spread: its offset is divided by the
     # smallest normal number instead (a ratio of 1e307, far past the bound).
-    assert engine._cancellation(stats, np) == 2.25 / np.finfo(np.float64).smallest_normal
+    assert (
+        engine._first_try_errors(stats, np, rounded=False)[0]
+        == 2.25 / np.finfo(np.float64).smallest_normal
+    )
     # Shifts that coincide have no spread to compare with.
     same = _stats_about(x, y, k, np.zeros((k, d)))
     assert engine._shift_error(same, np) == 0.0
@@ -742,12 +745,16 @@ def test_cancellation_and_shift_error_of_chosen_shifts():
     v = _population_variances(x, y, k)
     ratios = [np.sum(offsets[c] ** 2) / v[c] for c in present]
     stats = _stats_about(x, y, k, shift)
-    assert engine._cancellation(stats, np) == pytest.approx(max(ratios), rel=1e-12)
+    assert engine._first_try_errors(stats, np, rounded=False)[0] == pytest.approx(
+        max(ratios), rel=1e-12
+    )
     # A single sample exactly at its shift: no spread and no offset, ratio 0.
     y1 = np.array([0, 0, 1])
     x1 = np.array([[1.0, 2.0], [3.0, 2.0], [5.0, 5.0]])
     shift1 = np.array([[2.5, 2.0], [5.0, 5.0]])
-    assert engine._cancellation(_stats_about(x1, y1, 2, shift1), np) == pytest.approx(0.25)
+    assert engine._first_try_errors(_stats_about(x1, y1, 2, shift1), np, rounded=False)[
+        0
+    ] == pytest.approx(0.25)
 
 
 def test_rows_per_chunk_and_row_chunks():

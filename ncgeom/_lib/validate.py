@@ -575,36 +575,11 @@ def check_bias_shape(bias: Array, num_classes: int, *, finite: bool = True) -> N
 
 
 def check_bias_vector(
-    bias: Array,
-    num_classes: int,
-    xp: ModuleType,
-    *,
-    has_classifier: bool = True,
-    finite: bool = True,
+    bias: Array, num_classes: int, xp: ModuleType, *, finite: bool = True
 ) -> None:
     """A bias vector of shape (K,) with a real floating dtype, finite unless
-    `finite` is False, given together with a classifier.
-
-    A bias shifts a classifier's logits: without one (`has_classifier`
-    False) it is a ValueError that says so.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from ncgeom._lib.backend import backend_namespace
-    >>> xp = backend_namespace("numpy")
-    >>> from ncgeom._lib.validate import check_bias_vector
-    >>> check_bias_vector(np.zeros(3), 3, xp, has_classifier=False)  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    ValueError: `bias` needs a `classifier`: ...
-    """
-    if not has_classifier:
-        msg = (
-            "`bias` needs a `classifier`: a bias shifts the classifier's logits; pass "
-            "`classifier` too, or leave `bias` out"
-        )
-        raise ValueError(msg)
+    `finite` is False (for callers that read its finiteness in another
+    transfer, `check_batch`'s `also_finite`)."""
     check_bias_shape(bias, num_classes, finite=False)
     if not xp.isdtype(bias.dtype, "real floating"):
         msg = f"`bias` must have a real floating dtype; got {bias.dtype}"

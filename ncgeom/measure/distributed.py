@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from .._lib.backend import backend_name, namespace, to_host
+from .._lib.backend import backend_name, index_dtype, namespace, to_host, wide_float
 from .._lib.validate import check_index, check_instance, check_int_at_least
 from .stats import ClassStats
 
@@ -167,16 +167,16 @@ def reduce_class_stats(
     )
     head = xp.asarray(
         [stats.num_classes, stats.dim, int(stats.gram is not None), dtype_code],
-        dtype=xp.int64,
+        dtype=index_dtype(xp),
         device=device,
     )
-    exponent = xp.astype(xp.round(xp.log2(stats.unit_scale)), xp.int64)
+    exponent = xp.astype(xp.round(xp.log2(stats.unit_scale)), index_dtype(xp))
     meta = xp.concat(
         [
             head,
-            xp.reshape(xp.astype(stats.num_samples, xp.int64), (1,)),
+            xp.reshape(xp.astype(stats.num_samples, index_dtype(xp)), (1,)),
             xp.reshape(exponent, (1,)),
-            xp.asarray([step], dtype=xp.int64, device=device),
+            xp.asarray([step], dtype=index_dtype(xp), device=device),
         ]
     )
     *table, own = to_host(xp.stack([*gather(meta), meta])).tolist()
@@ -324,22 +324,25 @@ def _check_sums(
     counts, and that both all-reduces summed the local counts to the gathered
     ones (one host read, after the last collective)."""
     world_size = len(table)
-    wide = xp.astype(counts, xp.float64)
-    parts = [xp.reshape(xp.astype(xp.all(own), xp.float64), (1,)), xp.astype(per_rank, xp.float64)]
+    wide = xp.astype(counts, wide_float(xp))
+    parts = [
+        xp.reshape(xp.astype(xp.all(own), wide_float(xp)), (1,)),
+        xp.astype(per_rank, wide_float(xp)),
+    ]
     for part in reduced:
         # Counts below 2**24 are exact in float32, sums of them too; larger
         # ones round by at most eps per addition.
         excess = (
-            xp.abs(xp.astype(part, xp.float64) - wide)
+            xp.abs(xp.astype(part, wide_float(xp)) - wide)
             - world_size * xp.finfo(part.dtype).eps * wide
         )
         worst = xp.argmax(excess)
         parts.append(
             xp.stack(
                 [
-                    xp.astype(excess[worst] > 0, xp.float64),
-                    xp.astype(worst, xp.float64),
-                    xp.astype(part[worst], xp.float64),
+                    xp.astype(excess[worst] > 0, wide_float(xp)),
+                    xp.astype(worst, wide_float(xp)),
+                    xp.astype(part[worst], wide_float(xp)),
                     wide[worst],
                 ]
             )

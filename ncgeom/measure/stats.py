@@ -878,12 +878,6 @@ def _shift_error(stats: ClassStats, xp: ModuleType) -> float:
     return math.sqrt(values[0] / values[1]) if values[1] > 0 else 0.0
 
 
-def _cancellation(stats: ClassStats, xp: ModuleType) -> float:
-    """``max_k |shift_k - mean_k|^2 / v_k`` over classes with samples (a host
-    read): the first number of `_first_try_errors`."""
-    return _first_try_errors(stats, xp, rounded=False)[0]
-
-
 #: Largest accepted ``sqrt(n_k) eps |mean_k| / sqrt(v_k)`` of a residual taken
 #: from float64 sums of float64 features: the rounding of those sums over the
 #: within-class spread, which moves the variances by about as much (relative).
@@ -951,7 +945,7 @@ def _scaled_class_means(
     ``sum_i x_i / scale - n_k mean_k`` is exact to float64 rounding, so the
     second pass need not sum the deviations. From float64 sums of float64
     (or longdouble) features it carries their rounding, about
-    ``sqrt(n) eps |mean|``: `class_moments` checks it (`_residual_check`).
+    ``sqrt(n) eps |mean|``: `class_moments` checks it (`_first_try_errors`).
     """
     num_classes = counts.shape[0]
     num, dim = features.shape
