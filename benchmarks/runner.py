@@ -350,7 +350,7 @@ def format_table(result: dict[str, Any]) -> str:
         )
     lines.append("")
     head = (
-        f"{'case':<20} {'median s':>10}  {'floor':<26} {'floor s':>10} {'ratio':>8}  "
+        f"{'case':<22} {'median s':>10}  {'floor':<26} {'floor s':>10} {'ratio':>8}  "
         f"{'target':<8} {'met':<6}"
     )
     lines += [head, "-" * len(head)]
@@ -362,11 +362,11 @@ def format_table(result: dict[str, Any]) -> str:
                 median = _seconds(entry["time"]["median"]) if first else ""
                 first = False
                 if comp is None:
-                    lines.append(f"{name:<20} {median:>10}")
+                    lines.append(f"{name:<22} {median:>10}")
                     continue
                 target = "" if comp["target"] is None else f"<= {comp['target']:g}"
                 lines.append(
-                    f"{name:<20} {median:>10}  {comp['operation']:<26} "
+                    f"{name:<22} {median:>10}  {comp['operation']:<26} "
                     f"{_seconds(comp['floor_median']):>10} {comp['ratio']:>8.3g}  "
                     f"{target:<8} {_verdict(comp['target'], comp['meets'])}"
                 )
@@ -381,10 +381,10 @@ def format_table(result: dict[str, Any]) -> str:
             else:
                 shown = f"<= {_mib(target['value'])}"
             lines.append(
-                f"{name:<20} {_mib(memory['peak_extra_bytes']):>10}  "
+                f"{name:<22} {_mib(memory['peak_extra_bytes']):>10}  "
                 f"{'peak extra memory / input':<26} {_mib(memory['input_bytes']):>10} "
                 f"{memory['ratio']:>8.3g}  {shown:<8} {_verdict(target, memory['meets'])}"
             )
     for item in result["skipped"]:
-        lines.append(f"{item['case']:<20} skipped: {item['reason']}")
+        lines.append(f"{item['case']:<22} skipped: {item['reason']}")
     return "\n".join(line.rstrip() for line in lines)

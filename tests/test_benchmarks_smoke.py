@@ -75,6 +75,23 @@ def test_result_structure(numpy_result: dict) -> None:
     json.dumps(numpy_result)  # JSON-ready as it is
 
 
+def test_engine_cases_cover_every_k_against_the_scatter_add(numpy_result: dict) -> None:
+    from benchmarks.cases import ENGINE_CLASSES, time_target
+
+    entries = {e["case"]: e for e in numpy_result["cases"]}
+    for classes in ENGINE_CLASSES:
+        for case in (f"from_features_k{classes}", f"update_k{classes}"):
+            entry = entries[case]
+            assert entry["params"]["K"] == classes
+            assert [c["floor"] for c in entry["comparisons"]] == ["read", "scatter", "scatter_t"]
+            # The engine's target: within 4x of one scatter-add, on the CPU and a GPU.
+            assert time_target(case, "scatter", gpu=False, size="ci") == 4.0
+            assert time_target(case, "scatter", gpu=True, size="large") == 4.0
+    assert time_target("pair_metrics_all", "means_gram", gpu=False, size="ci") == 2.5
+    assert {"pair_metrics", "pair_metrics_f64"} <= set(entries)
+    assert entries["pair_metrics_f64"]["params"]["dtype"] == "float64"
+
+
 def test_memory_case_measures_the_report(numpy_result: dict) -> None:
     (entry,) = [e for e in numpy_result["cases"] if e["case"] == "memory"]
     num, dim, _ = entry["params"]["N"], entry["params"]["d"], entry["params"]["K"]

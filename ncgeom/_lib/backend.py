@@ -8,9 +8,11 @@ generic path that uses only the array-API standard.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 import warnings
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -20,11 +22,13 @@ import numpy as np
 __all__ = [
     "BACKENDS",
     "accumulation_dtype",
+    "adds_in_place",
     "array_device",
     "backend_name",
     "backend_namespace",
     "check_container",
     "detach",
+    "divide_in_place",
     "gather_rows",
     "has_native_segment_sum",
     "index_dtype",
@@ -37,6 +41,7 @@ __all__ = [
     "resolve_namespace",
     "segment_count",
     "segment_sum",
+    "subtract_rows",
     "to_host",
     "warn_caller",
     "wide_float",
@@ -395,6 +400,41 @@ def gather_rows(table: Array, index: Array, xp: ModuleType) -> Array:
     return xp.take(table, index, axis=0)
 
 
+def subtract_rows(x: Array, table: Array, index: Array, xp: ModuleType) -> Array:
+    """``x - table[index]`` (rows of `table` gathered by a valid index), as a new array.
+
+    The gathered rows are a temporary the result is written over (NumPy,
+    torch), so a call makes one array of the size of `x`, not two; the
+    rounding is that of ``x - table[index]``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ncgeom._lib.backend import resolve_namespace, subtract_rows
+    >>> table = np.array([[1.0, 1.0], [0.0, 2.0]])
+    >>> subtract_rows(np.ones((3, 2)), table, np.array([1, 0, 1]), resolve_namespace(np)).tolist()
+    [[1.0, -1.0], [0.0, 0.0], [1.0, -1.0]]
+    """
+    rows = gather_rows(table, index, xp)
+    if isinstance(rows, np.ndarray):
+        return np.subtract(x, rows, out=rows)
+    if compat.is_torch_namespace(xp):
+        import torch
+
+        return torch.sub(x, rows, out=rows)
+    return x - rows
+
+
+def divide_in_place(a: Array, b: Array, xp: ModuleType) -> Array:
+    """``a / b`` (broadcast to the shape and dtype of `a`), written over `a`
+    where the library allows it (NumPy, torch, CuPy): for an `a` the caller
+    owns and no longer needs."""
+    if isinstance(a, np.ndarray) or compat.is_torch_namespace(xp) or compat.is_cupy_namespace(xp):
+        a /= b
+        return a
+    return a / b
+
+
 def segment_count(labels: Array, num_segments: int, xp: ModuleType) -> Array:
     """Number of occurrences of each label in ``range(num_segments)`` (`index_dtype`).
 
@@ -437,6 +477,22 @@ def has_native_segment_sum(xp: ModuleType) -> bool:
     )
 
 
+def adds_in_place(xp: ModuleType) -> bool:
+    """Whether ``segment_sum(..., into=total)`` adds to `total` in place, at a
+    cost that does not depend on the number of segments.
+
+    True on torch (``index_add_``), CuPy (``add.at``) and NumPy where SciPy's
+    compiled sparse kernel is available. Elsewhere each call makes a table of
+    all the segments (and adds it), so callers pass more rows per call where
+    there are many segments.
+    """
+    return bool(
+        compat.is_torch_namespace(xp)
+        or compat.is_cupy_namespace(xp)
+        or (compat.is_numpy_namespace(xp) and _scatter_kernel() is not None)
+    )
+
+
 def segment_sum(
     values: Array, labels: Array, num_segments: int, xp: ModuleType, *, into: Array | None = None
 ) -> Array:
@@ -444,12 +500,22 @@ def segment_sum(
 
     Costs O(N * row size) on every backend (never a one-hot product over the
     segments). `values` is 1-D (N,) or 2-D (N, d); the result has the dtype of
-    `values` and shape (num_segments,) or (num_segments, d).
+    `values` and shape (num_segments,) or (num_segments, d). `labels` must lie
+    in ``[0, num_segments)``.
 
     With `into`, an array of that shape and dtype which the caller owns, the
     sums are added to it and the total is returned (use the returned array):
-    in place on torch (one kernel, no temporary), NumPy and CuPy; a new array
-    on libraries without in-place updates.
+    in place on torch (one kernel, no temporary), CuPy and NumPy (see
+    `adds_in_place`); a new array on libraries without in-place updates.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ncgeom._lib.backend import resolve_namespace, segment_sum
+    >>> xp = resolve_namespace(np)
+    >>> values = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    >>> segment_sum(values, np.array([2, 0, 2]), 3, xp).tolist()
+    [[3.0, 4.0], [0.0, 0.0], [6.0, 8.0]]
     """
     if into is not None:
         return _segment_sum_into(into, values, labels, num_segments, xp)
@@ -458,7 +524,9 @@ def segment_sum(
         out = xp.zeros(shape, dtype=values.dtype, device=values.device)
         return out.index_add_(0, labels.to(dtype=xp.int64), values)
     if compat.is_numpy_namespace(xp):
-        return _numpy_segment_sum(np.asarray(values), np.asarray(labels), num_segments)
+        values = np.asarray(values)
+        out = np.zeros(shape, dtype=values.dtype)
+        return _numpy_segment_sum_into(out, values, np.asarray(labels), num_segments)
     if compat.is_cupy_namespace(xp):
         cupy = _cupy()
         out = cupy.zeros(shape, dtype=values.dtype)
@@ -481,12 +549,93 @@ def _segment_sum_into(
         _cupy().add.at(into, labels, values)
         return into
     if compat.is_numpy_namespace(xp):
-        into += _numpy_segment_sum(np.asarray(values), np.asarray(labels), num_segments)
-        return into
+        return _numpy_segment_sum_into(into, np.asarray(values), np.asarray(labels), num_segments)
     return into + segment_sum(values, labels, num_segments, xp)
 
 
+def _numpy_segment_sum_into(
+    into: np.ndarray, values: np.ndarray, labels: np.ndarray, num_segments: int
+) -> np.ndarray:
+    """Add the segment sums of `values` to `into` (NumPy), in place.
+
+    With SciPy, its compiled kernel for ``Y += A X`` with A column-sparse
+    (compressed sparse columns, one entry per column: the indicator of the
+    labels) adds each row of `values` to its segment's row of `into`
+    directly: no table of all the segments per call, so the cost is that of
+    the rows whatever the number of segments. Its rounding is that of adding
+    the rows in order (each is multiplied by exactly 1).
+    """
+    kernel = _scatter_kernel()
+    if (
+        kernel is not None
+        and values.dtype == into.dtype
+        and values.dtype in (np.float32, np.float64)
+        and into.flags.c_contiguous
+        and into.flags.writeable
+    ):
+        num = labels.shape[0]
+        if num == 0:
+            return into
+        index = np.asarray(labels, dtype=np.intp)
+        # The kernel writes wherever the labels point: they must lie in range.
+        if int(index.min()) < 0 or int(index.max()) >= num_segments:
+            msg = (
+                f"`labels` must lie in [0, {num_segments}); got values from "
+                f"{int(index.min())} to {int(index.max())}"
+            )
+            raise ValueError(msg)
+        width = 1 if values.ndim == 1 else int(values.shape[1])
+        kernel(
+            num_segments,
+            num,
+            width,
+            np.arange(num + 1, dtype=np.intp),
+            index,
+            np.ones(num, dtype=values.dtype),
+            np.ascontiguousarray(values).reshape(-1),
+            into.reshape(-1),
+        )
+        return into
+    into += _numpy_segment_sum(values, labels, num_segments)
+    return into
+
+
+@functools.cache
+def _scatter_kernel() -> Callable[..., None] | None:
+    """SciPy's compiled ``Y += A X`` for a sparse A in compressed sparse columns
+    (``csc_matvecs(n_row, n_col, n_vecs, indptr, indices, data, X, Y)``), or
+    None when SciPy or the kernel is not there or does not add in place.
+
+    The kernel is internal to ``scipy.sparse`` (it computes the public
+    ``csc_matrix @ dense``, which always allocates its result), so it is
+    checked once on a small example before it is trusted.
+    """
+    try:
+        from scipy.sparse import _sparsetools
+
+        kernel = _sparsetools.csc_matvecs
+    except (ImportError, AttributeError):
+        return None
+    out = np.ones((3, 2))
+    values = np.arange(6.0).reshape(3, 2)
+    try:
+        kernel(
+            3,
+            3,
+            2,
+            np.arange(4, dtype=np.intp),
+            np.array([2, 0, 2], dtype=np.intp),
+            np.ones(3),
+            values.reshape(-1),
+            out.reshape(-1),
+        )
+    except Exception:  # any failure: the public product instead
+        return None
+    return kernel if out.tolist() == [[3.0, 4.0], [1.0, 1.0], [5.0, 7.0]] else None
+
+
 def _numpy_segment_sum(values: np.ndarray, labels: np.ndarray, num_segments: int) -> np.ndarray:
+    """A new table of the segment sums (NumPy; SciPy's public product where present)."""
     if values.ndim == 1:
         return np.bincount(labels, weights=values, minlength=num_segments).astype(values.dtype)
     try:
@@ -511,13 +660,40 @@ def _segment_bounds(sorted_labels: Array, num_segments: int, xp: ModuleType) -> 
 
 
 def _generic_segment_sum(values: Array, labels: Array, num_segments: int, xp: ModuleType) -> Array:
-    # Sort by label, then difference a cumulative sum at the segment bounds.
-    # Standard-only and vectorised; the cumulative sum's rounding is relative to
-    # the running total, which stays small for the shifted values ncgeom sums.
+    """Segment sums with standard operations only: sort by label, then a
+    segmented scan by doubling (Hillis and Steele) and the last entry of each
+    segment.
+
+    Each sum is a tree of additions within its own segment, so its rounding is
+    relative to the segment's values (as in pairwise summation), whatever the
+    other segments hold: the difference of one cumulative sum over all rows
+    would round every segment at the size of the running total (positive
+    squared norms: the total of all classes). Costs ceil(log2(N)) vectorised
+    passes, a number known from the shape: no read of the device.
+    """
     order = xp.argsort(labels, stable=True)
-    bounds = _segment_bounds(xp.take(labels, order), num_segments, xp)
-    csum = xp.cumulative_sum(xp.take(values, order, axis=0), axis=0, include_initial=True)
-    return xp.take(csum, bounds[1:], axis=0) - xp.take(csum, bounds[:-1], axis=0)
+    ordered = xp.take(labels, order)
+    bounds = _segment_bounds(ordered, num_segments, xp)
+    sizes = bounds[1:] - bounds[:-1]
+    scan = xp.take(values, order, axis=0)
+    num = int(ordered.shape[0])
+    step = 1
+    while step < num:
+        same = ordered[step:] == ordered[:-step]
+        if scan.ndim > 1:
+            same = same[:, None]
+        earlier = xp.where(same, scan[:-step, ...], xp.zeros_like(scan[:-step, ...]))
+        scan = xp.concat([scan[:step, ...], scan[step:, ...] + earlier], axis=0)
+        step *= 2
+    last = xp.clip(bounds[1:] - 1, min=0, max=max(num - 1, 0))
+    shape = (num_segments, *values.shape[1:])
+    if num == 0:
+        return xp.zeros(shape, dtype=values.dtype, device=values.device)
+    ends = xp.take(scan, last, axis=0)
+    present = sizes > 0
+    if ends.ndim > 1:
+        present = present[:, None]
+    return xp.where(present, ends, xp.zeros_like(ends))
 
 
 def _cupy() -> ModuleType:

@@ -36,8 +36,9 @@ import numpy as np
 
 from .._lib.backend import (
     accumulation_dtype,
+    adds_in_place,
     array_device,
-    gather_rows,
+    divide_in_place,
     has_native_segment_sum,
     index_dtype,
     namespace,
@@ -46,6 +47,7 @@ from .._lib.backend import (
     resolve_namespace,
     segment_count,
     segment_sum,
+    subtract_rows,
     to_host,
     warn_caller,
     wide_float,
@@ -286,7 +288,8 @@ class ClassStats:
         about the running means (one pass) and added; where that would cost
         precision (a batch far from the running means), and on a GPU, the
         batch's own statistics (`class_moments`) are merged in with `merge`,
-        which re-centres every class on its new mean. Either way the result
+        which re-centres every class on its new mean (on the host, the first
+        batch's statistics are the result as they are). Either way the result
         does not depend on how the samples were split into batches, nor on
         their order, beyond rounding. The batch must be on the statistics'
         namespace and device; an empty batch returns ``self``. Framework
@@ -324,6 +327,10 @@ class ClassStats:
             # Deviations from these very shifts, within the cancellation bound:
             # the sums add exactly, and the running offsets stay within it too.
             return self._plus(batch)
+        if on_host(xp, self.device) and not bool(xp.any(self.counts)):
+            # Nothing to merge with (the first batch): the batch's statistics are
+            # the merge, without its passes over (K, d) arrays.
+            return batch
         return self.merge(batch)
 
     # ------------------------------------------------------------------ merge
@@ -773,7 +780,15 @@ def class_moments(
         borrowed = shifts is not None
         if shifts is None:
             shifts = _scaled_class_means(
-                features, labels, counts, dtype, xp, chunk_size, host, exact=exact
+                features,
+                labels,
+                counts,
+                dtype,
+                xp,
+                chunk_size,
+                host,
+                exact=exact,
+                check_finite=check_finite,
             )
             # A residual from float64 sums of float64 features is rounded: checked
             # on the host (with the cancellation, one read), summed on a device.
@@ -792,6 +807,7 @@ def class_moments(
                 chunk_size,
                 check_finite,
                 visitor,
+                borrowed=borrowed,
             )
         except ValueError:
             if not borrowed:
@@ -826,17 +842,26 @@ def _moments_about(
     chunk_size: int | None,
     check_finite: bool,
     visitor: Callable[[Array, Array], Visit] | None,
+    *,
+    borrowed: bool = False,
 ) -> tuple[ClassStats, tuple[Array, ...] | None]:
-    """The second pass: statistics of the deviations from the given shifts."""
+    """The second pass: statistics of the deviations from the given shifts
+    (`borrowed`: another batch's, whose finiteness is checked here; the
+    first pass checks the means it makes)."""
     num, dim = features.shape
     device = array_device(features)
     host = on_host(xp, device)
     shift, scale, residual = shifts
     num_classes = counts.shape[0]
-    if check_finite and host and not bool(xp.all(xp.isfinite(shift))):
+    if check_finite and borrowed and host and not bool(xp.all(xp.isfinite(shift))):
         _raise_unrepresentable(features, labels, num_classes, xp, "class means")
     visit = None if visitor is None else visitor(counts, shift)
     rows = rows_per_chunk(num, dim, dtype, xp, chunk_size, device, gram=gram)
+    if chunk_size is None and not adds_in_place(xp):
+        # Each chunk's class sums make a (K, d) table to add up: at least K rows
+        # a chunk (within the device budget), so the tables cost no more than the rows.
+        itemsize = 8 if dtype == xp.float64 else 4
+        rows = max(rows, min(num_classes, CHUNK_BYTES // (itemsize * dim)))
     unit = host and float(to_host(scale)) == 1.0
     with quiet_invalid() if check_finite and host else contextlib.nullcontext():
         sums, sqnorms, gram_sum, extra = _deviation_moments(
@@ -934,12 +959,15 @@ def _scaled_class_means(
     host: bool,
     *,
     exact: bool,
+    check_finite: bool = False,
 ) -> tuple[Array, Array, Array | None]:
     """Class means divided by a power-of-two scale (in `dtype`), the scale (0-d),
     and the class sums of the deviations from those means when the sums were
     taken in float64 (None otherwise: the second pass sums them).
 
-    With `exact`, the sums are taken in float64; otherwise in `dtype`.
+    With `exact`, the sums are taken in float64; otherwise in `dtype`. With
+    `check_finite`, on the host, NaN or Inf in the means (from NaN or Inf in
+    `features`, or finite features whose sums overflow) raise.
 
     From float64 sums of float32 (or narrower) features the residual
     ``sum_i x_i / scale - n_k mean_k`` is exact to float64 rounding, so the
@@ -957,24 +985,21 @@ def _scaled_class_means(
             "64-bit mode is off: they are summed in float32 and may be off by more; turn it "
             "on with jax.config.update('jax_enable_x64', True)"
         )
-    itemsize = 8 if acc == xp.float64 else 4
-    if chunk_size is not None:
-        rows = check_positive_int(chunk_size, "chunk_size")
-    elif acc == features.dtype and has_native_segment_sum(xp):
-        # No cast, so no temporary of the chunk's size: chunks only bound the
-        # length of each accumulation, and few calls save per-call costs.
-        rows = CHUNK_BYTES // (itemsize * dim)
-    else:
-        budget = HOST_CHUNK_BYTES if host else CHUNK_BYTES
-        # At least K rows: each chunk's sum is a (K, d) array to add up.
-        rows = max(budget // (itemsize * dim), min(num_classes, CHUNK_BYTES // (itemsize * dim)))
     total = xp.zeros((num_classes, dim), dtype=acc, device=array_device(features))
-    for part_rows in row_chunks(num, max(1, rows)):
+    rows = _mean_rows(num_classes, dim, acc, features.dtype, xp, chunk_size, host)
+    for part_rows in row_chunks(num, rows):
         chunk = xp.astype(features[part_rows, ...], acc, copy=False)
         total = segment_sum(chunk, labels[part_rows], num_classes, xp, into=total)
-    means = total / xp.astype(xp.clip(counts, min=1), acc)[:, None]
-    largest = xp.max(xp.abs(means))
-    usable = xp.isfinite(largest) & (largest > 0)
+    sizes = xp.astype(xp.clip(counts, min=1), acc)[:, None]
+    wide = acc == xp.float64
+    # The sums are needed again only for a float64 residual: otherwise the
+    # means are written over them (no second (K, d) array on the host).
+    means = total / sizes if wide else divide_in_place(total, sizes, xp)
+    # The largest |entry| from two reads, without a (K, d) array of |means|;
+    # NaN propagates through both.
+    largest = xp.maximum(xp.max(means), -xp.min(means))
+    finite = xp.isfinite(largest)
+    usable = finite & (largest > 0)
     exponent = xp.round(xp.log2(xp.where(usable, largest, xp.ones_like(largest))))
     # The scale and its inverse must be normal numbers of `dtype`: subnormal
     # features (below 2**-1022 in float64) are scaled by the smallest normal
@@ -984,13 +1009,45 @@ def _scaled_class_means(
     far = xp.abs(exponent) > SCALE_FREE_EXPONENT
     two = xp.full_like(largest, 2.0)
     scale = xp.where(far, xp.pow(two, exponent), xp.ones_like(largest))
-    scaled = xp.astype(means / scale, dtype)
+    ordinary = False
+    if host:  # one read, free on the host
+        is_finite, is_far = (bool(v) for v in to_host(xp.stack([finite, far])))
+        if check_finite and not is_finite:
+            _raise_unrepresentable(features, labels, num_classes, xp, "class means")
+        ordinary = not is_far
+    # Features of ordinary size (scale 1, known on the host): the means as they are.
+    scaled = xp.astype(means if ordinary else means / scale, dtype, copy=not ordinary)
     residual = None
-    if acc == xp.float64:
+    if wide:
         n = xp.astype(counts, acc)[:, None]
         with quiet_invalid():  # Inf in the features: found through the means next
             residual = xp.astype(total / scale - n * xp.astype(scaled, acc), dtype)
     return scaled, xp.astype(scale, dtype), residual
+
+
+def _mean_rows(
+    num_classes: int,
+    dim: int,
+    acc: Any,
+    feature_dtype: Any,
+    xp: ModuleType,
+    chunk_size: int | None,
+    host: bool,
+) -> int:
+    """Rows per chunk of the class sums (in `acc`) of the first pass."""
+    if chunk_size is not None:
+        return check_positive_int(chunk_size, "chunk_size")
+    itemsize = 8 if acc == xp.float64 else 4
+    if acc == feature_dtype and has_native_segment_sum(xp):
+        # No cast, so no temporary of the chunk's size: chunks only bound the
+        # length of each accumulation, and few calls save per-call costs.
+        return max(1, CHUNK_BYTES // (itemsize * dim))
+    budget = HOST_CHUNK_BYTES if host else CHUNK_BYTES
+    rows = budget // (itemsize * dim)
+    if not adds_in_place(xp):
+        # Each call makes a (K, d) table to add up: at least K rows a call.
+        rows = max(rows, min(num_classes, CHUNK_BYTES // (itemsize * dim)))
+    return max(1, rows)
 
 
 def _normal_exponents(xp: ModuleType, dtype: Any) -> tuple[float, float]:
@@ -1024,19 +1081,22 @@ def _deviation_moments(
     dtype = shift.dtype
     device = array_device(shift)
     sums = xp.zeros((num_classes, dim), dtype=dtype, device=device)
-    sqnorms = xp.zeros(num_classes, dtype=dtype, device=device)
+    # Squared norms are positive and a class may have many rows: on the host
+    # they are summed in the widest float, so their rounding stays that of each
+    # row's norm (on a device, in `dtype`: one kernel less per chunk).
+    wide = wide_float(xp) if on_host(xp, device) else dtype
+    sqnorms = xp.zeros(num_classes, dtype=wide, device=device)
     gram_sum = xp.zeros((dim, dim), dtype=dtype, device=device) if gram else None
     extra = None
-    # x + (-s) rounds exactly like x - s.
-    neg_shift = -shift
     for part_rows in row_chunks(features.shape[0], rows):
         y = labels[part_rows]
         x = xp.astype(features[part_rows, ...], dtype, copy=False)
-        dev = gather_rows(neg_shift, y, xp) + (x if inverse_scale is None else x * inverse_scale)
+        dev = subtract_rows(x if inverse_scale is None else x * inverse_scale, shift, y, xp)
         if class_sums:
             sums = segment_sum(dev, y, num_classes, xp, into=sums)
         row_sq = xp.vecdot(dev, dev)
-        sqnorms = segment_sum(row_sq, y, num_classes, xp, into=sqnorms)
+        wide_sq = xp.astype(row_sq, wide, copy=False)
+        sqnorms = segment_sum(wide_sq, y, num_classes, xp, into=sqnorms)
         if gram_sum is not None:
             gram_sum = gram_sum + dev.T @ dev
         if visit is not None:
@@ -1044,7 +1104,7 @@ def _deviation_moments(
             extra = (
                 part if extra is None else tuple(a + b for a, b in zip(extra, part, strict=True))
             )
-    return sums, sqnorms, gram_sum, extra
+    return sums, xp.astype(sqnorms, dtype, copy=False), gram_sum, extra
 
 
 def rows_per_chunk(
