@@ -687,6 +687,9 @@ def check_stats_classifier(
     classifier: Array, stats: Any, name: str = "classifier", *, finite: bool = True
 ) -> Array:
     """`check_classifier` against `ClassStats` `stats`: their shape, namespace and device."""
+    if getattr(stats, "shift", None) is None or not hasattr(stats, "num_classes"):
+        msg = f"`stats` must be a ClassStats; got {type(stats).__name__}"
+        raise TypeError(msg)
     xp = namespace(stats=stats.shift, **{name: classifier})
     return check_classifier(
         classifier, (stats.num_classes, stats.dim), stats.dtype, xp, name, finite=finite

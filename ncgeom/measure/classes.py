@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import Any
 
 from .._lib.backend import array_device, index_dtype, namespace, to_host
-from .._lib.validate import check_choice, check_instance
+from .._lib.validate import check_choice, check_instance, check_positive_int
 from .stats import ClassStats
 
 Array = Any
@@ -45,6 +45,7 @@ class Classes:
     variances: Array | None  # (K',)
     device: Any = None
     centre_weights: Array | None = None  # (K',)
+    filtered: tuple[int, ...] = ()  # classes with samples left out by `CountFilter`
 
     @property
     def size(self) -> int:
@@ -111,6 +112,15 @@ DEGENERATE_REASONS = {
     "coincident": "two class means coincide (their distance is below rounding)",
     "scaled": "the sqrt(n)-scaled class means coincide (no direction to align with)",
     "classifier": "the classifier is zero on the classes with samples (no direction)",
+    "centred_zero": "a class mean equals the global mean (a zero centred norm has no log)",
+    "duality_mean": "the mean of w_k . (mu_k - mu_G) is zero (nothing to divide its spread by)",
+    "zero_direction": "a class mean equals the global mean to rounding (its centred mean has "
+    "no direction)",
+    "same_direction": "two centred class means point the same way (their angle is below "
+    "rounding, where the kernel is infinite)",
+    "riesz_singular": "two centred class means point the same way (their angle is below "
+    "rounding, where the Riesz kernel with s > 0 is infinite)",
+    "classifier_row": "a classifier row is zero (it has no direction)",
 }
 #: The flags that make each metric undefined, the most specific reason first.
 DEGENERATE_METRICS = {
@@ -122,6 +132,25 @@ DEGENERATE_METRICS = {
     "orthogonality_error": ("means", "alive"),
     "self_duality_error": ("means", "between", "classifier"),
     "scaled_alignment_error": ("means", "scaled", "classifier"),
+    "nc1_trace_ratio": ("means", "between"),
+    "log_equinorm": ("means", "between", "centred_zero"),
+    "classifier_equinorm": ("classifier",),
+    "uniform_duality": ("means", "between", "classifier", "duality_mean"),
+    "distance_norms": ("means", "between", "classifier"),
+    "ood_deviation": ("means",),
+    "equiangularity_std": ("means", "between", "zero_direction"),
+    "interference_mean": ("means", "between", "zero_direction"),
+    "interference_min": ("means", "between", "zero_direction"),
+    "interference_max": ("means", "between", "zero_direction"),
+    "log_energy": ("means", "between", "zero_direction", "same_direction"),
+    "log_energy_variance": ("means", "between", "zero_direction", "same_direction"),
+    "riesz_log_energy": ("means", "between", "zero_direction", "riesz_singular"),
+    "riesz_log_variance": ("means", "between", "zero_direction", "riesz_singular"),
+    "classifier_equiangularity": ("classifier", "classifier_row"),
+    "classifier_etf_error": ("classifier",),
+    "nearest_etf_distance": ("means", "between"),
+    "nearest_frame_distance": ("means",),
+    "optimum_frame_distance": ("means",),
 }
 
 
@@ -142,6 +171,7 @@ def class_view(
     stats: ClassStats | None = None,
     warn: bool = True,
     what: str = "statistics",
+    counts_kept: CountFilter | None = None,
 ) -> Classes:
     """The populated classes of class `counts` (K,) and scaled `means` (K, d).
 
@@ -151,9 +181,12 @@ def class_view(
     integers. Classes without samples are left out, with a warning that
     names them (in ranges, the first few when there are many:
     `Classes.excluded` holds them all); at least two classes must have
-    samples.
+    samples. `counts_kept` leaves out, without a warning, the classes whose
+    count lies outside its bounds (`Classes.filtered`; they are in
+    `Classes.excluded` too).
     """
     check_choice(global_mean, "global_mean", GLOBAL_MEANS)
+    bounds = counts_kept or CountFilter()
     xp = namespace(counts=counts, means=means)
     device = array_device(means)
     # The argument the user passed: the statistics, or the features and labels.
@@ -179,8 +212,11 @@ def class_view(
         first = int(host_counts.argmin())
         msg = f"`{counted}` must be non-negative; got {int(host_counts[first])} for class {first}"
         raise ValueError(msg)
-    index = tuple(int(k) for k in range(means.shape[0]) if host_counts[k] > 0)
-    excluded = tuple(int(k) for k in range(means.shape[0]) if host_counts[k] == 0)
+    index = tuple(int(k) for k in range(means.shape[0]) if bounds.keeps(int(host_counts[k])))
+    kept_ids = set(index)
+    excluded = tuple(k for k in range(means.shape[0]) if k not in kept_ids)
+    empty = tuple(k for k in excluded if host_counts[k] == 0)
+    filtered = tuple(k for k in excluded if host_counts[k] > 0)
     if len(index) < 2:
         named = "stats" if argument == "stats" else "labels"
         held = (
@@ -188,12 +224,18 @@ def class_view(
             if len(host_counts) <= 2 * _SHOWN_RUNS
             else f"classes with samples: {_id_ranges(index)} of {len(host_counts):,}"
         )
-        msg = f"`{named}` must hold at least two classes with samples; got {len(index)} ({held})"
+        if filtered:
+            msg = (
+                f"{bounds.describe()} must keep at least two classes; it keeps "
+                f"{len(index)} ({held})"
+            )
+        else:
+            msg = (
+                f"`{named}` must hold at least two classes with samples; got {len(index)} ({held})"
+            )
         raise ValueError(msg)
-    if excluded and warn:
-        warnings.warn(
-            _empty_classes_message(excluded, len(host_counts)), UserWarning, stacklevel=3
-        )
+    if empty and warn:
+        warnings.warn(_empty_classes_message(empty, len(host_counts)), UserWarning, stacklevel=3)
 
     def take(rows: Array) -> Array:
         return _take_rows(rows, index, excluded, xp, device)
@@ -204,9 +246,67 @@ def class_view(
     spread = None if variances is None else take(variances)
     weights = n / xp.sum(n) if global_mean == "samples" else xp.ones_like(n) / len(index)
     view = Classes(
-        xp, stats, index, excluded, host, n, kept, kept[0, ...], spread, device, weights
+        xp, stats, index, excluded, host, n, kept, kept[0, ...], spread, device, weights, filtered
     )
     return dataclasses.replace(view, global_mean=centre_of(view, global_mean))
+
+
+@dataclass(frozen=True)
+class CountFilter:
+    """Keep the classes with ``min_count <= n_k <= max_count`` samples (both inclusive).
+
+    The default keeps every class with samples. The metrics then see only
+    the kept classes: K, the global mean over samples and every average
+    count them alone.
+
+    Examples
+    --------
+    >>> from ncgeom.measure.classes import CountFilter
+    >>> bounds = CountFilter.of(min_count=10)
+    >>> bounds.keeps(9), bounds.keeps(10), bounds.describe()
+    (False, True, '`min_count`=10')
+    """
+
+    min_count: int = 1
+    max_count: int | None = None
+
+    @classmethod
+    def of(cls, min_count: int | None = None, max_count: int | None = None) -> CountFilter:
+        """Checked bounds: positive integers, `min_count` <= `max_count`."""
+        low = 1 if min_count is None else check_positive_int(min_count, "min_count")
+        high = None if max_count is None else check_positive_int(max_count, "max_count")
+        if high is not None and high < low:
+            msg = f"`max_count` must be at least `min_count` ({low}); got max_count={high}"
+            raise ValueError(msg)
+        return cls(low, high)
+
+    @property
+    def active(self) -> bool:
+        """Whether it can leave out a class with samples."""
+        return self.min_count > 1 or self.max_count is not None
+
+    def keeps(self, count: int) -> bool:
+        """Whether a class of `count` samples is kept (never an empty class)."""
+        if count < max(self.min_count, 1):
+            return False
+        return self.max_count is None or count <= self.max_count
+
+    def describe(self) -> str:
+        """The bounds as the user gave them, e.g. "`min_count`=10, `max_count`=500"."""
+        parts = []
+        if self.min_count > 1:
+            parts.append(f"`min_count`={self.min_count}")
+        if self.max_count is not None:
+            parts.append(f"`max_count`={self.max_count}")
+        return ", ".join(parts) or "the default class filter"
+
+    def reason(self, count: int) -> str:
+        """Why a class of `count` samples is left out."""
+        if count == 0:
+            return "no samples"
+        if count < self.min_count:
+            return f"{count} samples, fewer than min_count={self.min_count}"
+        return f"{count} samples, more than max_count={self.max_count}"
 
 
 def _finite_parts(
@@ -300,12 +400,32 @@ def centre_of(view: Classes, global_mean: str) -> Array:
     return xp.mean(view.means, axis=0)
 
 
-def populated(stats: ClassStats, global_mean: str = "samples", *, warn: bool = True) -> Classes:
+def populated(
+    stats: ClassStats,
+    global_mean: str = "samples",
+    *,
+    warn: bool = True,
+    min_count: int | None = None,
+    max_count: int | None = None,
+) -> Classes:
     """Restrict statistics to classes with samples (one host read of the counts).
 
     The statistics are checked first: one floating dtype and consistent
     shapes (no host read), then, in the host read, non-negative integer
-    counts and finite means, variances, Gram and scale.
+    counts and finite means, variances, Gram and scale. `min_count` and
+    `max_count` (inclusive) keep only the classes with that many samples
+    (`CountFilter`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ncgeom import ClassStats
+    >>> from ncgeom.metrics import populated
+    >>> y = np.repeat(np.arange(3), [50, 5, 20])
+    >>> stats = ClassStats.from_features(np.eye(3)[y], y, 3)
+    >>> view = populated(stats, min_count=10)
+    >>> view.index, view.filtered
+    ((0, 2), (1,))
     """
     check_instance(stats, ClassStats, "stats")
     check_choice(global_mean, "global_mean", GLOBAL_MEANS)
@@ -317,6 +437,7 @@ def populated(stats: ClassStats, global_mean: str = "samples", *, warn: bool = T
         global_mean,
         stats=stats,
         warn=warn,
+        counts_kept=CountFilter.of(min_count, max_count),
     )
 
 

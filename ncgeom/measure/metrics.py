@@ -32,55 +32,150 @@ from .classes import (
     DEGENERATE_REASONS,
     GLOBAL_MEANS,
     Classes,
+    CountFilter,
     centre_of,
     class_view,
     populated,
     undefined,
 )
+from .nearest import (
+    NEAREST_FLAGS,
+    NearestFrame,
+    nearest_orthogonal_frame,
+    nearest_orthogonal_frame_of,
+    nearest_simplex_etf,
+    nearest_simplex_etf_of,
+)
 from .pairs import (
+    CLASSIFIER_PAIR_METRICS,
+    INTERFERENCE_GRID_ENTRIES,
+    MEANS_PAIR_METRICS,
     PAIR_BLOCK_ELEMENTS,
     PAIR_METRICS,
+    SAMPLED_PAIR_METRICS,
+    SAMPLED_PAIRS_FROM,
     cdnv,
+    classifier_equiangularity,
+    classifier_etf_error,
+    classifier_pair_metrics,
     equiangularity,
+    equiangularity_std,
     etf_error,
+    interference_grid,
+    interference_max,
+    interference_mean,
+    interference_min,
+    log_energy,
+    log_energy_variance,
     orthogonality_error,
     pair_block_rows,
     pair_metrics,
+    riesz_log_energy,
+    riesz_log_variance,
+    sampled_pair_metrics,
 )
 from .stats import ClassStats, row_chunks, rows_per_chunk, warn_nc1_rounding
+from .variants import (
+    VARIANT_FLAGS,
+    bias_collapse,
+    bias_collapse_of,
+    check_ood_mean,
+    check_ood_vector,
+    classifier_equinorm,
+    classifier_equinorm_of,
+    distance_norms,
+    distance_norms_of,
+    log_equinorm,
+    log_equinorm_of,
+    nc1_trace_ratio,
+    nc1_trace_ratio_of,
+    ood_deviation,
+    ood_deviation_of,
+    uniform_duality,
+    uniform_duality_of,
+    uniform_duality_variance,
+    uniform_duality_variance_of,
+    variant_flags,
+)
 
 __all__ = [
+    "CLASSIFIER_PAIR_METRICS",
     "Classes",
+    "CountFilter",
     "DEGENERATE_METRICS",
     "DEGENERATE_REASONS",
     "GLOBAL_MEANS",
+    "INTERFERENCE_GRID_ENTRIES",
+    "MEANS_PAIR_METRICS",
     "NCCAgreement",
+    "NEAREST_FLAGS",
     "NearestCentre",
+    "NearestFrame",
     "PAIR_BLOCK_ELEMENTS",
     "PAIR_METRICS",
+    "SAMPLED_PAIRS_FROM",
+    "SAMPLED_PAIR_METRICS",
+    "VARIANT_FLAGS",
     "between_basis",
+    "bias_collapse",
+    "bias_collapse_of",
     "cdnv",
     "centre_of",
+    "check_ood_mean",
+    "check_ood_vector",
     "class_view",
+    "classifier_equiangularity",
+    "classifier_equinorm",
+    "classifier_equinorm_of",
+    "classifier_etf_error",
     "classifier_flags",
+    "classifier_pair_metrics",
+    "distance_norms",
+    "distance_norms_of",
     "equiangularity",
+    "equiangularity_std",
     "equinorm",
     "equinorm_of",
     "etf_error",
+    "interference_grid",
+    "interference_max",
+    "interference_mean",
+    "interference_min",
+    "log_energy",
+    "log_energy_variance",
+    "log_equinorm",
+    "log_equinorm_of",
     "nc1",
     "nc1_and_rounding_of",
     "nc1_from_scatter",
     "nc1_of",
+    "nc1_trace_ratio",
+    "nc1_trace_ratio_of",
     "ncc_agreement",
+    "nearest_orthogonal_frame",
+    "nearest_orthogonal_frame_of",
+    "nearest_simplex_etf",
+    "nearest_simplex_etf_of",
+    "ood_deviation",
+    "ood_deviation_of",
     "orthogonality_error",
     "pair_block_rows",
     "pair_metrics",
     "populated",
+    "riesz_log_energy",
+    "riesz_log_variance",
+    "sampled_pair_metrics",
     "scale_free",
     "scaled_alignment_error",
     "scaled_alignment_error_of",
     "self_duality_error",
     "self_duality_error_of",
+    "undefined",
+    "uniform_duality",
+    "uniform_duality_of",
+    "uniform_duality_variance",
+    "uniform_duality_variance_of",
+    "variant_flags",
 ]
 
 Array = Any
@@ -369,10 +464,26 @@ class NearestCentre:
         scores = self.sq - 2 * (along @ self.centred_along.T)
         return xp.take(self.classes, xp.argmin(scores, axis=1))
 
-    def matches(self, along: Array, logits: Array) -> Array:
-        """Number of rows (0-d int64) where ``argmax(logits)`` is the nearest centre."""
+    def matches(
+        self,
+        along: Array,
+        logits: Array,
+        *,
+        logit_classes: Array | None = None,
+        rows: Array | None = None,
+    ) -> Array:
+        """Number of rows (0-d int64) where ``argmax(logits)`` is the nearest centre.
+
+        Column j of `logits` is class j, or class ``logit_classes[j]`` where
+        given; `rows` (boolean) counts only the rows it marks.
+        """
         xp = namespace(along=along)
-        agree = xp.argmax(logits, axis=1) == self.nearest(along)
+        top = xp.argmax(logits, axis=1)
+        if logit_classes is not None:
+            top = xp.take(logit_classes, top)
+        agree = top == self.nearest(along)
+        if rows is not None:
+            agree = agree & rows
         return xp.sum(xp.astype(agree, index_dtype(xp)))
 
 
