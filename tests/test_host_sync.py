@@ -124,18 +124,22 @@ def test_report_reads_do_not_depend_on_the_chunks(with_classifier: bool) -> None
     # With the theory: its values and its counts, read once for the verdict's
     # context (before the features are touched). Then the label range, the
     # counts with the finiteness of the means, the eigensolver's status (the
-    # basis of the centred means), then the one transfer of every metric,
-    # and degeneracy flag (15 scalars with the objective and NC1's rounding
-    # estimate, 6 flags and 4 per-class vectors at most). The finiteness of the
-    # classifier and bias is read with the label range.
+    # basis of the centred means), the SVD's status of each nearest ideal
+    # geometry (simplex ETF, equal frame, and with the theory the optimum's
+    # frame), then the one transfer of every metric and degeneracy flag (40
+    # scalars with the objective and NC1's rounding estimate, 20 flags and 5
+    # per-class vectors at most). The finiteness of the classifier and bias is
+    # read with the label range.
     theory = [("read", "cpu")] * 2 if with_classifier else []
+    fits = [("checked", "linalg_svd")] * (3 if with_classifier else 2)
     assert one.kinds() == [
         *theory,
         *[("read", "cpu")] * 2,
         ("checked", "linalg_eigh"),
+        *fits,
         ("read", "cpu"),
     ]
-    assert one.largest() <= 15 + 6 + 4 * K
+    assert one.largest() <= 40 + 20 + 5 * K
     assert many.largest() < N  # never a feature-sized read
 
 
@@ -148,7 +152,12 @@ def test_report_from_statistics_reads_the_counts_and_the_results_only() -> None:
     stats = ClassStats.from_features(x, y, K)
     with HostSyncAudit() as audit:
         nc_report(stats)
-    assert audit.kinds() == [("read", "cpu"), ("checked", "linalg_eigh"), ("read", "cpu")]
+    assert audit.kinds() == [
+        ("read", "cpu"),
+        ("checked", "linalg_eigh"),
+        *[("checked", "linalg_svd")] * 2,  # the nearest simplex ETF and equal frame
+        ("read", "cpu"),
+    ]
 
 
 @pytest.mark.parametrize("names", [(name,) for name in metrics.PAIR_METRICS] + [None])
@@ -201,7 +210,7 @@ def _run_case(case: str, rows: int) -> None:
 #: Most kernel-launching torch calls per chunk: the work queued for each chunk
 #: of both passes (class means in float64; then deviations, scaled, with their
 #: class sums, squared norms and Gram or projections).
-KERNELS_PER_CHUNK = {"update_gram": 12, "update_nogram": 10, "report": 15, "report_classifier": 31}
+KERNELS_PER_CHUNK = {"update_gram": 12, "update_nogram": 10, "report": 16, "report_classifier": 32}
 
 
 @pytest.mark.parametrize("case", list(KERNELS_PER_CHUNK))

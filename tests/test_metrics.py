@@ -140,6 +140,8 @@ def test_report_in_memory_matches_reference(backend, data, chunk):
         "gof_error",
         "classifier_gram_error",
         "logit_structure_error",
+        "optimum_frame_distance",
+        "ood_deviation",
     }
     assert rep.counts == tuple(np.bincount(y, minlength=k).tolist())
     assert rep.num_samples == len(x) and rep.dim == x.shape[1] and rep.num_classes == k
@@ -155,8 +157,14 @@ def test_report_from_stats_matches_in_memory(backend, data):
             assert from_stats.ncc_agreement is None
             assert "features" in dict(from_stats.unavailable)["ncc_agreement"]
             continue
-        if name in ("gof_error", "classifier_gram_error", "logit_structure_error"):
-            assert getattr(from_stats, name) is getattr(in_memory, name) is None  # no theory
+        if name in (
+            "gof_error",
+            "classifier_gram_error",
+            "logit_structure_error",
+            "optimum_frame_distance",
+            "ood_deviation",
+        ):
+            assert getattr(from_stats, name) is getattr(in_memory, name) is None  # not given
             continue
         assert getattr(from_stats, name) == pytest.approx(getattr(in_memory, name), rel=RTOL)
 

@@ -169,7 +169,7 @@ def test_report_to_dict_layout():
     assert type(d["theory"]) is dict and d["theory"] == dict(report.theory)
     assert set(d) == {f.name for f in dataclasses.fields(report)} | {"verdict"}
     assert isinstance(d["verdict"], dict) and d["verdict"] == report.verdict().to_dict()
-    assert d["unavailable"] == {}
+    assert set(d["unavailable"]) == {"ood_deviation"}  # no out-of-distribution mean given
     assert isinstance(d["margins_measured"], list) and len(d["margins_measured"]) == 3
     # A class without samples is excluded, with its reason, and what it
     # prevents is listed under "unavailable".
@@ -990,8 +990,11 @@ def test_report_names_degenerate_metrics_in_one_warning_at_the_caller():
         rep = nc_report((x, y), np.eye(2))
     between, scaled = DEGENERATE_REASONS["between"], DEGENERATE_REASONS["scaled"]
     assert [str(w.message) for w in caught] == [
-        f"degenerate class geometry, {between}: nc1, cdnv, etf_error, equinorm, "
-        f"equiangularity, self_duality_error undefined; {scaled}: scaled_alignment_error "
+        f"degenerate class geometry, {between}: nc1, nc1_trace_ratio, cdnv, etf_error, "
+        "equinorm, log_equinorm, equiangularity, equiangularity_std, interference_mean, "
+        "interference_min, interference_max, log_energy, log_energy_variance, "
+        "riesz_log_energy, riesz_log_variance, nearest_etf_distance, self_duality_error, "
+        f"uniform_duality, distance_norms undefined; {scaled}: scaled_alignment_error "
         "undefined (NaN in the report)"
     ]
     assert caught[0].filename == __file__

@@ -20,6 +20,8 @@ from probes import (
     collectives,
     ids,
     inputs,
+    keywords,
+    metric_scales,
     mixed,
     nonfinite,
     plugins,
@@ -33,6 +35,8 @@ with warnings.catch_warnings():  # building some inputs (sparse CSR tensors) war
         *mixed.probes(),
         *nonfinite.probes(),
         *scales.probes(),
+        *metric_scales.probes(),
+        *keywords.probes(),
         *collectives.probes(),
         *plugins.probes(),
     ]

@@ -2,8 +2,8 @@
 
 A non-finite classifier or bias once gave a plausible NCC agreement (0.31
 instead of 1.0), a bias without a classifier a KeyError, a bias beside
-statistics was ignored, and a report given the theory said "no theory given"
-in its verdict.
+statistics was ignored (it now gives `bias_collapse`), and a report given the
+theory said "no theory given" in its verdict.
 """
 
 from __future__ import annotations
@@ -67,10 +67,17 @@ def test_a_bias_needs_a_classifier():
         nc_report((x, y), bias=np.zeros(len(COUNTS)))
 
 
-def test_a_bias_beside_statistics_is_refused_not_ignored():
+def test_a_bias_beside_statistics_is_used_not_ignored():
     _, x, y, w = _at_optimum()
     stats = ClassStats.from_features(x, y, len(COUNTS))
-    with pytest.raises(ValueError, match="`bias` is used only by the NCC agreement"):
+    bias = np.linspace(-1.0, 2.0, len(COUNTS))
+    report = nc_report(stats, w, bias)
+    expected = np.linalg.norm(np.asarray(w, dtype=float) @ x.mean(axis=0) + bias)
+    assert report.bias_collapse == pytest.approx(expected, rel=1e-12)
+    assert nc_report(stats, w).bias_collapse == pytest.approx(
+        np.linalg.norm(np.asarray(w, dtype=float) @ x.mean(axis=0)), rel=1e-12
+    )
+    with pytest.raises(ValueError, match="`bias`"):
         nc_report(stats, w, np.full(len(COUNTS), np.nan))
 
 

@@ -39,7 +39,7 @@ from ..theory import comparison as tm
 from ..theory.optimum import UFMOptimum
 from . import metrics as m
 from .stats import ClassStats, Visit, class_moments, warn_nc1_rounding
-from .verdict import Verdict
+from .verdict import NO_OPTIMUM_VALUE, Verdict
 from .vocabulary import METRIC_NAMES, METRICS
 
 __all__ = ["NCReport", "nc_report", "theory_context"]
@@ -61,10 +61,13 @@ class NCReport:
 
     Every value with units (``within_variance``, ``objective``, the measured
     norms and margins) is in the features' own units, whatever their size.
+    A metric estimated from sampled pairs (``nc_report(..., pairs=...)``) is
+    listed in `estimated` with the half width of its 95% interval.
     """
 
     METRICS: ClassVar[tuple[str, ...]] = METRIC_NAMES
     PER_CLASS: ClassVar[tuple[str, ...]] = (
+        "distance_norms",
         "margins_measured",
         "margins_predicted",
         "feature_norms_measured",
@@ -80,23 +83,45 @@ class NCReport:
     backend: str
     dtype: str
     nc1: float | None = None
+    nc1_trace_ratio: float | None = None
     cdnv: float | None = None
     within_variance: float | None = None
     etf_error: float | None = None
     equinorm: float | None = None
+    log_equinorm: float | None = None
     equiangularity: float | None = None
+    equiangularity_std: float | None = None
+    interference_mean: float | None = None
+    interference_min: float | None = None
+    interference_max: float | None = None
     orthogonality_error: float | None = None
+    log_energy: float | None = None
+    log_energy_variance: float | None = None
+    riesz_log_energy: float | None = None
+    riesz_log_variance: float | None = None
+    nearest_etf_distance: float | None = None
+    nearest_frame_distance: float | None = None
     self_duality_error: float | None = None
     scaled_alignment_error: float | None = None
+    classifier_equinorm: float | None = None
+    classifier_equiangularity: float | None = None
+    classifier_etf_error: float | None = None
+    uniform_duality: float | None = None
+    uniform_duality_variance: float | None = None
+    bias_collapse: float | None = None
     ncc_agreement: float | None = None
+    ood_deviation: float | None = None
     gof_error: float | None = None
     classifier_gram_error: float | None = None
     logit_structure_error: float | None = None
+    optimum_frame_distance: float | None = None
+    distance_norms: tuple[float, ...] | None = None
     margins_measured: tuple[float, ...] | None = None
     margins_predicted: tuple[float, ...] | None = None
     feature_norms_measured: tuple[float, ...] | None = None
     feature_norms_predicted: tuple[float, ...] | None = None
     unavailable: tuple[tuple[str, str], ...] = ()
+    estimated: tuple[tuple[str, float], ...] = ()
     objective: float | None = None
     theory: Mapping[str, Any] | None = dataclasses.field(default=None, hash=False)
 
@@ -151,6 +176,7 @@ class NCReport:
         out["counts"] = list(self.counts)
         out["excluded"] = [{"class": k, "reason": why} for k, why in self.excluded]
         out["unavailable"] = {name: why for name, why in self.unavailable}
+        out["estimated"] = {name: half for name, half in self.estimated}
         for name in self.PER_CLASS:
             if out[name] is not None:
                 out[name] = list(out[name])
@@ -182,6 +208,10 @@ def nc_report(
     *,
     theory: UFMOptimum | None = None,
     objective: float | None = None,
+    ood_mean: Array | None = None,
+    min_count: int | None = None,
+    max_count: int | None = None,
+    pairs: str | int = "auto",
     num_classes: int | None = None,
     global_mean: str = "samples",
     check_finite: bool = True,
@@ -202,9 +232,9 @@ def nc_report(
         Last-layer weights W (rows are classes); enables the classifier
         metrics. Must be finite.
     bias : array (K,), optional
-        Last-layer bias, used by the NCC agreement of in-memory features
-        (statistics have no samples to classify, so a bias is refused there).
-        Needs `classifier`; must be finite.
+        Last-layer bias: used by ``bias_collapse`` and by the NCC agreement
+        of in-memory features. Needs `classifier`; must be finite. Without
+        it the classifier counts as bias-free (b = 0).
     theory : UFMOptimum, optional
         The predicted optimum (`ncgeom.theory.ufm_relu_optimum`) for the
         training counts and weight decays, with the same K. Adds the
@@ -219,6 +249,24 @@ def nc_report(
         with its regulariser), for the verdict's gap to the optimum. Without
         it, the report measures the objective itself when it can: in-memory
         features of the theory's class counts, a classifier, no bias.
+    ood_mean : array (d,), optional
+        The mean feature of out-of-distribution samples, for NC5
+        (``ood_deviation``); finite and non-zero.
+    min_count, max_count : int, optional
+        Keep only the classes with ``min_count <= n_k <= max_count`` samples
+        (both inclusive; `ncgeom.metrics.CountFilter`): every metric then
+        sees the kept classes alone, and `NCReport.excluded` gives each
+        left-out class with its reason. NC1 from statistics is then
+        unavailable (their within-class Gram pools every class); from
+        in-memory features the passes leave the other classes' rows out.
+    pairs : "auto", "exact" or int
+        How the metrics of class pairs are computed: "exact", one blocked
+        pass over all K(K-1)/2 pairs; an int, unbiased estimates of the pair
+        means from that many sampled pairs, each with its 95% interval
+        (`NCReport.estimated`; `ncgeom.metrics.sampled_pair_metrics`), the
+        other pair metrics then unavailable with the reason; "auto"
+        (default), exact up to `ncgeom.metrics.SAMPLED_PAIRS_FROM` classes,
+        `SAMPLED_PAIRS` sampled pairs above.
     num_classes : int, optional
         K for in-memory input; default: rows of `classifier`, else
         ``max(labels) + 1`` (refused when that is far above the number of
@@ -259,6 +307,8 @@ def nc_report(
     (True, [3], [3])
     """
     check_choice(global_mean, "global_mean", m.GLOBAL_MEANS)
+    bounds = m.CountFilter.of(min_count, max_count)
+    _check_pairs(pairs)
     if bias is not None and classifier is None:
         msg = (
             "`bias` needs a `classifier`: it is added to the classifier's logits; "
@@ -273,18 +323,22 @@ def nc_report(
     ce_sum = None
     if isinstance(source, ClassStats):
         stats = source
-        if bias is not None:
-            msg = (
-                "`bias` is used only by the NCC agreement, which needs in-memory features; "
-                "with a ClassStats source pass no bias"
-            )
-            raise ValueError(msg)
         if context is not None:
             check_class_count(len(context["counts"]), stats.num_classes, "theory", "`stats` have")
         if classifier is not None:
             classifier = check_stats_classifier(classifier, stats)
-        view = m.populated(stats, global_mean)
-        if stats.gram is not None:
+        if bias is not None:
+            check_bias_vector(bias, stats.num_classes, namespace(stats=stats.shift, bias=bias))
+            bias = detach(bias)
+        view = m.populated(
+            stats, global_mean, min_count=bounds.min_count, max_count=bounds.max_count
+        )
+        if view.filtered:
+            unavailable["nc1"] = (
+                "the statistics' within-class Gram pools every class, also those left out "
+                f"by {bounds.describe()}: pass in-memory (features, labels)"
+            )
+        elif stats.gram is not None:
             values["nc1"], values[_NC1_ROUNDING] = m.nc1_and_rounding_of(view)
         else:
             unavailable["nc1"] = "statistics without Gram"
@@ -304,7 +358,10 @@ def nc_report(
             chunk_size,
             context,
             measure_objective=objective is None,
+            bounds=bounds,
+            ood_mean=ood_mean,
         )
+        ood_mean = scan.ood_mean
         stats, view, classifier, ce_sum = scan.stats, scan.view, scan.classifier, scan.ce_sum
         values["nc1"], values[_NC1_ROUNDING] = scan.nc1, scan.rounding
         objective_reason = scan.objective_reason
@@ -318,28 +375,36 @@ def nc_report(
         raise TypeError(msg)
 
     xp = view.xp
-    pairs, flags = m.pair_metrics(view)
-    flags.update(view.flags())
-    values.update(pairs)
-    # In float64: the variance in the features' units may leave float32's range.
-    scale = xp.astype(stats.unit_scale, wide_float(xp))
-    spread = xp.sum(view.counts * view.variances) / xp.sum(view.counts)
-    values["within_variance"] = xp.astype(spread, wide_float(xp)) * scale * scale
-    values["equinorm"] = m.equinorm_of(view)
+    vectors: dict[str, Array] = {}
+    half_widths: dict[str, Array] = {}
+    flags = _means_metrics(
+        view, stats, values, unavailable, _sampled_pairs(pairs, view.size), half_widths
+    )
+    values.update({_HALF_WIDTH + name: half for name, half in half_widths.items()})
     if classifier is not None:
-        values["self_duality_error"] = m.self_duality_error_of(classifier, view)
-        values["scaled_alignment_error"] = m.scaled_alignment_error_of(classifier, view)
-        flags.update(m.classifier_flags(classifier, view))
+        flags.update(_classifier_metrics(view, classifier, bias, values, vectors))
     else:
-        for name in ("self_duality_error", "scaled_alignment_error", "ncc_agreement"):
+        for name in (*_CLASSIFIER_METRICS, "ncc_agreement"):
             unavailable.setdefault(name, "no classifier given")
+    if ood_mean is not None:
+        if isinstance(source, ClassStats):
+            ood_mean = m.check_ood_mean(ood_mean, stats)
+        values["ood_deviation"] = m.ood_deviation_of(view, ood_mean)
+    else:
+        unavailable["ood_deviation"] = "no ood_mean given (mean of out-of-distribution features)"
     if theory is None:
-        for name in ("gof_error", "classifier_gram_error", "logit_structure_error"):
+        for name in (
+            "gof_error",
+            "classifier_gram_error",
+            "logit_structure_error",
+            "optimum_frame_distance",
+        ):
             unavailable[name] = "no theory given"
 
-    vectors: dict[str, Array] = {}
     if theory is not None:
-        _theory_values(stats, view, classifier, theory, values, vectors, unavailable)
+        _theory_values(
+            stats, view, classifier, theory, context, values, vectors, unavailable, bounds
+        )
     if ce_sum is not None:
         values["objective"] = _objective(ce_sum, stats, classifier, context)
     elif objective is None and context is not None:
@@ -357,6 +422,11 @@ def nc_report(
     for name in vector_names:
         floats[name] = tuple(float(v) for v in host[start : start + stats.num_classes])
         start += stats.num_classes
+    estimated = tuple(
+        (name[len(_HALF_WIDTH) :], floats.pop(name))
+        for name in list(floats)
+        if name.startswith(_HALF_WIDTH)
+    )
     if _NC1_ROUNDING in floats:
         origin = "statistics" if isinstance(source, ClassStats) else "features"
         rounding = floats.pop(_NC1_ROUNDING)
@@ -369,13 +439,156 @@ def nc_report(
         num_samples=sum(view.host_counts),
         dim=stats.dim,
         counts=view.host_counts,
-        excluded=tuple((k, "no samples") for k in view.excluded),
+        excluded=tuple((k, bounds.reason(view.host_counts[k])) for k in view.excluded),
         global_mean=global_mean,
         backend=backend_name(xp),
         dtype=str(stats.dtype).rsplit(".", maxsplit=1)[-1],
         unavailable=tuple(unavailable.items()),
+        estimated=estimated,
         theory=context,
         **floats,
+    )
+
+
+#: The metrics of the classifier against the statistics (the NCC agreement
+#: needs the samples too).
+_CLASSIFIER_METRICS = (
+    "self_duality_error",
+    "scaled_alignment_error",
+    "classifier_equinorm",
+    "classifier_equiangularity",
+    "classifier_etf_error",
+    "uniform_duality",
+    "uniform_duality_variance",
+    "bias_collapse",
+)
+
+
+def _means_metrics(
+    view: m.Classes,
+    stats: ClassStats,
+    values: dict[str, Array],
+    unavailable: dict[str, str],
+    sampled: int | None,
+    half_widths: dict[str, Array],
+) -> dict:
+    """The metrics of the class means and variances (one blocked pass over the
+    pairs, or `sampled` pairs with their intervals in `half_widths`; one thin
+    SVD for each nearest ideal geometry); returns the flags of degenerate
+    geometry."""
+    xp = view.xp
+    if sampled is None:
+        pairs, flags = m.pair_metrics(view, m.MEANS_PAIR_METRICS)
+    else:
+        names = tuple(name for name in m.SAMPLED_PAIR_METRICS if name in _SAMPLED_IN_REPORT)
+        pairs, halves = m.sampled_pair_metrics(view, names, sampled)
+        # interference_mean is exact (a Gram identity): not an estimate.
+        half_widths.update({k: v for k, v in halves.items() if k != "interference_mean"})
+        flags = {}
+        for name in m.MEANS_PAIR_METRICS:
+            if name not in pairs:
+                unavailable[name] = _not_sampled_reason(name, view.size, sampled)
+    flags.update(view.flags())
+    values.update(pairs)
+    # In float64: the variance in the features' units may leave float32's range.
+    scale = xp.astype(stats.unit_scale, wide_float(xp))
+    spread = xp.sum(view.counts * view.variances) / xp.sum(view.counts)
+    values["within_variance"] = xp.astype(spread, wide_float(xp)) * scale * scale
+    values["nc1_trace_ratio"] = m.nc1_trace_ratio_of(view)
+    values["equinorm"] = m.equinorm_of(view)
+    values["log_equinorm"] = m.log_equinorm_of(view)
+    flags.update(m.variant_flags(view))
+    num, dim = view.size, view.means.shape[1]
+    if dim >= num - 1:
+        values["nearest_etf_distance"] = m.nearest_simplex_etf_of(view).relative_distance
+    else:
+        unavailable["nearest_etf_distance"] = (
+            f"a simplex ETF of {num} classes needs dim >= {num - 1}; the features have {dim}"
+        )
+    if dim >= num:
+        values["nearest_frame_distance"] = m.nearest_orthogonal_frame_of(view).relative_distance
+    else:
+        unavailable["nearest_frame_distance"] = (
+            f"an orthogonal frame of {num} classes needs dim >= {num}; the features have {dim}"
+        )
+    return flags
+
+
+def _classifier_metrics(
+    view: m.Classes,
+    classifier: Array,
+    bias: Array | None,
+    values: dict[str, Array],
+    vectors: dict[str, Array],
+) -> dict:
+    """The metrics of a checked classifier (and bias) against the class view;
+    returns their flags of degenerate geometry."""
+    values["self_duality_error"] = m.self_duality_error_of(classifier, view)
+    values["scaled_alignment_error"] = m.scaled_alignment_error_of(classifier, view)
+    pairs, flags = m.classifier_pair_metrics(
+        view.take(classifier), ("classifier_equiangularity", "classifier_etf_error")
+    )
+    values.update(pairs)
+    values["classifier_equinorm"] = m.classifier_equinorm_of(classifier, view)
+    values["uniform_duality"] = m.uniform_duality_of(classifier, view)
+    values["uniform_duality_variance"] = m.uniform_duality_variance_of(classifier, view)
+    values["bias_collapse"] = m.bias_collapse_of(classifier, bias, view)
+    vectors["distance_norms"] = m.distance_norms_of(classifier, view)
+    flags.update(m.classifier_flags(classifier, view))
+    flags.update(m.variant_flags(view, classifier))
+    return flags
+
+
+#: Pairs sampled by ``pairs="auto"`` above `ncgeom.metrics.SAMPLED_PAIRS_FROM`
+#: classes: intervals about 1e-3 of the spread of the terms.
+SAMPLED_PAIRS = 2**22
+#: The pair means the report estimates from sampled pairs. The Riesz energy is
+#: left out: with the default s = d - 2 a few closest pairs carry it, which
+#: uniform sampling rarely draws (its estimate would be low, its interval too
+#: narrow).
+_SAMPLED_IN_REPORT = (
+    "cdnv",
+    "equiangularity",
+    "orthogonality_error",
+    "log_energy",
+    "interference_mean",
+)
+#: Prefix of the keys under which the intervals travel with the results.
+_HALF_WIDTH = "half_width:"
+
+
+def _check_pairs(pairs: Any) -> None:
+    """`pairs`: "auto", "exact" or a number of sampled pairs (>= 2)."""
+    if isinstance(pairs, str):
+        check_choice(pairs, "pairs", ("auto", "exact"))
+        return
+    msg = f'`pairs` must be "auto", "exact" or a number of sampled pairs >= 2; got {pairs!r}'
+    if isinstance(pairs, bool) or not isinstance(pairs, int):
+        raise TypeError(msg)
+    if pairs < 2:
+        raise ValueError(msg)
+
+
+def _sampled_pairs(pairs: str | int, num: int) -> int | None:
+    """The number of pairs to sample, None for the exact pass."""
+    if pairs == "exact":
+        return None
+    if pairs == "auto":
+        return SAMPLED_PAIRS if num > m.SAMPLED_PAIRS_FROM else None
+    return int(pairs)
+
+
+def _not_sampled_reason(name: str, num: int, sampled: int) -> str:
+    """Why a pair metric is missing from a report of sampled pairs."""
+    why = (
+        "the few closest pairs carry it, which sampling rarely draws"
+        if name.startswith("riesz")
+        else "a minimum, maximum, variance or Frobenius norm has no unbiased estimate"
+        " from sampled pairs"
+    )
+    return (
+        f"not estimated from {sampled:,} sampled pairs of {num:,} classes ({why}): "
+        'pass pairs="exact"'
     )
 
 
@@ -414,13 +627,15 @@ def _objective(
 
 
 def _mark_degenerate(floats: dict[str, Any], unavailable: dict[str, str], raised: set) -> None:
-    """Metrics that degenerate geometry leaves undefined become NaN with a reason;
-    one warning names them."""
+    """Metrics that degenerate geometry leaves undefined become NaN with a reason
+    (per-class ones all NaN); one warning names them, in report order."""
     hit: dict[str, list[str]] = {}
-    for name, needs in m.DEGENERATE_METRICS.items():
+    for name in (*METRIC_NAMES, *NCReport.PER_CLASS):
+        needs = m.DEGENERATE_METRICS.get(name, ())
         reasons = [m.DEGENERATE_REASONS[flag] for flag in needs if flag in raised]
         if reasons and name in floats:
-            floats[name] = float("nan")
+            value = floats[name]
+            floats[name] = tuple(math.nan for _ in value) if isinstance(value, tuple) else math.nan
             unavailable[name] = reasons[0]
             hit.setdefault(reasons[0], []).append(name)
     if hit:
@@ -465,6 +680,7 @@ class _Scan(NamedTuple):
     classifier: Array | None  # the checked classifier
     ce_sum: Array | None  # summed cross-entropy of the UFM+ objective
     objective_reason: str | None  # why `ce_sum` is None
+    ood_mean: Array | None  # the checked mean of out-of-distribution features
 
 
 def _scan_features(
@@ -479,6 +695,8 @@ def _scan_features(
     context: Mapping[str, Any] | None,
     *,
     measure_objective: bool,
+    bounds: m.CountFilter,
+    ood_mean: Array | None,
 ) -> _Scan:
     """The engine's two passes over in-memory features, plus NC1 along the span
     of the centred means, the NCC agreement and the summed cross-entropy of the
@@ -490,6 +708,8 @@ def _scan_features(
         msg = f"`features` must have at least one column; got shape {tuple(features.shape)}"
         raise ValueError(msg)
     num, dim = features.shape
+    if ood_mean is not None:  # checked before the passes
+        ood_mean = m.check_ood_vector(ood_mean, dim, like=features, like_name="features")
     theory_classes = None if context is None else len(context["counts"])
     if num_classes is None:
         num_classes = _infer_num_classes(labels, classifier, num, xp)
@@ -525,8 +745,16 @@ def _scan_features(
     state: dict[str, Any] = {"reason": objective_reason}
 
     def visitor(counts: Array, means: Array) -> Visit:
-        first = m.class_view(counts, means, None, global_mean, warn=True, what="features")
+        first = m.class_view(
+            counts, means, None, global_mean, warn=True, what="features", counts_kept=bounds
+        )
         basis, weights = m.between_basis(first.centred, xp)
+        # Rows of classes left out by the count filter weigh 0 in every sum.
+        kept_rows = None
+        if first.filtered:
+            mask = np.zeros(num_classes)
+            mask[list(first.index)] = 1.0
+            kept_rows = xp.asarray(mask, dtype=wide_float(xp), device=first.device)
         # Positions among the populated classes -> class ids (built on the
         # device when every class is populated: no upload).
         if first.excluded:
@@ -545,6 +773,14 @@ def _scan_features(
             weight = classifier / largest
             if bias is not None:
                 shift = xp.astype(detach(bias), dtype) / largest
+            if first.filtered:  # logits of the kept classes only
+                weight = first.take(weight)
+                shift = None if shift is None else first.take(shift)
+        if state["reason"] is None and first.filtered:
+            state["reason"] = (
+                f"the objective covers every class, and {bounds.describe()} left some out: "
+                "pass objective="
+            )
         if state["reason"] is None and first.host_counts != tuple(context["counts"]):
             state["reason"] = (
                 "the features' class counts differ from the theory's: pass objective= "
@@ -561,16 +797,25 @@ def _scan_features(
             wide = xp.astype(dev_along, wide_float(xp))
             squares = wide * wide
             # Weighted by each row's squared norm: what the rounding of the
-            # row's projection can move, for NC1's rounding estimate.
+            # row's projection can move, for NC1's rounding estimate. Both
+            # sums over the rows in one product.
             norms = xp.astype(dev_sq, wide_float(xp))
-            sums = (xp.sum(squares, axis=0), norms @ squares)
+            keep = None
+            if kept_rows is not None:
+                keep = gather_rows(kept_rows, y, xp)
+                squares = squares * keep[:, None]
+            both = xp.stack([xp.ones_like(norms), norms]) @ squares
+            sums = (both[0, ...], both[1, ...])
             if weight is None:
                 return sums
             logits = xp.astype(x, dtype, copy=False) @ weight.T
             if shift is not None:
                 logits = logits + shift
             along = dev_along + gather_rows(centred_along, y, xp)
-            sums = (*sums, rule.matches(along, logits))
+            if keep is None:
+                sums = (*sums, rule.matches(along, logits))
+            else:
+                sums = (*sums, rule.matches(along, logits, logit_classes=index, rows=keep > 0))
             if classes is None:
                 return sums
             return (
@@ -611,10 +856,12 @@ def _scan_features(
     rounding = _projection_rounding(scatter, basis_weights, extra[1], view, dim)
     agreement = ce_sum = None
     if classifier is not None:
-        agreement = xp.astype(extra[2], dtype) / num
+        agreement = xp.astype(extra[2], dtype) / xp.sum(view.counts)
         if state["reason"] is None:
             ce_sum = extra[3]
-    scan = _Scan(stats, view, nc1, rounding, agreement, classifier, ce_sum, state["reason"])
+    scan = _Scan(
+        stats, view, nc1, rounding, agreement, classifier, ce_sum, state["reason"], ood_mean
+    )
     return scan
 
 
@@ -673,9 +920,11 @@ def _theory_values(
     view: m.Classes,
     classifier: Array | None,
     theory: UFMOptimum,
+    context: Mapping[str, Any],
     values: dict[str, Array],
     vectors: dict[str, Array],
     unavailable: dict[str, str],
+    bounds: m.CountFilter,
 ) -> None:
     """Add the theory-based metrics to `values` (scalars) and `vectors` (per class).
 
@@ -683,7 +932,19 @@ def _theory_values(
     (so no square overflows); norms and margins, which carry the features'
     units, are multiplied back by the scale in float64.
     """
-    names = ("gof_error", "classifier_gram_error", "logit_structure_error", *NCReport.PER_CLASS)
+    names = (
+        "gof_error",
+        "classifier_gram_error",
+        "logit_structure_error",
+        "optimum_frame_distance",
+        *_THEORY_PER_CLASS,
+    )
+    if view.filtered:
+        for name in names:
+            unavailable[name] = (
+                f"the theory covers every class, and {bounds.describe()} left some out"
+            )
+        return
     if view.excluded:
         for name in names:
             unavailable[name] = "the theory needs every class to have samples"
@@ -695,6 +956,14 @@ def _theory_values(
     norms = tm.norm_comparison(means, theory, check_finite=False)
     vectors["feature_norms_measured"] = xp.astype(norms.measured, wide_float(xp)) * scale
     vectors["feature_norms_predicted"] = norms.predicted
+    alive = sum(context["alive"])
+    if stats.dim >= alive:
+        frame = m.nearest_orthogonal_frame_of(view, np.asarray(context["feature_norms"]))
+        values["optimum_frame_distance"] = frame.relative_distance
+    else:
+        unavailable["optimum_frame_distance"] = (
+            f"the optimum's frame has {alive} non-zero rows, more than dim = {stats.dim}"
+        )
     if classifier is None:
         for name in (
             "classifier_gram_error",
@@ -714,6 +983,15 @@ def _theory_values(
     margins = tm.margin_comparison(classifier, means, theory, check_finite=False)
     vectors["margins_measured"] = xp.astype(margins.measured, wide_float(xp)) * scale
     vectors["margins_predicted"] = margins.predicted
+
+
+#: The per-class quantities measured against the optimum.
+_THEORY_PER_CLASS = (
+    "margins_measured",
+    "margins_predicted",
+    "feature_norms_measured",
+    "feature_norms_predicted",
+)
 
 
 # ----------------------------------------------------------------------------- theory
@@ -739,8 +1017,8 @@ def theory_context(optimum: UFMOptimum, *, global_mean: str = "samples") -> dict
     -------
     dict
         ``lambda_w``, ``lambda_h``, ``counts``, ``num_samples``,
-        ``collapse_count`` (n_crit), ``alive`` (per class), ``objective``
-        (f*), ``targets`` (each metric's value at the optimum, or None) and
+        ``collapse_count`` (n_crit), ``alive`` and ``feature_norms`` (per
+        class), ``objective`` (f*), ``targets`` (each metric's value at the optimum, or None) and
         ``target_reasons`` (why one is None).
 
     Examples
@@ -770,6 +1048,7 @@ def theory_context(optimum: UFMOptimum, *, global_mean: str = "samples") -> dict
         "collapse_count": float(host.collapse_count),
         "alive": [bool(a) for a in host.alive],
         "objective": float(host.objective),
+        "feature_norms": [float(v) for v in host.feature_norms],
     }
     context["targets"], context["target_reasons"] = _targets_at(host, global_mean)
     return context
@@ -823,6 +1102,10 @@ def _targets_at(
     if k <= TARGET_CLASSES:
         values, why = _metrics_at(optimum, global_mean)
     for name, metric in METRICS.items():
+        if metric.expect == "none":
+            targets[name] = None
+            reasons[name] = NO_OPTIMUM_VALUE
+            continue
         if metric.expect != "value":
             targets[name] = 0.0 if metric.expect == "zero" else 1.0
             continue

@@ -33,6 +33,8 @@ __all__ = ["COLLAPSED_FRACTION", "ClassCheck", "MetricCheck", "Verdict"]
 #: of the largest class-mean norm.
 COLLAPSED_FRACTION = 0.1
 #: What to pass for a theory context.
+#: Why a metric with ``expect="none"`` has no value at the optimum.
+NO_OPTIMUM_VALUE = "the theorem has no out-of-distribution data: no value at the optimum"
 _NO_THEORY = (
     "no theory given: pass theory=ncgeom.ufm_relu_optimum(counts, lambda_w, lambda_h) to nc_report"
 )
@@ -223,9 +225,11 @@ class Verdict:
     def lines(self) -> list[str]:
         """The verdict as indented plain-text lines."""
         out = ["Verdict", "  " + self.gap_sentence(), "  " + self.collapse_sentence()]
-        out.append(f"  {'metric':<34} {'optimum':<30} {'measured':>10} {'distance':>10}")
-        for name, target, measured, distance, note in self.metric_rows():
-            line = f"  {name:<34} {target:<30} {measured:>10} {distance:>10}"
+        rows = self.metric_rows()
+        width = max([34, *(len(row[0]) for row in rows)])
+        out.append(f"  {'metric':<{width}} {'optimum':<30} {'measured':>10} {'distance':>10}")
+        for name, target, measured, distance, note in rows:
+            line = f"  {name:<{width}} {target:<30} {measured:>10} {distance:>10}"
             out.append(line + (f"  - {note}" if note else ""))
         return out
 
@@ -338,19 +342,26 @@ def _metric_checks(
     report: Any, context: Mapping[str, Any] | None, why: dict[str, str]
 ) -> tuple[MetricCheck, ...]:
     checks = []
+    estimated = dict(getattr(report, "estimated", ()))
     for name, metric in METRICS.items():
         measured = getattr(report, name)
         reason = None
         if measured is None or not math.isfinite(measured):
             reason = why.get(name, "not computed")
+        elif name in estimated:
+            reason = f"estimated from sampled pairs: +- {estimated[name]:.2g} (95% interval)"
         if context is not None:
             target = context["targets"].get(name)
             if target is None and reason is None:
                 reason = context["target_reasons"].get(name, "no value at the optimum")
+        elif metric.expect == "none":
+            target = None
+            if reason is None:
+                reason = NO_OPTIMUM_VALUE
         elif metric.expect == "value":
             target = None
             if reason is None:
-                reason = "value at the optimum depends on the counts: " + _NO_THEORY
+                reason = "its value at the optimum depends on the counts: no theory given"
         else:
             target = 0.0 if metric.expect == "zero" else 1.0
         distance = None

@@ -310,6 +310,8 @@ def nc_metrics(
     lambda_w: float | None = None,
     lambda_h: float | None = None,
     counts: Sequence[int] | None = None,
+    bias: Array | None = None,
+    ood_mean: Array | None = None,
 ) -> NCReport:
     """The `ncgeom.NCReport` of the state (on the host: call it outside ``jax.jit``).
 
@@ -324,6 +326,12 @@ def nc_metrics(
         (`ncgeom.theory.ufm_relu_optimum`) for `counts`.
     counts : sequence of int, optional
         Class counts of the training set; default the observed counts.
+    bias : jax.Array (K,), optional
+        The classifier's bias (e.g. ``params["Dense_1"]["bias"]``), for
+        ``bias_collapse``; needs `classifier`.
+    ood_mean : jax.Array (d,), optional
+        Mean feature of out-of-distribution samples, for NC5
+        (``ood_deviation``; see `ncgeom.nc_report`).
 
     Examples
     --------
@@ -348,4 +356,4 @@ def nc_metrics(
         if counts is None:
             counts = [int(n) for n in stats.counts.tolist()]
         theory = ufm_relu_optimum(counts, lambda_w, lambda_h, xp=jnp, dtype=stats.dtype)
-    return nc_report(stats, classifier, theory=theory)
+    return nc_report(stats, classifier, bias, theory=theory, ood_mean=ood_mean)

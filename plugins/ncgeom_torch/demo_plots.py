@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ncgeom.vocabulary import METRICS, PER_CLASS
+from ncgeom.vocabulary import FIGURE_METRICS, METRICS, PER_CLASS
 
 __all__ = ["STYLE", "write_figures"]
 
@@ -101,9 +101,8 @@ def _metrics_figure(
     else:
         title = "Objective gap: no objective recorded"
     _style(gap_axes, title, "epoch", "objective gap f - f* (log scale)")
-    for index, (name, metric) in enumerate(METRICS.items()):
-        if name == "within_variance":
-            continue  # in feature units; NC1 and CDNV carry the same information
+    for index, name in enumerate(FIGURE_METRICS):
+        metric = METRICS[name]
         distances = [
             np.nan
             if (e.get("verdict") or {}).get("metrics", {}).get(name, {}).get("distance") is None

@@ -28,10 +28,11 @@ from torch import nn
 
 from ncgeom import ClassStats, NCReport, nc_report
 from ncgeom.checks import check_num_classes, check_positive, check_positive_int
+from ncgeom.metrics import check_ood_vector
 from ncgeom.plugins import reduce_class_stats
 from ncgeom.utils import jsonable
 
-from .regularizer import classifier_weight
+from .regularizer import classifier_weight, layer_bias
 from .tap import resolve_layer
 from .tracker import checked_counts, optimum_for
 
@@ -112,6 +113,9 @@ class NeuralCollapseCallback(pl.Callback):
         Folder of ``neural_collapse.json`` and ``neural_collapse.md``,
         written by global rank 0 at the end of the fit. Default: the
         trainer's ``log_dir`` (else its ``default_root_dir``).
+    ood_mean : tensor (d,), optional
+        Mean feature of out-of-distribution samples: adds NC5
+        (``ood_deviation``; see `ncgeom.nc_report`).
 
     Attributes
     ----------
@@ -174,6 +178,7 @@ class NeuralCollapseCallback(pl.Callback):
         dtype: torch.dtype = torch.float64,
         prefix: str = "nc/",
         report_dir: str | Path | None = None,
+        ood_mean: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.num_classes = check_num_classes(num_classes)
@@ -205,6 +210,7 @@ class NeuralCollapseCallback(pl.Callback):
         self.dtype = dtype
         self.prefix = str(prefix)
         self.report_dir = None if report_dir is None else Path(report_dir)
+        self.ood_mean = None if ood_mean is None else _checked_ood_mean(ood_mean)
         self.history: list[tuple[int, dict[str, Any]]] = []
         self.last_report: NCReport | None = None
         self.report_path: Path | None = None
@@ -395,7 +401,7 @@ class NeuralCollapseCallback(pl.Callback):
         return combined if int(combined.num_samples) > 0 else None
 
     def _report(self, stats: ClassStats) -> NCReport:
-        weight = None
+        weight = bias = None
         layer_weight = getattr(self.layer, "weight", None)
         with_theory = self.lambda_w is not None
         if (
@@ -405,16 +411,34 @@ class NeuralCollapseCallback(pl.Callback):
         ):
             weight = classifier_weight(self.layer, warn=with_theory).detach()
             weight = weight.to(device=stats.device, dtype=stats.dtype)
+            bias = layer_bias(self.layer)
+            if bias is not None:
+                bias = bias.to(device=stats.device, dtype=stats.dtype)
         theory = None
         if with_theory:
             theory = optimum_for(stats, self.counts, self.lambda_w, self.lambda_h)
-        return nc_report(stats, weight, theory=theory)
+        ood_mean = self.ood_mean
+        if ood_mean is not None:
+            ood_mean = ood_mean.to(device=stats.device, dtype=stats.dtype)
+        return nc_report(stats, weight, bias, theory=theory, ood_mean=ood_mean)
 
     def _layer_name(self, pl_module: pl.LightningModule) -> str:
         for name, module in pl_module.named_modules():
             if module is self.layer:
                 return name
         return type(self.layer).__name__
+
+
+def _checked_ood_mean(ood_mean: Any) -> torch.Tensor:
+    """A finite, non-zero 1-D floating tensor, checked when the callback is made
+    (its width is checked against the features' at the first report)."""
+    if not isinstance(ood_mean, torch.Tensor):
+        msg = f"`ood_mean` must be a 1-D torch tensor; got {type(ood_mean).__name__}"
+        raise TypeError(msg)
+    if ood_mean.ndim != 1:
+        msg = f"`ood_mean` must be 1-D (one entry per feature); got shape {tuple(ood_mean.shape)}"
+        raise ValueError(msg)
+    return check_ood_vector(ood_mean, ood_mean.shape[0], like=ood_mean, like_name="ood_mean")
 
 
 def default_labels(batch: Any) -> Any:

@@ -59,6 +59,20 @@ def classifier_weight(classifier: nn.Module | torch.Tensor, *, warn: bool = Fals
     return weight
 
 
+def layer_bias(classifier: nn.Module | torch.Tensor) -> torch.Tensor | None:
+    """The detached (K,) bias of a classifier layer; None for a tensor or a bias-free layer.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> from ncgeom_torch.regularizer import layer_bias
+    >>> layer_bias(nn.Linear(8, 3)).shape, layer_bias(nn.Linear(8, 3, bias=False))
+    (torch.Size([3]), None)
+    """
+    bias = getattr(classifier, "bias", None) if isinstance(classifier, nn.Module) else None
+    return bias.detach() if isinstance(bias, torch.Tensor) else None
+
+
 def ufm_penalty(
     weight: torch.Tensor,
     features: torch.Tensor,

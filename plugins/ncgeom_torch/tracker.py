@@ -23,7 +23,7 @@ from ncgeom.theory import UFMOptimum, ufm_relu_optimum
 from ncgeom.utils import jsonable
 
 from ._plugin import all_reduce_stats
-from .regularizer import classifier_weight
+from .regularizer import classifier_weight, layer_bias
 from .tap import FeatureTap, unwrap_model
 
 __all__ = ["NCTracker"]
@@ -205,6 +205,7 @@ class NCTracker:
         lambda_h: float | None = None,
         device: torch.device | str | None = None,
         ncc: bool = True,
+        ood_mean: torch.Tensor | None = None,
     ) -> NCReport:
         """Statistics of one pass of `model` over `loader`, then `report`.
 
@@ -248,6 +249,9 @@ class NCTracker:
             Where inputs go; default the device of the model's parameters.
         ncc : bool
             Make the second pass for the NCC agreement (default True).
+        ood_mean : tensor (d,), optional
+            Mean feature of out-of-distribution samples, for NC5
+            (``ood_deviation``; see `ncgeom.nc_report`).
 
         Returns
         -------
@@ -325,7 +329,7 @@ class NCTracker:
                 "`loader` is a one-shot iterator: the second pass that NCC needs is impossible"
             )
         with self._lock:
-            report = self._report(classifier, lambda_w, lambda_h, None, objective)
+            report = self._report(classifier, lambda_w, lambda_h, None, objective, ood_mean)
             if why_ncc is None:
                 pair = self._all_sum(torch.stack([agreement.matches, agreement.total]).double())
                 matches, total = (float(v) for v in pair.cpu())
@@ -390,14 +394,16 @@ class NCTracker:
         counts: Any = None,
         step: int | None = None,
         objective: float | None = None,
+        ood_mean: torch.Tensor | None = None,
     ) -> NCReport:
         """Neural-collapse report of the observed samples (of all ranks).
 
         Parameters
         ----------
         classifier : torch.nn.Module or tensor, optional
-            The classifier layer (its ``weight``) or its (K, d) weight; enables
-            the classifier metrics.
+            The classifier layer (its ``weight``, and its ``bias`` for
+            ``bias_collapse``) or its (K, d) weight; enables the classifier
+            metrics.
         lambda_w, lambda_h : float, optional
             Regularisation of the UFM+ objective (give both or neither); when
             given, the report adds the comparison with the closed-form optimum
@@ -414,6 +420,9 @@ class NCTracker:
             The UFM+ objective measured at these features (e.g. the training
             loss with `ufm_penalty`); with the lambdas, the verdict gives its
             gap to the optimum.
+        ood_mean : tensor (d,), optional
+            Mean feature of out-of-distribution samples, for NC5
+            (``ood_deviation``; see `ncgeom.nc_report`).
 
         Returns
         -------
@@ -429,7 +438,7 @@ class NCTracker:
             If no batch was observed (on any rank).
         """
         with self._lock:
-            report = self._report(classifier, lambda_w, lambda_h, counts, objective)
+            report = self._report(classifier, lambda_w, lambda_h, counts, objective, ood_mean)
             self._record(report, step, lambda_w, lambda_h)
         return report
 
@@ -440,6 +449,7 @@ class NCTracker:
         lambda_h: float | None,
         counts: Any,
         objective: float | None,
+        ood_mean: torch.Tensor | None = None,
     ) -> NCReport:
         """The report (with the verdict's context), not yet in `history`."""
         if (lambda_w is None) != (lambda_h is None):
@@ -452,15 +462,20 @@ class NCTracker:
         if with_theory:
             lambda_w = check_positive(lambda_w, "lambda_w")
             lambda_h = check_positive(lambda_h, "lambda_h")
-        weight = None
+        weight = bias = None
         if classifier is not None:
             weight = classifier_weight(classifier, warn=with_theory).detach()
+            bias = layer_bias(classifier)
         with self._lock:
             stats = self.combined_stats()
             theory = None
             if with_theory:
                 theory = self._theory(stats, counts, lambda_w, lambda_h)
-            report = nc_report(stats, weight, theory=theory, objective=objective)
+            if bias is not None:
+                bias = bias.to(device=stats.device, dtype=stats.dtype)
+            report = nc_report(
+                stats, weight, bias, theory=theory, objective=objective, ood_mean=ood_mean
+            )
         if weight is not None:
             report = _with_metric(report, "ncc_agreement", None, _NCC_FROM_STATISTICS)
         return report

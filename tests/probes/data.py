@@ -76,3 +76,14 @@ def jax_numpy() -> ModuleType:
     from ncgeom._lib.backend import backend_namespace
 
     return backend_namespace("jax")
+
+
+def evaluate_tracker(ood_mean: Any) -> Any:
+    """`NCTracker.evaluate` of a small float64 model over one batch of the base
+    labels, with `ood_mean`."""
+    from ncgeom_torch import NCTracker
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, D), torch.nn.ReLU(), torch.nn.Linear(D, K))
+    loader = [(torch.randn(N, 5, dtype=torch.float64), tt(LABELS))]
+    return NCTracker(K).evaluate(model.double(), loader, "2", ood_mean=ood_mean)

@@ -226,3 +226,180 @@ def field_checks(pairs: Sequence[tuple[str, Any, float]]) -> Check:
             raise AssertionError("; ".join(problems))
 
     return check
+
+
+# ------------------------------------------------------------- pair and variant metrics
+#
+# Each takes float64 class means (K, d) of the classes counted, and where it
+# needs them counts, variances or the classifier rows of the same classes.
+
+
+def centred_means(
+    means: np.ndarray, counts: np.ndarray, global_mean: str = "samples"
+) -> np.ndarray:
+    """mu_k - mu_G, mu_G weighted by the counts ("samples") or not ("classes")."""
+    means = np.asarray(means, dtype=np.float64)
+    weights = np.asarray(counts, dtype=np.float64) if global_mean == "samples" else None
+    return means - np.average(means, axis=0, weights=weights)
+
+
+def _directions(rows: np.ndarray) -> np.ndarray:
+    rows = np.asarray(rows, dtype=np.float64)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def pair_cosines(rows: np.ndarray) -> np.ndarray:
+    """cos(r_k, r_l) over the pairs k < l."""
+    u = _directions(rows)
+    upper = np.triu_indices(u.shape[0], 1)
+    return (u @ u.T)[upper]
+
+
+def pair_direction_distances(rows: np.ndarray) -> np.ndarray:
+    """||u_k - u_l|| over the pairs k < l, u the rows over their norms."""
+    u = _directions(rows)
+    first, second = np.triu_indices(u.shape[0], 1)
+    return np.linalg.norm(u[first] - u[second], axis=1)
+
+
+def log_energy(centred: np.ndarray) -> float:
+    """mean over pairs of log(1 / ||u_k - u_l||)."""
+    return float(np.mean(-np.log(pair_direction_distances(centred))))
+
+
+def log_energy_variance(centred: np.ndarray) -> float:
+    """Population variance over pairs of log(1 / ||u_k - u_l||)."""
+    return float(np.var(-np.log(pair_direction_distances(centred))))
+
+
+def riesz_log_energy(centred: np.ndarray, s: float) -> float:
+    """log(mean over pairs of ||u_k - u_l||^-s)."""
+    return float(np.log(np.mean(pair_direction_distances(centred) ** -s)))
+
+
+def riesz_log_variance(centred: np.ndarray, s: float) -> float:
+    """log(population variance over pairs of ||u_k - u_l||^-s)."""
+    return float(np.log(np.var(pair_direction_distances(centred) ** -s)))
+
+
+def cdnv(means: np.ndarray, variances: np.ndarray, exponent: float = 1.0) -> float:
+    """mean over pairs of (v_k + v_l) / (2 (||mu_k - mu_l||^2)^exponent)."""
+    means, v = np.asarray(means, dtype=np.float64), np.asarray(variances, dtype=np.float64)
+    first, second = np.triu_indices(means.shape[0], 1)
+    sq = np.sum((means[first] - means[second]) ** 2, axis=1)
+    return float(np.mean((v[first] + v[second]) / (2 * sq**exponent)))
+
+
+def nc1_trace_ratio(x: np.ndarray, y: np.ndarray, k: int) -> float:
+    """tr(Sigma_W) / tr(Sigma_B), Sigma_B = (1/K) sum_k c_k c_k^T (mu_G of the samples)."""
+    x = np.asarray(x, dtype=np.float64)
+    x = x - x[0]
+    centred = class_means(x, y, k) - x.mean(axis=0)
+    return within_variance(x, y, k) / float(np.mean(np.sum(centred * centred, axis=1)))
+
+
+def log_equinorm(centred: np.ndarray) -> float:
+    """Population std of log ||c_k||."""
+    return float(np.std(np.log(np.linalg.norm(centred, axis=1))))
+
+
+def classifier_equinorm(w: np.ndarray) -> float:
+    """std / mean (ddof 0) of the row norms."""
+    norms = np.linalg.norm(np.asarray(w, dtype=np.float64), axis=1)
+    return float(np.std(norms) / np.mean(norms))
+
+
+def classifier_equiangularity(w: np.ndarray) -> float:
+    """mean over pairs of |cos(w_k, w_l) + 1/(K-1)|."""
+    k = np.shape(w)[0]
+    return float(np.mean(np.abs(pair_cosines(w) + 1.0 / (k - 1))))
+
+
+def classifier_etf_error(w: np.ndarray) -> float:
+    """|| W W^T / ||W W^T|| - (I - J/K) / ||I - J/K|| ||_F."""
+    w = np.asarray(w, dtype=np.float64)
+    k = w.shape[0]
+    return nf_distance(w @ w.T, np.eye(k) - 1.0 / k)
+
+
+def duality_scores(w: np.ndarray, centred: np.ndarray) -> np.ndarray:
+    """s_k = w_k . c_k."""
+    return np.sum(np.asarray(w, dtype=np.float64) * centred, axis=1)
+
+
+def uniform_duality(w: np.ndarray, centred: np.ndarray) -> float:
+    """std(s) / |mean(s)| (ddof 0)."""
+    scores = duality_scores(w, centred)
+    return float(np.std(scores) / abs(np.mean(scores)))
+
+
+def uniform_duality_variance(w: np.ndarray, centred: np.ndarray) -> float:
+    """Sample variance (ddof 1) of s_k."""
+    return float(np.var(duality_scores(w, centred), ddof=1))
+
+
+def distance_norms(w: np.ndarray, centred: np.ndarray) -> np.ndarray:
+    """|| w_k / ||w_k|| - c_k / ||c_k|| || per class."""
+    return np.linalg.norm(_directions(w) - _directions(centred), axis=1)
+
+
+def bias_collapse(w: np.ndarray, bias: np.ndarray | None, global_mean: np.ndarray) -> float:
+    """|| W mu_G + b ||_2."""
+    logits = np.asarray(w, dtype=np.float64) @ np.asarray(global_mean, dtype=np.float64)
+    return float(np.linalg.norm(logits if bias is None else logits + bias))
+
+
+def ood_deviation(means: np.ndarray, ood_mean: np.ndarray) -> float:
+    """mean_k |cos(mu_k, mu_OOD)| on uncentred means."""
+    ood = np.asarray(ood_mean, dtype=np.float64)
+    cosines = _directions(means) @ (ood / np.linalg.norm(ood))
+    return float(np.mean(np.abs(cosines)))
+
+
+def interference_grid(centred: np.ndarray, cosine: bool = True) -> np.ndarray:
+    """The (K, K) grid of cos(c_k, c_l), or of c_k . c_l."""
+    if cosine:
+        u = _directions(centred)
+        return u @ u.T
+    return centred @ centred.T
+
+
+def nearest_frame(rows: np.ndarray, lengths: np.ndarray) -> dict[str, Any]:
+    """The rows s diag(l) Q (Q with orthonormal rows, s >= 0) nearest to `rows`.
+
+    Orthogonal Procrustes: with B = diag(l) A = U S V^T, Q = U V^T and
+    s = trace(S) / sum l^2. Returns target, scale (the factor s of the
+    lengths), distance ||A - target||_F and distance / ||A||_F.
+    """
+    a = np.asarray(rows, dtype=np.float64)
+    lengths = np.asarray(lengths, dtype=np.float64)
+    u, sv, vt = np.linalg.svd(lengths[:, None] * a, full_matrices=False)
+    scale = float(np.sum(sv) / np.sum(lengths**2))
+    target = scale * lengths[:, None] * (u @ vt)
+    return _fit(a, target, scale)
+
+
+def nearest_simplex_etf(rows: np.ndarray) -> dict[str, Any]:
+    """The simplex ETF s E Q nearest to `rows` (E = sqrt(K/(K-1)) (I - J/K)).
+
+    E is sqrt(K/(K-1)) times the projector P off the all-ones direction, so
+    the target is t P Q' with Q' orthonormal on that span: the K - 1 leading
+    singular triplets of P A = U S V^T give Q' = U V^T and t = trace(S)/(K-1);
+    each target row then has length s = trace(S) / sqrt(K (K-1)).
+    """
+    a = np.asarray(rows, dtype=np.float64)
+    k = a.shape[0]
+    u, sv, vt = np.linalg.svd(a - a.mean(axis=0), full_matrices=False)
+    u, sv, vt = u[:, : k - 1], sv[: k - 1], vt[: k - 1]
+    target = (np.sum(sv) / (k - 1)) * (u @ vt)
+    return _fit(a, target, float(np.sum(sv) / np.sqrt(k * (k - 1))))
+
+
+def _fit(a: np.ndarray, target: np.ndarray, scale: float) -> dict[str, Any]:
+    distance = float(np.linalg.norm(a - target))
+    return {
+        "target": target,
+        "scale": scale,
+        "distance": distance,
+        "relative_distance": distance / float(np.linalg.norm(a)),
+    }

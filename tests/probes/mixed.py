@@ -4,6 +4,8 @@ Host data (lists, NumPy arrays) given where the computation runs on another
 library may be copied there only where the function documents it (counts,
 predicted margins); arrays of another array library, or on another device,
 get a TypeError (library) or ValueError (device) naming the argument.
+`lengths` of `nearest_orthogonal_frame` is documented as read on the host
+from any array library: there the probe asks for the correct result.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from ncgeom import (
     ufm_relu_optimum,
 )
 
-from . import Probe, Raises
+from . import Probe, Raises, Returns
+from . import formulas as f
 from .data import (
     BIAS,
     CLASSIFIER,
@@ -37,6 +40,7 @@ from .data import (
     MEANS,
     D,
     K,
+    evaluate_tracker,
     jax_numpy,
     numpy_stats,
     torch_stats,
@@ -220,7 +224,185 @@ ROWS = [
 ]
 
 
-def probes() -> list[Probe]:
-    return [
-        Probe(f"mixed-{name}", call, Raises(kinds, names)) for name, call, kinds, names in ROWS
+OOD = np.linspace(1.0, 2.0, D)
+#: The classifier metrics of `ncgeom.metrics` that take statistics.
+CLASSIFIER_METRICS = (
+    "classifier_equiangularity",
+    "classifier_etf_error",
+    "classifier_equinorm",
+    "uniform_duality",
+    "uniform_duality_variance",
+    "distance_norms",
+)
+
+
+def _jax_nc_metrics(**kwargs: Any) -> Any:
+    from ncgeom_jax import batch_stats, nc_metrics
+
+    jnp = jax_numpy()
+    return nc_metrics(batch_stats(jnp.asarray(X), jnp.asarray(Y), K), jnp.asarray(W), **kwargs)
+
+
+def _strict_stats() -> ClassStats:
+    return ClassStats.from_features(strict.asarray(X), strict.asarray(Y), K)
+
+
+def _metric(name: str, classifier: Any, stats: ClassStats) -> Any:
+    return getattr(metrics, name)(classifier, stats)
+
+
+#: The pair and variant metrics, NC5 and the trackers' `ood_mean`.
+METRIC_ROWS = [
+    *(
+        (
+            f"{name}-torch-classifier-numpy-stats",
+            lambda name=name: _metric(name, tt(W), numpy_stats()),
+            TYPE,
+            ("classifier",),
+        )
+        for name in CLASSIFIER_METRICS
+    ),
+    *(
+        (
+            f"{name}-numpy-classifier-torch-stats",
+            lambda name=name: _metric(name, W, torch_stats()),
+            TYPE,
+            ("classifier",),
+        )
+        for name in ("uniform_duality_variance", "classifier_equinorm")
+    ),
+    (
+        "bias_collapse-torch-classifier-numpy-stats",
+        lambda: metrics.bias_collapse(tt(W), B, numpy_stats()),
+        TYPE,
+        ("classifier",),
+    ),
+    (
+        "bias_collapse-torch-bias-numpy-stats",
+        lambda: metrics.bias_collapse(W, tt(B), numpy_stats()),
+        TYPE,
+        ("bias",),
+    ),
+    (
+        "bias_collapse-numpy-bias-torch-stats",
+        lambda: metrics.bias_collapse(tt(W), B, torch_stats()),
+        TYPE,
+        ("bias",),
+    ),
+    (
+        "bias_collapse-strict-bias-other-device",
+        lambda: metrics.bias_collapse(strict.asarray(W), _device1(B), _strict_stats()),
+        ERROR,
+        ("bias",),
+    ),
+    (
+        "nc_report-torch-stats-numpy-bias",
+        lambda: nc_report(torch_stats(), tt(W), B),
+        TYPE,
+        ("bias",),
+    ),
+    ("jax-nc_metrics-numpy-bias", lambda: _jax_nc_metrics(bias=B), TYPE, ("bias",)),
+    (
+        "ood_deviation-torch-ood_mean-numpy-stats",
+        lambda: metrics.ood_deviation(numpy_stats(), tt(OOD)),
+        TYPE,
+        ("ood_mean",),
+    ),
+    (
+        "ood_deviation-numpy-ood_mean-torch-stats",
+        lambda: metrics.ood_deviation(torch_stats(), OOD),
+        TYPE,
+        ("ood_mean",),
+    ),
+    (
+        "ood_deviation-jax-ood_mean-numpy-stats",
+        lambda: metrics.ood_deviation(numpy_stats(), jax_numpy().asarray(OOD)),
+        TYPE,
+        ("ood_mean",),
+    ),
+    (
+        "ood_deviation-strict-ood_mean-other-device",
+        lambda: metrics.ood_deviation(_strict_stats(), _device1(OOD)),
+        ERROR,
+        ("ood_mean",),
+    ),
+    (
+        "nc_report-numpy-stats-torch-ood_mean",
+        lambda: nc_report(numpy_stats(), ood_mean=tt(OOD)),
+        TYPE,
+        ("ood_mean",),
+    ),
+    (
+        "nc_report-numpy-features-torch-ood_mean",
+        lambda: nc_report((X, Y), ood_mean=tt(OOD)),
+        TYPE,
+        ("ood_mean",),
+    ),
+    (
+        "nc_report-torch-features-numpy-ood_mean",
+        lambda: nc_report((tt(X), tt(Y)), ood_mean=OOD),
+        TYPE,
+        ("ood_mean",),
+    ),
+    (
+        "NCTracker.report-numpy-ood_mean",
+        lambda: _observed().report(ood_mean=OOD),
+        TYPE,
+        ("ood_mean",),
+    ),
+    (
+        "NCTracker.evaluate-numpy-ood_mean",
+        lambda: evaluate_tracker(OOD),
+        TYPE,
+        ("ood_mean",),
+    ),
+    ("jax-nc_metrics-numpy-ood_mean", lambda: _jax_nc_metrics(ood_mean=OOD), TYPE, ("ood_mean",)),
+]
+
+
+def _lengths_check(stats_rows: np.ndarray, lengths: np.ndarray) -> f.Check:
+    want = f.nearest_frame(stats_rows, lengths)
+
+    def check(fit: Any) -> None:
+        f.field_checks([(name, want[name], 1e-10) for name in ("scale", "distance")])(fit)
+        f.close("target", fit.target, want["target"], 1e-10)
+
+    return check
+
+
+def host_lengths_probes() -> list[Probe]:
+    """`lengths` is read on the host from any array library: the result of the
+    equal NumPy array, on the statistics' library."""
+    lengths = np.array([1.0, 2.0, 0.5])
+    check = Returns(_lengths_check(MEANS, lengths))
+
+    def frame(stats: ClassStats, given: Any) -> Any:
+        return metrics.nearest_orthogonal_frame(stats, lengths=given)
+
+    rows = [
+        ("numpy-stats-torch-lengths", lambda: frame(numpy_stats(), tt(lengths))),
+        (
+            "numpy-stats-torch-lengths-requires-grad",
+            lambda: frame(numpy_stats(), tt(lengths).requires_grad_(True)),
+        ),
+        ("numpy-stats-jax-lengths", lambda: frame(numpy_stats(), jax_numpy().asarray(lengths))),
+        (
+            "numpy-stats-strict-lengths-other-device",
+            lambda: frame(numpy_stats(), _device1(lengths)),
+        ),
+        ("torch-stats-numpy-lengths", lambda: frame(torch_stats(), lengths)),
+        ("torch-stats-list-lengths", lambda: frame(torch_stats(), lengths.tolist())),
+        (
+            "torch-array-numpy-lengths",
+            lambda: metrics.nearest_orthogonal_frame(tt(MEANS), lengths=lengths),
+        ),
     ]
+    return [Probe(f"mixed-nearest_orthogonal_frame-{name}", call, check) for name, call in rows]
+
+
+def probes() -> list[Probe]:
+    out = []
+    for name, call, kinds, names in ROWS + METRIC_ROWS:
+        probe = Probe(f"mixed-{name}", call, Raises(kinds, names))
+        out.append(probe)
+    return out + host_lengths_probes()

@@ -1,5 +1,9 @@
 """NaN, +Inf and -Inf in every array (and number) argument of every entry point.
 
+`METRIC_ROWS` covers the pair and variant metrics, the nearest ideal
+geometries (`source`, `lengths`) and NC5 (`ood_mean`) on every path: the
+metric, `nc_report`, the torch tracker and callback, the JAX plugin.
+
 Each row names the argument, the entry point, and how to call it with one bad
 value in that argument; every row gets a ValueError naming the argument
 (`Raises(ValueError, names)`).
@@ -49,6 +53,7 @@ from .data import (
     MEANS,
     D,
     K,
+    evaluate_tracker,
     jax_numpy,
     numpy_stats,
     tt,
@@ -412,6 +417,132 @@ ROWS: list[Row] = [
     ),
 ]
 
+#: The metrics of statistics alone (`ncgeom.metrics`), by name.
+STATS_METRICS = (
+    "nc1_trace_ratio",
+    "log_equinorm",
+    "equiangularity_std",
+    "interference_mean",
+    "interference_min",
+    "interference_max",
+    "interference_grid",
+    "log_energy",
+    "log_energy_variance",
+    "riesz_log_energy",
+    "riesz_log_variance",
+    "nearest_simplex_etf",
+    "nearest_orthogonal_frame",
+)
+#: The metrics of a classifier against statistics, by name.
+CLASSIFIER_METRICS = (
+    "classifier_equiangularity",
+    "classifier_etf_error",
+    "classifier_equinorm",
+    "uniform_duality",
+    "uniform_duality_variance",
+    "distance_norms",
+)
+#: Those that also take the classifier alone (every row).
+CLASSIFIER_ALONE = ("classifier_equiangularity", "classifier_etf_error", "classifier_equinorm")
+OOD = np.linspace(1.0, 2.0, D)
+
+
+def _stats_metric(name: str) -> Callable[[float], Any]:
+    return lambda v: getattr(metrics, name)(_unchecked_stats(v))
+
+
+def _classifier_metric(name: str, stats: bool = True) -> Callable[[float], Any]:
+    if stats:
+        return lambda v: getattr(metrics, name)(with_value(W, v, (1, 2)), numpy_stats())
+    return lambda v: getattr(metrics, name)(with_value(W, v, (1, 2)))
+
+
+def _jax_nc_metrics(**kwargs: Any) -> Any:
+    from ncgeom_jax import batch_stats, nc_metrics
+
+    jnp = jax_numpy()
+    stats = batch_stats(jnp.asarray(X), jnp.asarray(Y), K)
+    return nc_metrics(stats, jnp.asarray(W), **kwargs)
+
+
+#: Rows of the pair and variant metrics, the nearest geometries and NC5.
+METRIC_ROWS: list[Row] = [
+    *(("stats", name, _stats_metric(name)) for name in STATS_METRICS),
+    ("stats", "cdnv-exponent=2", lambda v: metrics.cdnv(_unchecked_stats(v), exponent=2.0)),
+    ("stats", "ood_deviation", lambda v: metrics.ood_deviation(_unchecked_stats(v), OOD)),
+    ("stats", "bias_collapse", lambda v: metrics.bias_collapse(W, B, _unchecked_stats(v))),
+    *(
+        ("stats", name, lambda v, name=name: getattr(metrics, name)(W, _unchecked_stats(v)))
+        for name in CLASSIFIER_METRICS
+    ),
+    ("stats", "nc_report-min_count", lambda v: nc_report(_unchecked_stats(v), W, min_count=2)),
+    *(("classifier", name, _classifier_metric(name)) for name in CLASSIFIER_METRICS),
+    *(
+        ("classifier", f"{name}-alone", _classifier_metric(name, stats=False))
+        for name in CLASSIFIER_ALONE
+    ),
+    (
+        "classifier",
+        "bias_collapse",
+        lambda v: metrics.bias_collapse(with_value(W, v, (1, 2)), B, numpy_stats()),
+    ),
+    (
+        "bias",
+        "bias_collapse",
+        lambda v: metrics.bias_collapse(W, _bad_vector(B, v), numpy_stats()),
+    ),
+    (
+        "source",
+        "nearest_simplex_etf",
+        lambda v: metrics.nearest_simplex_etf(with_value(W, v, (1, 2))),
+    ),
+    (
+        "source",
+        "nearest_orthogonal_frame",
+        lambda v: metrics.nearest_orthogonal_frame(with_value(W, v, (1, 2))),
+    ),
+    (
+        "lengths",
+        "nearest_orthogonal_frame",
+        lambda v: metrics.nearest_orthogonal_frame(
+            numpy_stats(), lengths=_bad_vector(np.ones(K), v)
+        ),
+    ),
+    (
+        "lengths",
+        "nearest_orthogonal_frame-array",
+        lambda v: metrics.nearest_orthogonal_frame(M, lengths=_bad_vector(np.ones(K), v)),
+    ),
+    (
+        "ood_mean",
+        "ood_deviation",
+        lambda v: metrics.ood_deviation(numpy_stats(), _bad_vector(OOD, v)),
+    ),
+    (
+        "ood_mean",
+        "check_ood_mean",
+        lambda v: metrics.check_ood_mean(_bad_vector(OOD, v), numpy_stats()),
+    ),
+    ("ood_mean", "nc_report", lambda v: nc_report((X, Y), W, ood_mean=_bad_vector(OOD, v))),
+    (
+        "ood_mean",
+        "nc_report-stats",
+        lambda v: nc_report(numpy_stats(), ood_mean=_bad_vector(OOD, v)),
+    ),
+    (
+        "ood_mean",
+        "NCTracker.report",
+        lambda v: _tracker().report(tt(W), ood_mean=tt(_bad_vector(OOD, v))),
+    ),
+    ("ood_mean", "NCTracker.evaluate", lambda v: evaluate_tracker(tt(_bad_vector(OOD, v)))),
+    (
+        "ood_mean",
+        "NeuralCollapseCallback",
+        lambda v: _callback(ood_mean=tt(_bad_vector(OOD, v))),
+    ),
+]
+
+
 #: The names a message may use for each argument (statistics: the `source` of
 #: nc_report, or the features they were built from; an optimum: its field).
 ALIASES = {
@@ -422,6 +553,8 @@ ALIASES = {
 
 #: Sampled JAX rows (each JAX case compiles for seconds).
 JAX_ROWS: list[Row] = [
+    ("bias", "jax-nc_metrics", lambda v: _jax_nc_metrics(bias=jnp_bad(B, v))),
+    ("ood_mean", "jax-nc_metrics", lambda v: _jax_nc_metrics(ood_mean=jnp_bad(OOD, v))),
     (
         "features",
         "jax-from_features",
@@ -433,9 +566,14 @@ JAX_ROWS: list[Row] = [
 ]
 
 
+def jnp_bad(values: np.ndarray, v: float) -> Any:
+    """`values` with entry 1 set to `v`, as a JAX array."""
+    return jax_numpy().asarray(_bad_vector(values, v))
+
+
 def probes() -> list[Probe]:
     out = []
-    for argument, entry, call in ROWS:
+    for argument, entry, call in ROWS + METRIC_ROWS:
         names = ALIASES.get(argument, (argument,))
         for label, value in VALUES.items():
             out.append(_probe(argument, entry, call, value, label, names))

@@ -1,5 +1,6 @@
 """The framework plugins (ncgeom_torch, ncgeom_jax) and ncgeom.testing: their own
-arguments (counts, layers, dtypes), and units of the JAX report."""
+arguments (counts, layers, dtypes), and units of the JAX and tracker reports
+(bias collapse of a layer's or a given bias, NC5 of an `ood_mean`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from torch import nn
 
 from ncgeom.testing import check_plugin
 
-from . import Probe, Raises, Returns, scales
+from . import Probe, Raises, Returns, metric_scales, scales
 from . import formulas as f
 from .data import CLASSIFIER, FEATURES, LABELS, LAMBDA_H, LAMBDA_W, D, K, jax_numpy, tt
 
@@ -84,6 +85,47 @@ def _jax_metrics_check(c: float) -> f.Check:
     )
 
 
+def _jax_units(c: float) -> Any:
+    """`nc_metrics` with a bias (c times a fixed vector) and an `ood_mean`."""
+    from ncgeom_jax import batch_stats, nc_metrics
+
+    jnp = jax_numpy()
+    stats = batch_stats(jnp.asarray(scales.features(c)), jnp.asarray(scales.Y), scales.K)
+    return nc_metrics(
+        stats,
+        jnp.asarray(scales.W),
+        bias=jnp.asarray(c * metric_scales.BIAS),
+        ood_mean=jnp.asarray(metric_scales.OOD),
+    )
+
+
+def _tracker_units(c: float) -> Any:
+    """`NCTracker.report` of a classifier layer with a bias (c times a fixed vector)."""
+    from ncgeom_torch import NCTracker
+
+    layer = nn.Linear(scales.W.shape[1], scales.K).double()
+    with torch.no_grad():
+        layer.weight.copy_(tt(scales.W))
+        layer.bias.copy_(tt(c * metric_scales.BIAS))
+    tracker = NCTracker(scales.K)
+    tracker.observe(tt(scales.features(c)), tt(scales.Y))
+    return tracker.report(layer, ood_mean=tt(metric_scales.OOD))
+
+
+def _units_check(c: float) -> f.Check:
+    """bias_collapse, uniform_duality_variance and ood_deviation at scale c."""
+    x = scales.features(c)
+    means = f.class_means(x, scales.Y, scales.K)
+    centred = f.centred_means(means, f.counts(scales.Y, scales.K))
+    return f.field_checks(
+        [
+            ("bias_collapse", f.bias_collapse(scales.W, c * metric_scales.BIAS, x.mean(0)), 1e-10),
+            ("uniform_duality_variance", f.uniform_duality_variance(scales.W, centred), 1e-9),
+            ("ood_deviation", f.ood_deviation(means, metric_scales.OOD), 1e-12),
+        ]
+    )
+
+
 def _torch_plugin() -> Any:
     from ncgeom_torch import plugin
 
@@ -151,6 +193,21 @@ ROWS = [
         "jax-nc_metrics-scale-2**20",
         lambda: _jax_metrics(2.0**20),
         Returns(_jax_metrics_check(2.0**20)),
+    ),
+    (
+        "jax-nc_metrics-bias-ood_mean-scale-2**20",
+        lambda: _jax_units(2.0**20),
+        Returns(_units_check(2.0**20)),
+    ),
+    (
+        "NCTracker.report-layer-bias-ood_mean-scale-1e+20",
+        lambda: _tracker_units(1e20),
+        Returns(_units_check(1e20)),
+    ),
+    (
+        "NCTracker.report-layer-bias-ood_mean-scale-1e-20",
+        lambda: _tracker_units(1e-20),
+        Returns(_units_check(1e-20)),
     ),
     (
         "testing-check_plugin-make_tensor-not-callable",

@@ -1,10 +1,12 @@
 """Every output with units, at feature scales 1e-20 to 1e20.
 
 Features ``(opt.means()[y] + 0.01 noise) * c`` for the optimum ``opt`` of
-counts (30, 20, 10) at lambda_W = lambda_H = 1e-3, and its classifier. Norms
-and margins must be those of the given features (``c`` times the optimum's),
-variances ``c**2`` times, objectives the float64 formula at these features;
-the scale-free metrics must not move. Also features of spread about 1 far from
+counts (30, 20, 10) at lambda_W = lambda_H = 1e-3, and its classifier. Norms,
+margins and the report's bias collapse must be those of the given features
+(``c`` times the optimum's), variances (also of ``w_k . c_k``) ``c**2`` times,
+objectives the float64 formula at these features; the scale-free metrics
+(the pair and variant metrics of the report included) must not move. The
+metrics' own entry points: `probes.metric_scales`. Also features of spread about 1 far from
 the origin (a common offset up to 1e12): only their spread may matter.
 """
 
@@ -50,7 +52,7 @@ def features(c: float, dtype: Any = np.float64) -> np.ndarray:
     return (_BASE * c).astype(dtype)
 
 
-def _label(c: float) -> str:
+def scale_label(c: float) -> str:
     if c in (2.0**17, 2.0**20):
         return f"2**{int(np.log2(c))}"
     return f"{c:.0e}"
@@ -63,10 +65,13 @@ def _expected_report(x: np.ndarray, rtol: float, w: np.ndarray = W) -> list:
     means = f.class_means(x64, Y, K)
     target_logits = (np.eye(K) - 1.0 / K) * np.asarray(OPT.margins)[None, :]
     free = 1e-6 if rtol <= 1e-8 else 1e-4  # scale-free metrics and variances
+    centred = f.centred_means(means, f.counts(Y, K))
     return [
         ("feature_norms_measured", np.linalg.norm(means, axis=1), rtol),
         ("margins_measured", f.margins(w64, means), rtol),
         ("within_variance", f.within_variance(x64, Y, K), free / 100 if rtol <= 1e-8 else free),
+        ("bias_collapse", f.bias_collapse(w64, None, x64.mean(axis=0)), rtol),
+        ("uniform_duality_variance", f.uniform_duality_variance(w64, centred), max(rtol, 1e-9)),
         (
             "gof_error",
             f.nf_distance(means @ means.T, np.diag(np.asarray(OPT.feature_norms) ** 2)),
@@ -74,7 +79,36 @@ def _expected_report(x: np.ndarray, rtol: float, w: np.ndarray = W) -> list:
         ),
         ("logit_structure_error", f.nf_distance(w64 @ means.T, target_logits), free),
         ("nc1", f.nc1(x64, Y, K), free),
+        *_expected_variants(x64, w64, means, centred, free),
     ]
+
+
+def _expected_variants(
+    x: np.ndarray, w: np.ndarray, means: np.ndarray, centred: np.ndarray, free: float
+) -> list:
+    """(field, float64 value, tolerance) of the report's scale-free pair and variant metrics."""
+    cosines = f.pair_cosines(centred)
+    s = means.shape[1] - 2.0  # the default Riesz exponent, d - 2
+    rows = [
+        ("nc1_trace_ratio", f.nc1_trace_ratio(x, Y, K)),
+        ("log_equinorm", f.log_equinorm(centred)),
+        ("equiangularity_std", np.std(cosines)),
+        ("interference_mean", np.mean(cosines)),
+        ("interference_min", np.min(cosines)),
+        ("interference_max", np.max(cosines)),
+        ("log_energy", f.log_energy(centred)),
+        ("log_energy_variance", f.log_energy_variance(centred)),
+        ("riesz_log_energy", f.riesz_log_energy(centred, s)),
+        ("riesz_log_variance", f.riesz_log_variance(centred, s)),
+        ("nearest_etf_distance", f.nearest_simplex_etf(centred)["relative_distance"]),
+        ("nearest_frame_distance", f.nearest_frame(means, np.ones(K))["relative_distance"]),
+        ("classifier_equinorm", f.classifier_equinorm(w)),
+        ("classifier_equiangularity", f.classifier_equiangularity(w)),
+        ("classifier_etf_error", f.classifier_etf_error(w)),
+        ("uniform_duality", f.uniform_duality(w, centred)),
+        ("distance_norms", f.distance_norms(w, centred)),
+    ]
+    return [(name, want, free) for name, want in rows]
 
 
 def _verdict_norms(report: Any) -> tuple[float | None, ...]:
@@ -85,7 +119,7 @@ def _report_probe(
     name: str, c: float, call: Callable[[], Any], x: np.ndarray, rtol: float, w: np.ndarray = W
 ) -> Probe:
     expect = Returns(f.field_checks(_expected_report(x, rtol, w)))
-    return Probe(f"scale-{name}-{_label(c)}", call, expect)
+    return Probe(f"scale-{name}-{scale_label(c)}", call, expect)
 
 
 def _stats(x: Any, y: Any) -> ClassStats:
@@ -156,7 +190,7 @@ def _objectives_check(x: np.ndarray) -> f.Check:
 def _float64_probes(c: float) -> list[Probe]:
     x = features(c)
     means = f.class_means(x, Y, K)
-    label = _label(c)
+    label = scale_label(c)
     return [
         _report_probe("nc_report", c, lambda: nc_report((x, Y), W, theory=OPT), x, 1e-10),
         _report_probe(
@@ -240,7 +274,13 @@ def _subnormal_probe() -> Probe:
     """
     x = features(1e-310)
     scaled = _expected_report(np.ldexp(x, 1030), 1e-9)
-    back = {"feature_norms_measured": -1030, "margins_measured": -1030, "within_variance": -2060}
+    back = {
+        "feature_norms_measured": -1030,
+        "margins_measured": -1030,
+        "bias_collapse": -1030,
+        "within_variance": -2060,
+        "uniform_duality_variance": -2060,
+    }
     rows = [(name, np.ldexp(want, back.get(name, 0)), rtol) for name, want, rtol in scaled]
     expect = Either(
         Returns(f.field_checks(rows)),
@@ -270,7 +310,7 @@ def _theory_verdict_probes() -> list[Probe]:
         x = features(c)
         out.append(
             Probe(
-                f"theory-verdict-nc_report-{_label(c)}",
+                f"theory-verdict-nc_report-{scale_label(c)}",
                 lambda x=x: nc_report((x, Y), W, theory=OPT),
                 Returns(check),
             )
