@@ -44,7 +44,8 @@ def _exact(x, y):
 def test_sampled_pairs_are_marked_estimates_within_their_intervals(data):
     x, y = data
     exact = _exact(x, y)
-    report = nc_report(ClassStats.from_features(x, y, K), pairs=100_000)
+    w = np.random.default_rng(5).normal(size=(K, D))
+    report = nc_report(ClassStats.from_features(x, y, K), w, pairs=100_000)
     estimated = dict(report.estimated)
     assert set(estimated) == {"cdnv", "equiangularity", "orthogonality_error", "log_energy"}
     for name, half in estimated.items():
@@ -53,7 +54,13 @@ def test_sampled_pairs_are_marked_estimates_within_their_intervals(data):
         assert abs(getattr(report, name) - exact[name]) <= 4 * half, name
     assert report.interference_mean == pytest.approx(exact["interference_mean"], abs=1e-12)
     why = dict(report.unavailable)
-    for name in ("interference_min", "equiangularity_std", "riesz_log_energy", "etf_error"):
+    for name in (
+        "interference_min",
+        "equiangularity_std",
+        "riesz_log_energy",
+        "etf_error",
+        "classifier_etf_error",
+    ):
         assert getattr(report, name) is None and 'pass pairs="exact"' in why[name], name
     assert report.to_dict()["estimated"] == estimated
     assert "estimated from sampled pairs: +-" in str(report)

@@ -382,7 +382,11 @@ def nc_report(
     )
     values.update({_HALF_WIDTH + name: half for name, half in half_widths.items()})
     if classifier is not None:
-        flags.update(_classifier_metrics(view, classifier, bias, values, vectors))
+        sampled = _sampled_pairs(pairs, view.size)
+        flags.update(_classifier_metrics(view, classifier, bias, values, vectors, sampled))
+        if sampled is not None:
+            for name in m.CLASSIFIER_PAIR_METRICS:
+                unavailable[name] = _not_sampled_reason(name, view.size, sampled)
     else:
         for name in (*_CLASSIFIER_METRICS, "ncc_agreement"):
             unavailable.setdefault(name, "no classifier given")
@@ -520,15 +524,17 @@ def _classifier_metrics(
     bias: Array | None,
     values: dict[str, Array],
     vectors: dict[str, Array],
+    sampled: int | None,
 ) -> dict:
-    """The metrics of a checked classifier (and bias) against the class view;
+    """The metrics of a checked classifier (and bias) against the class view
+    (its pair metrics only where the means' pairs are exact, `sampled` None);
     returns their flags of degenerate geometry."""
     values["self_duality_error"] = m.self_duality_error_of(classifier, view)
     values["scaled_alignment_error"] = m.scaled_alignment_error_of(classifier, view)
-    pairs, flags = m.classifier_pair_metrics(
-        view.take(classifier), ("classifier_equiangularity", "classifier_etf_error")
-    )
-    values.update(pairs)
+    flags = {}
+    if sampled is None:
+        pairs, flags = m.classifier_pair_metrics(view.take(classifier), m.CLASSIFIER_PAIR_METRICS)
+        values.update(pairs)
     values["classifier_equinorm"] = m.classifier_equinorm_of(classifier, view)
     values["uniform_duality"] = m.uniform_duality_of(classifier, view)
     values["uniform_duality_variance"] = m.uniform_duality_variance_of(classifier, view)
@@ -580,12 +586,13 @@ def _sampled_pairs(pairs: str | int, num: int) -> int | None:
 
 def _not_sampled_reason(name: str, num: int, sampled: int) -> str:
     """Why a pair metric is missing from a report of sampled pairs."""
-    why = (
-        "the few closest pairs carry it, which sampling rarely draws"
-        if name.startswith("riesz")
-        else "a minimum, maximum, variance or Frobenius norm has no unbiased estimate"
-        " from sampled pairs"
-    )
+    if name.startswith("riesz"):
+        why = "the few closest pairs carry it, which sampling rarely draws"
+    elif name.startswith("classifier"):
+        why = "the classifier's K(K-1)/2 pairs are not visited either"
+    else:
+        why = "a minimum, maximum, variance or Frobenius norm has no unbiased estimate"
+        why += " from sampled pairs"
     return (
         f"not estimated from {sampled:,} sampled pairs of {num:,} classes ({why}): "
         'pass pairs="exact"'
