@@ -9,6 +9,7 @@ metric undefined; `undefined` turns such a metric into NaN (no host read).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from dataclasses import dataclass
 from types import ModuleType
@@ -51,7 +52,7 @@ class Classes:
     def size(self) -> int:
         return len(self.index)
 
-    @property
+    @functools.cached_property
     def centred(self) -> Array:
         """``means - global_mean``, centred again with `centre_weights`.
 
