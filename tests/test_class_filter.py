@@ -122,3 +122,20 @@ def test_bad_bounds_name_the_argument(kwargs, kind, message):
 def test_bounds_are_inclusive():
     bounds = CountFilter.of(min_count=3, max_count=9)
     assert [bounds.keeps(n) for n in (0, 2, 3, 9, 10)] == [False, False, True, True, False]
+
+
+def test_the_filter_on_every_backend(backend):
+    features, labels, classifier, bias = _data(1)
+    kept = np.flatnonzero(COUNTS >= 9)
+    report = nc_report(
+        (backend.asarray(features), backend.asarray(labels)),
+        backend.asarray(classifier),
+        backend.asarray(bias),
+        min_count=9,
+    )
+    assert report.nc1 == pytest.approx(_nc1_of_kept(features, labels, kept), rel=1e-9)
+    rows = np.isin(labels, kept)
+    mean = features[rows].mean(axis=0)
+    expected = np.linalg.norm(classifier[kept] @ mean + bias[kept])
+    assert report.bias_collapse == pytest.approx(expected, rel=1e-9)
+    assert [k for k, _ in report.excluded] == [1]
