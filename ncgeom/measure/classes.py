@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+import numpy as np
+
 from .._lib.backend import array_device, index_dtype, namespace, to_host
 from .._lib.validate import check_choice, check_instance, check_positive_int
 from .stats import ClassStats
@@ -73,6 +75,21 @@ class Classes:
     def take(self, rows: Array) -> Array:
         """Rows of a (K, ...) array that belong to the populated classes."""
         return _take_rows(rows, self.index, self.excluded, self.xp, self.device)
+
+    def spread(self, values: Array, axis: int = 0) -> Array:
+        """The inverse of `take`: values of the populated classes along `axis`
+        (K' entries) as values of all K classes, NaN for the classes left out
+        (one upload of their positions when any are)."""
+        if not self.excluded:
+            return values
+        xp = self.xp
+        where = np.full(len(self.host_counts), self.size)
+        where[list(self.index)] = np.arange(self.size)
+        shape = list(values.shape)
+        shape[axis] = 1
+        nan = xp.full(tuple(shape), xp.nan, dtype=values.dtype, device=self.device)
+        position = xp.asarray(where, dtype=index_dtype(xp), device=self.device)
+        return xp.take(xp.concat([values, nan], axis=axis), position, axis=axis)
 
     def flags(self) -> dict[str, Array]:
         """0-d boolean arrays (no host read) that mark degenerate geometry.

@@ -443,19 +443,8 @@ def _for_stats(fit: NearestFrame, view: Classes, name: str) -> NearestFrame:
     def mask(value: Array) -> Array:
         return xp.where(bad, xp.full_like(value, xp.nan), value)
 
-    target = mask(fit.target)
-    if view.excluded:
-        num = len(view.host_counts)
-        slot = np.full(num, view.size)
-        slot[list(view.index)] = np.arange(view.size)
-        nan_row = xp.full((1, target.shape[1]), xp.nan, dtype=target.dtype, device=view.device)
-        target = xp.take(
-            xp.concat([target, nan_row]),
-            xp.asarray(slot, dtype=index_dtype(xp), device=view.device),
-            axis=0,
-        )
     return NearestFrame(
-        target=target,
+        target=view.spread(mask(fit.target)),
         scale=mask(fit.scale),
         distance=mask(fit.distance),
         relative_distance=mask(fit.relative_distance),

@@ -1107,23 +1107,7 @@ def interference_grid(
     else:
         wide = xp.astype(centred, wide_float(xp)) * xp.astype(stats.unit_scale, wide_float(xp))
         grid = wide @ wide.T
-    return _every_class(grid, view)
-
-
-def _every_class(grid: Array, view: Classes) -> Array:
-    """A grid of the populated classes as a (K, K) grid of every class, NaN
-    in the rows and columns of the classes left out."""
-    if not view.excluded:
-        return grid
-    xp, kept = view.xp, view.size
-    slot = dict(zip(view.index, range(kept), strict=True))
-    where = [slot.get(k, kept) for k in range(len(view.host_counts))]
-    position = xp.asarray(where, dtype=index_dtype(xp), device=view.device)
-    grid = xp.concat([grid, xp.full((1, kept), xp.nan, dtype=grid.dtype, device=view.device)])
-    grid = xp.concat(
-        [grid, xp.full((kept + 1, 1), xp.nan, dtype=grid.dtype, device=view.device)], axis=1
-    )
-    return xp.take(xp.take(grid, position, axis=0), position, axis=1)
+    return view.spread(view.spread(grid, axis=0), axis=1)
 
 
 # ----------------------------------------------------------------------------- sampled pairs

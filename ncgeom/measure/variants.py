@@ -26,7 +26,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-from .._lib.backend import detach, index_dtype, namespace, to_host, wide_float
+from .._lib.backend import detach, namespace, to_host, wide_float
 from .._lib.validate import (
     check_bias_vector,
     check_class_matrix,
@@ -126,18 +126,6 @@ def _duality_scores(view: Classes, classifier: Array) -> tuple[Array, Array]:
     largest = _largest(rows, xp)
     scores = xp.vecdot(rows / largest, xp.astype(view.centred, rows.dtype, copy=False))
     return xp.astype(scores, wide_float(xp)), xp.astype(largest, wide_float(xp))
-
-
-def _per_class(values: Array, view: Classes) -> Array:
-    """Values of the populated classes (K',) spread over all K classes, NaN
-    for the classes left out (one upload of their positions when any are)."""
-    if not view.excluded:
-        return values
-    xp = view.xp
-    position = dict(zip(view.index, range(view.size), strict=True))
-    where = [position.get(k, view.size) for k in range(len(view.host_counts))]
-    padded = xp.concat([values, xp.full((1,), xp.nan, dtype=values.dtype, device=view.device)])
-    return xp.take(padded, xp.asarray(where, dtype=index_dtype(xp), device=view.device))
 
 
 def variant_flags(view: Classes, classifier: Array | None = None) -> dict[str, Array]:
@@ -535,7 +523,7 @@ def distance_norms(classifier: Array, stats: ClassStats, *, global_mean: str = "
         "distance_norms",
         _zero_classifier(view, weights),
     )
-    return _per_class(value, view)
+    return view.spread(value)
 
 
 def distance_norms_of(classifier: Array, view: Classes, *, spread: bool = True) -> Array:
@@ -548,7 +536,7 @@ def distance_norms_of(classifier: Array, view: Classes, *, spread: bool = True) 
     dtype = xp.result_type(w_unit.dtype, c_unit.dtype)
     dist = xp.linalg.vector_norm(xp.astype(w_unit, dtype) - xp.astype(c_unit, dtype), axis=1)
     dist = xp.where(w_alive & c_alive, dist, xp.full_like(dist, xp.nan))
-    return _per_class(dist, view) if spread else dist
+    return view.spread(dist) if spread else dist
 
 
 # ----------------------------------------------------------------------------- NC5
