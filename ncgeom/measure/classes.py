@@ -269,6 +269,13 @@ def class_view(
     return dataclasses.replace(view, global_mean=centre_of(view, global_mean))
 
 
+def largest_entry(a: Array, xp: ModuleType) -> Array:
+    """Largest absolute entry of `a` (0-d), 1 where `a` is all zero: a divisor
+    that leaves entries in [-1, 1], whose squares cannot overflow or underflow."""
+    largest = xp.max(xp.abs(a))
+    return xp.where(largest > 0, largest, xp.ones_like(largest))
+
+
 @dataclass(frozen=True)
 class CountFilter:
     """Keep the classes with ``min_count <= n_k <= max_count`` samples (both inclusive).

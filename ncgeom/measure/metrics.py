@@ -35,6 +35,7 @@ from .classes import (
     CountFilter,
     centre_of,
     class_view,
+    largest_entry,
     populated,
     undefined,
 )
@@ -299,8 +300,7 @@ def equinorm_of(view: Classes) -> Array:
 def scale_free(a: Array, xp: ModuleType) -> Array:
     """`a` divided by its largest absolute entry (unchanged if all zero): the
     squares of the result cannot overflow or underflow."""
-    largest = xp.max(xp.abs(a))
-    return a / xp.where(largest > 0, largest, xp.ones_like(largest))
+    return a / largest_entry(a, xp)
 
 
 def _normalised_distance(a: Array, b: Array, xp: ModuleType) -> Array:

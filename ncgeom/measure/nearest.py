@@ -46,7 +46,7 @@ from .._lib.backend import (
     wide_float,
 )
 from .._lib.validate import check_choice, check_class_matrix, check_container, check_finite
-from .classes import GLOBAL_MEANS, Classes, populated
+from .classes import GLOBAL_MEANS, Classes, largest_entry, populated
 from .stats import ClassStats
 
 __all__ = [
@@ -342,9 +342,8 @@ def _unit(view: Classes) -> Array | None:
 
 def _scale_free(rows: Array, xp: ModuleType) -> tuple[Array, Array]:
     """`rows` over their largest absolute entry (1 if all zero), and that entry."""
-    largest = xp.max(xp.abs(rows))
-    safe = xp.where(largest > 0, largest, xp.ones_like(largest))
-    return rows / safe, safe
+    largest = largest_entry(rows, xp)
+    return rows / largest, largest
 
 
 def _polar(b: Array, xp: ModuleType) -> tuple[Array, Array]:

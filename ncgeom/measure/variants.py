@@ -36,7 +36,7 @@ from .._lib.validate import (
     check_instance,
     check_stats_classifier,
 )
-from .classes import Classes, populated, undefined
+from .classes import Classes, largest_entry, populated, undefined
 from .stats import ClassStats
 
 __all__ = [
@@ -73,12 +73,6 @@ VARIANT_FLAGS = ("centred_zero", "duality_mean")
 def _safe(value: Array, ok: Array, xp: ModuleType) -> Array:
     """`value` where `ok`, else 1 (a divisor that cannot warn)."""
     return xp.where(ok, value, xp.ones_like(value))
-
-
-def _largest(a: Array, xp: ModuleType) -> Array:
-    """Largest absolute entry of `a` (0-d), 1 where `a` is all zero."""
-    largest = xp.max(xp.abs(a))
-    return _safe(largest, largest > 0, xp)
 
 
 def _scaled_rows(rows: Array, xp: ModuleType) -> tuple[Array, Array]:
@@ -123,7 +117,7 @@ def _duality_scores(view: Classes, classifier: Array) -> tuple[Array, Array]:
     units of the statistics' scale), as wide floats, and ``a`` (0-d wide)."""
     xp = view.xp
     rows = view.take(classifier)
-    largest = _largest(rows, xp)
+    largest = largest_entry(rows, xp)
     scores = xp.vecdot(rows / largest, xp.astype(view.centred, rows.dtype, copy=False))
     return xp.astype(scores, wide_float(xp)), xp.astype(largest, wide_float(xp))
 
@@ -308,7 +302,7 @@ def _row_norm_spread(rows: Array, xp: ModuleType) -> Array:
     wide = wide_float(xp)
     top, rest = _row_norms(rows, xp)
     norms = xp.astype(top, wide) * xp.astype(rest, wide)
-    norms = norms / _largest(norms, xp)
+    norms = norms / largest_entry(norms, xp)
     mean, variance = _mean_and_variance(norms, xp)
     return xp.astype(xp.sqrt(variance) / _safe(mean, mean > 0, xp), rows.dtype)
 
@@ -373,12 +367,12 @@ def bias_collapse_of(classifier: Array, bias: Array | None, view: Classes) -> Ar
     xp = view.xp
     wide = wide_float(xp)
     rows = view.take(classifier)
-    largest = _largest(rows, xp)
+    largest = largest_entry(rows, xp)
     logits = (rows / largest) @ xp.astype(view.global_mean, rows.dtype)
     logits = xp.astype(logits, wide) * (xp.astype(largest, wide) * _scale_of(view, xp))
     if bias is not None:
         logits = logits + xp.astype(view.take(bias), wide)
-    top = _largest(logits, xp)
+    top = largest_entry(logits, xp)
     return top * xp.linalg.vector_norm(logits / top)
 
 
