@@ -206,6 +206,22 @@ def test_block_rows_give_the_same_values(dtype, k):
             ), name
 
 
+@pytest.mark.parametrize("elements", [2**8, 2**24])
+def test_the_device_blocks_give_the_reference_values(monkeypatch, elements):
+    # On an accelerator the pass multiplies blocks of DEVICE_PAIR_BLOCK_ELEMENTS
+    # entries; here the host takes that branch, with blocks of several sizes.
+    k = 300
+    x, y, _ = _data(seed=6, k=k, d=8, n=3 * k)
+    stats = ClassStats.from_features(x, y, k)
+    monkeypatch.setattr(pairs, "on_host", lambda xp, device=None: False)
+    monkeypatch.setattr(pairs, "DEVICE_PAIR_BLOCK_ELEMENTS", elements)
+    assert pairs.pair_block_rows(k, None, elements) == max(128, elements // k)
+    values, _ = pairs.pair_metrics(populated(stats), MEANS)
+    want = _reference_of(x, y, k)
+    for name in MEANS:
+        _close(float(values[name]), want[name], f"{name} in blocks of {elements}", "float64")
+
+
 def test_each_metric_alone_equals_the_shared_pass():
     x, y, k = _data(seed=4, k=9)
     view = populated(ClassStats.from_features(x, y, k))

@@ -467,6 +467,11 @@ def on_host(xp: ModuleType, device: Any = None) -> bool:
     return True
 
 
+def is_numpy(xp: ModuleType) -> bool:
+    """Whether `xp` is NumPy's namespace (plain or through array-api-compat)."""
+    return bool(compat.is_numpy_namespace(xp))
+
+
 def has_native_segment_sum(xp: ModuleType) -> bool:
     """Whether `segment_sum` has a compiled path on `xp` (no temporaries of the input's size)."""
     return bool(

@@ -22,6 +22,7 @@ from .._lib.backend import (
     namespace,
     to_host,
 )
+from .._lib.lanes import serial_lapack
 from .._lib.validate import (
     check_bias_shape,
     check_features,
@@ -194,10 +195,9 @@ def between_basis(centred: Array, xp: ModuleType) -> tuple[Array, Array]:
     """
     num, dim = centred.shape
     eps = xp.finfo(centred.dtype).eps
-    if num <= dim:
-        lam, u = xp.linalg.eigh(centred @ centred.T)
-    else:
-        lam, u = xp.linalg.eigh(centred.T @ centred)
+    gram = centred @ centred.T if num <= dim else centred.T @ centred
+    with serial_lapack(xp, gram.shape):
+        lam, u = xp.linalg.eigh(gram)
     keep = lam > max(num, dim) * eps * xp.max(lam)
     safe = xp.where(keep, lam, xp.ones_like(lam))
     weights = xp.where(keep, 1 / safe, xp.zeros_like(lam))

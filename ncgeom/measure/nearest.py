@@ -45,6 +45,7 @@ from .._lib.backend import (
     to_host,
     wide_float,
 )
+from .._lib.lanes import serial_lapack
 from .._lib.validate import check_choice, check_class_matrix, check_container, check_finite
 from .classes import GLOBAL_MEANS, Classes, largest_entry, populated
 from .stats import ClassStats
@@ -349,7 +350,8 @@ def _scale_free(rows: Array, xp: ModuleType) -> tuple[Array, Array]:
 def _polar(b: Array, xp: ModuleType) -> tuple[Array, Array]:
     """The polar factor ``U V^T`` of ``b`` (r, d), r <= d (orthonormal rows), and
     its nuclear norm."""
-    u, sv, vh = xp.linalg.svd(b, full_matrices=False)
+    with serial_lapack(xp, b.shape):
+        u, sv, vh = xp.linalg.svd(b, full_matrices=False)
     return u @ vh, xp.sum(sv)
 
 

@@ -54,8 +54,13 @@ from .stats import ClassStats
 Array = Any
 
 #: Entries of one matrix product of the pass (a block of rows against the
-#: rows after it): memory stays about this whatever K is.
+#: rows after it) on a CPU: memory stays about this whatever K is.
 PAIR_BLOCK_ELEMENTS = 2**20
+#: The same on an accelerator, where each operation costs a kernel launch:
+#: at K = 131,072 products of 2^20 entries would make about half a million
+#: launches, products of 2^24 about 30,000 (and a few 2^24-entry temporaries,
+#: under 1 GiB).
+DEVICE_PAIR_BLOCK_ELEMENTS = 2**24
 #: The four metrics of class pairs that `pair_metrics` computes by default.
 PAIR_METRICS = ("cdnv", "etf_error", "equiangularity", "orthogonality_error")
 #: Every metric of pairs of class means, computed together by `pair_metrics`
@@ -90,14 +95,16 @@ _RIESZ = frozenset(("riesz_log_energy", "riesz_log_variance"))
 _DIRECTIONS = _EXTREMES | _LOGS | {"equiangularity_std", "interference_mean"}
 
 
-def pair_block_rows(num: int, block_rows: int | None = None) -> int:
+def pair_block_rows(
+    num: int, block_rows: int | None = None, elements: int = PAIR_BLOCK_ELEMENTS
+) -> int:
     """Rows of the class-pair blocks: `block_rows` if given (>= 1), else about
-    `PAIR_BLOCK_ELEMENTS` entries per block of `num` columns, and at least 128
-    rows (or `num` where fewer; the columns are then split)."""
+    `elements` entries per block of `num` columns, and at least 128 rows (or
+    `num` where fewer; the columns are then split)."""
     if block_rows is not None:
         return check_positive_int(block_rows, "block_rows")
     num = max(num, 1)
-    return max(min(_MIN_BLOCK_ROWS, num), PAIR_BLOCK_ELEMENTS // num)
+    return max(min(_MIN_BLOCK_ROWS, num), elements // num)
 
 
 # ----------------------------------------------------------------------------- the pass
@@ -443,7 +450,8 @@ def _run_pass(
     """One blocked pass over the pairs of `rows`, for the metrics `names`.
 
     Each block of rows is multiplied by the rows from its own on, in
-    products of about `PAIR_BLOCK_ELEMENTS` entries (few, large matrix
+    products of about `PAIR_BLOCK_ELEMENTS` entries on a CPU and
+    `DEVICE_PAIR_BLOCK_ELEMENTS` on an accelerator (few, large matrix
     products); the metrics read each product in tiles small enough to stay
     in a CPU core's cache. The square of the block's own pairs is kept aside
     and read with the other blocks' squares, in batches, under a mask.
@@ -453,15 +461,17 @@ def _run_pass(
     table, unit = state.table, rows.unit
     uncentred = rows.uncentred if "orthogonality_error" in names else None
     device = array_device(unit)
-    tile = _HOST_TILE_ELEMENTS if on_host(xp, device) else PAIR_BLOCK_ELEMENTS
-    block = pair_block_rows(num, block_rows)
+    host = on_host(xp, device)
+    elements = PAIR_BLOCK_ELEMENTS if host else DEVICE_PAIR_BLOCK_ELEMENTS
+    tile = _HOST_TILE_ELEMENTS if host else elements
+    block = pair_block_rows(num, block_rows, elements)
     squares = _Squares(state, table, tile, device)
     with quiet_division(), quiet_invalid():
         for lo in range(0, num, block):
             hi = min(lo + block, num)
             width = hi - lo
             # Few, large products: each call of a threaded BLAS costs a wake-up.
-            span = max(width, PAIR_BLOCK_ELEMENTS // width)  # columns per product
+            span = max(width, elements // width)  # columns per product
 
             def across(name: str, lo: int = lo, hi: int = hi) -> Array:
                 return table[name][lo:hi, None]

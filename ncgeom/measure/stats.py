@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from .._lib import lanes
 from .._lib.backend import (
     accumulation_dtype,
     adds_in_place,
@@ -41,6 +42,7 @@ from .._lib.backend import (
     divide_in_place,
     has_native_segment_sum,
     index_dtype,
+    is_numpy,
     namespace,
     on_host,
     quiet_invalid,
@@ -985,11 +987,23 @@ def _scaled_class_means(
             "64-bit mode is off: they are summed in float32 and may be off by more; turn it "
             "on with jax.config.update('jax_enable_x64', True)"
         )
-    total = xp.zeros((num_classes, dim), dtype=acc, device=array_device(features))
     rows = _mean_rows(num_classes, dim, acc, features.dtype, xp, chunk_size, host)
-    for part_rows in row_chunks(num, rows):
-        chunk = xp.astype(features[part_rows, ...], acc, copy=False)
-        total = segment_sum(chunk, labels[part_rows], num_classes, xp, into=total)
+
+    itemsize = 8 if acc == xp.float64 else 4
+    count = _host_lanes(features, xp, num_classes * dim * itemsize)
+    step = max(1, rows // count)  # the lanes' chunks together hold `rows` rows
+
+    def lane(start: int, stop: int) -> Array:
+        total = xp.zeros((num_classes, dim), dtype=acc, device=array_device(features))
+        for part_rows in row_chunks(stop, step, start=start):
+            chunk = xp.astype(features[part_rows, ...], acc, copy=False)
+            total = segment_sum(chunk, labels[part_rows], num_classes, xp, into=total)
+        return total
+
+    found = lanes.run_lanes(lane, num, count)
+    total = found[0]
+    for other in found[1:]:  # in lane order
+        total = total + other
     sizes = xp.astype(xp.clip(counts, min=1), acc)[:, None]
     wide = acc == xp.float64
     # The sums are needed again only for a float64 residual: otherwise the
@@ -1080,31 +1094,57 @@ def _deviation_moments(
     num_classes, dim = shift.shape
     dtype = shift.dtype
     device = array_device(shift)
-    sums = xp.zeros((num_classes, dim), dtype=dtype, device=device)
     # Squared norms are positive and a class may have many rows: on the host
     # they are summed in the widest float, so their rounding stays that of each
     # row's norm (on a device, in `dtype`: one kernel less per chunk).
     wide = wide_float(xp) if on_host(xp, device) else dtype
-    sqnorms = xp.zeros(num_classes, dtype=wide, device=device)
-    gram_sum = xp.zeros((dim, dim), dtype=dtype, device=device) if gram else None
-    extra = None
-    for part_rows in row_chunks(features.shape[0], rows):
-        y = labels[part_rows]
-        x = xp.astype(features[part_rows, ...], dtype, copy=False)
-        dev = subtract_rows(x if inverse_scale is None else x * inverse_scale, shift, y, xp)
-        if class_sums:
-            sums = segment_sum(dev, y, num_classes, xp, into=sums)
-        row_sq = xp.vecdot(dev, dev)
-        wide_sq = xp.astype(row_sq, wide, copy=False)
-        sqnorms = segment_sum(wide_sq, y, num_classes, xp, into=sqnorms)
-        if gram_sum is not None:
-            gram_sum = gram_sum + dev.T @ dev
-        if visit is not None:
-            part = visit(features[part_rows, ...], dev, y, row_sq)
-            extra = (
-                part if extra is None else tuple(a + b for a, b in zip(extra, part, strict=True))
-            )
+
+    itemsize = 8 if dtype == xp.float64 else 4
+    table = (num_classes * dim if class_sums else 0) + (dim * dim if gram else 0)
+    count = _host_lanes(features, xp, table * itemsize + num_classes * 8)
+    step = max(1, rows // count)  # the lanes' chunks together hold `rows` rows
+
+    def lane(start: int, stop: int) -> tuple[Array, Array, Array | None, tuple[Array, ...] | None]:
+        sums = xp.zeros((num_classes, dim), dtype=dtype, device=device)
+        sqnorms = xp.zeros(num_classes, dtype=wide, device=device)
+        gram_sum = xp.zeros((dim, dim), dtype=dtype, device=device) if gram else None
+        extra = None
+        for part_rows in row_chunks(stop, step, start=start):
+            y = labels[part_rows]
+            x = xp.astype(features[part_rows, ...], dtype, copy=False)
+            dev = subtract_rows(x if inverse_scale is None else x * inverse_scale, shift, y, xp)
+            if class_sums:
+                sums = segment_sum(dev, y, num_classes, xp, into=sums)
+            row_sq = xp.vecdot(dev, dev)
+            wide_sq = xp.astype(row_sq, wide, copy=False)
+            sqnorms = segment_sum(wide_sq, y, num_classes, xp, into=sqnorms)
+            if gram_sum is not None:
+                gram_sum = gram_sum + dev.T @ dev
+            if visit is not None:
+                part = visit(features[part_rows, ...], dev, y, row_sq)
+                extra = _add_parts(extra, part)
+        return sums, sqnorms, gram_sum, extra
+
+    found = lanes.run_lanes(lane, features.shape[0], count)
+    sums, sqnorms, gram_sum, extra = found[0]
+    for other in found[1:]:  # in lane order: the result does not depend on timing
+        sums = sums + other[0]
+        sqnorms = sqnorms + other[1]
+        gram_sum = None if gram_sum is None else gram_sum + other[2]
+        extra = extra if other[3] is None else _add_parts(extra, other[3])
     return sums, xp.astype(sqnorms, dtype, copy=False), gram_sum, extra
+
+
+def _add_parts(total: tuple[Array, ...] | None, part: tuple[Array, ...]) -> tuple[Array, ...]:
+    return part if total is None else tuple(a + b for a, b in zip(total, part, strict=True))
+
+
+def _host_lanes(features: Array, xp: ModuleType, table_bytes: int) -> int:
+    """Lanes (`ncgeom._lib.lanes`) for a pass over NumPy `features`; one elsewhere
+    (torch spreads its own kernels over the cores, a device needs no lanes)."""
+    if not is_numpy(xp):
+        return 1
+    return lanes.lane_count(int(features.nbytes), table_bytes)
 
 
 def rows_per_chunk(
@@ -1130,6 +1170,6 @@ def rows_per_chunk(
     return max(1, min(max(num_rows, 1), budget // (itemsize * max(dim, 1))))
 
 
-def row_chunks(num_rows: int, rows: int) -> list[slice]:
-    """Slices of at most `rows` rows covering ``range(num_rows)`` (in bounds)."""
-    return [slice(lo, min(lo + rows, num_rows)) for lo in range(0, num_rows, rows)]
+def row_chunks(num_rows: int, rows: int, *, start: int = 0) -> list[slice]:
+    """Slices of at most `rows` rows covering ``range(start, num_rows)`` (in bounds)."""
+    return [slice(lo, min(lo + rows, num_rows)) for lo in range(start, num_rows, rows)]
