@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -104,3 +106,19 @@ def test_theory_must_match_the_classes():
         nc_report((x, y), theory=ufm_relu_optimum([5, 5, 5], LW, LH))
     with pytest.raises(TypeError, match="`theory` must be a UFMOptimum"):
         nc_report((x, y), theory=[1.0, 2.0, 3.0, 4.0])
+
+
+@pytest.mark.parametrize("dead", [True, False])
+def test_a_theory_that_collapses_every_class_leaves_the_frame_unavailable(dead):
+    # lambda_W lambda_H above every class's critical product: the optimum is zero.
+    theory = ufm_relu_optimum([10, 10, 10], 1.0, 1.0)
+    assert not any(theory.alive)
+    y = np.arange(30) % 3
+    rng = np.random.default_rng(0)
+    x = np.zeros((30, 4)) if dead else np.abs(rng.normal(size=(30, 4)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # dead features: the geometry's own warning
+        report = nc_report((x, y), theory=theory)
+    reasons = dict(report.unavailable)
+    assert report.optimum_frame_distance is None
+    assert "collapses every class" in reasons["optimum_frame_distance"]

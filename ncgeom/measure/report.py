@@ -964,7 +964,11 @@ def _theory_values(
     vectors["feature_norms_measured"] = xp.astype(norms.measured, wide_float(xp)) * scale
     vectors["feature_norms_predicted"] = norms.predicted
     alive = sum(context["alive"])
-    if stats.dim >= alive:
+    if alive == 0:
+        unavailable["optimum_frame_distance"] = (
+            "the optimum collapses every class: its frame has no non-zero row to fit"
+        )
+    elif stats.dim >= alive:
         frame = m.nearest_orthogonal_frame_of(view, np.asarray(context["feature_norms"]))
         values["optimum_frame_distance"] = frame.relative_distance
     else:

@@ -8,8 +8,10 @@ questions:
 
 - the gap between the measured objective and the optimum, absolute and in %;
 - which classes the theorem predicts to collapse (``n_k <= n_crit`` at the
-  report's total N), and whether their measured class means did
-  (``‖h_k‖ <= COLLAPSED_FRACTION`` of the largest class-mean norm);
+  report's total N), and the observed outcome of every class by the fixed
+  criteria of `ncgeom.criteria` (alive: at least half its predicted norm;
+  collapsed: at most 5% of the largest norm among the classes predicted
+  alive; partial: anything else);
 - for each metric of `ncgeom.vocabulary.METRICS`, its value at the optimum
   (zero, one, or a count-dependent value) and the distance of the
   measurement from it.
@@ -25,14 +27,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .criteria import ALIVE_FRACTION, COLLAPSED_FRACTION, class_outcomes
 from .vocabulary import METRICS
 
-__all__ = ["COLLAPSED_FRACTION", "ClassCheck", "MetricCheck", "Verdict"]
+__all__ = [
+    "ALIVE_FRACTION",
+    "COLLAPSED_FRACTION",
+    "NOT_COLLAPSED",
+    "ClassCheck",
+    "MetricCheck",
+    "Verdict",
+]
 
-#: A class counts as collapsed when its mean's norm is at most this fraction
-#: of the largest class-mean norm.
-COLLAPSED_FRACTION = 0.1
-#: What to pass for a theory context.
+#: The observed outcome of a class that did not collapse when no predicted
+#: norms are known (without a theory nothing says what "alive" would need).
+NOT_COLLAPSED = "not collapsed"
 #: Why a metric with ``expect="none"`` has no value at the optimum.
 NO_OPTIMUM_VALUE = "the theorem has no out-of-distribution data: no value at the optimum"
 _NO_THEORY = (
@@ -151,8 +160,13 @@ class Verdict:
 
     @property
     def observed_collapsed(self) -> list[int]:
-        """Classes whose measured mean collapsed (see `COLLAPSED_FRACTION`)."""
+        """Classes whose measured mean collapsed (see `ncgeom.criteria`)."""
         return [c.index for c in self.classes if c.observed == "collapsed"]
+
+    @property
+    def observed_partial(self) -> list[int]:
+        """Classes neither alive nor collapsed (see `ncgeom.criteria`)."""
+        return [c.index for c in self.classes if c.observed == "partial"]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary (what ``report.json`` holds under ``verdict``)."""
@@ -164,9 +178,11 @@ class Verdict:
             "gap_reason": self.gap_reason,
             "collapse_count": self.collapse_count,
             "collapse_reason": self.collapse_reason,
+            "alive_fraction": ALIVE_FRACTION,
             "collapsed_fraction": COLLAPSED_FRACTION,
             "predicted_collapsed": self.predicted_collapsed,
             "observed_collapsed": self.observed_collapsed,
+            "observed_partial": self.observed_partial,
             "classes": [c.to_dict() for c in self.classes],
             "metrics": {m.name: m.to_dict() for m in self.metrics},
         }
@@ -204,9 +220,12 @@ class Verdict:
         wrong = [c.index for c in known if not c.as_predicted]
         seen = _classes(observed) if observed else "no class"
         verdict = "as predicted" if not wrong else f"not as predicted for {_classes(wrong)}"
+        partial = self.observed_partial
+        middle = f" Partial (neither): {_classes(partial)}." if partial else ""
         return (
             f"{text} Observed collapsed (‖h_k‖ <= {COLLAPSED_FRACTION:g} x the largest "
-            f"class-mean norm): {seen}, {verdict}."
+            f"norm among the classes predicted alive; alive: >= {ALIVE_FRACTION:g} x the "
+            f"predicted norm): {seen}, {verdict}.{middle}"
         )
 
     def metric_rows(self) -> list[tuple[str, str, str, str, str]]:
@@ -305,10 +324,7 @@ def _class_checks(report: Any, context: Mapping[str, Any] | None) -> tuple[Class
     predicted_norms = report.feature_norms_predicted
     margins = report.margins_measured
     predicted_margins = report.margins_predicted
-    largest = None
-    if norms is not None:
-        finite = [v for v in norms if math.isfinite(v)]
-        largest = max(finite) if finite else None
+    observed_all = _observed(norms, predicted_norms, context)
     checks = []
     for k, count in enumerate(counts):
         if context is not None:
@@ -317,10 +333,7 @@ def _class_checks(report: Any, context: Mapping[str, Any] | None) -> tuple[Class
             predicted = "alive" if predicted_norms[k] > 0 else "collapsed"
         else:
             predicted = None
-        observed = None
-        if norms is not None and largest is not None and largest > 0:
-            small = norms[k] <= COLLAPSED_FRACTION * largest
-            observed = "collapsed" if small else "alive"
+        observed = None if observed_all is None else observed_all[k]
         checks.append(
             ClassCheck(
                 index=k,
@@ -336,6 +349,37 @@ def _class_checks(report: Any, context: Mapping[str, Any] | None) -> tuple[Class
             )
         )
     return tuple(checks)
+
+
+def _observed(
+    norms: Sequence[float] | None,
+    predicted_norms: Sequence[float] | None,
+    context: Mapping[str, Any] | None,
+) -> list[str | None] | None:
+    """Observed outcome per class by `ncgeom.criteria.class_outcomes`.
+
+    Without predicted norms a class is "collapsed" at most 5% of the largest
+    class-mean norm, else `NOT_COLLAPSED`.
+    """
+    if norms is None:
+        return None
+    finite = [v for v in norms if math.isfinite(v)]
+    if not finite:
+        return None
+    # Every norm zero (dead features): every class collapsed, and says so.
+    if predicted_norms is not None:
+        return list(class_outcomes(list(norms), list(predicted_norms)))
+    if context is not None:
+        return None
+    largest = max(finite)
+    return [
+        None
+        if not math.isfinite(v)
+        else "collapsed"
+        if v <= COLLAPSED_FRACTION * largest
+        else NOT_COLLAPSED
+        for v in norms
+    ]
 
 
 def _metric_checks(
