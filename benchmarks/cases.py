@@ -136,6 +136,7 @@ FLOORS: dict[str, str] = {
     "scatter_t": "indicator(N, K).T @ X",
     "means_gram": "M @ M.T",
     "sort": "sort(counts)",
+    "forward": "model(X) alone, under no_grad",
 }
 
 #: The engine's target, on every device: ``from_features`` and one ``update``
@@ -157,6 +158,7 @@ _TIME_TARGETS: dict[tuple[str, str], dict[tuple[str, str], float]] = {
         ("pair_metrics_f64", "means_gram"): 1.5,
         ("pair_metrics_all", "means_gram"): 2.5,
         ("pair_metrics_all_f64", "means_gram"): 2.5,
+        ("depth_resnet18", "forward"): 1.3,
         **_ENGINE_TARGETS,
     },
     ("gpu", "large"): {
@@ -380,6 +382,26 @@ def _solver_data(ctx: Context) -> dict[str, Any]:
     }
 
 
+#: Classes, batch size and side of the images of the ``depth_resnet18`` case.
+DEPTH_CLASSES, DEPTH_BATCH, DEPTH_SIDE = 10, 128, 32
+
+
+def _images_data(ctx: Context) -> dict[str, Any]:
+    """CIFAR-sized batches (B, 3, 32, 32) and labels for the depth case: one batch
+    at the small size, 4 at ``ci``, 16 at ``large``."""
+    batches = {"small": 1, "ci": 4}.get(_size_name(ctx), 16)
+    num = batches * DEPTH_BATCH
+    be = ctx.backend
+    images = be.normal((num, 3 * DEPTH_SIDE * DEPTH_SIDE), ctx.seed + 15)
+    images = ctx.backend.xp.reshape(images, (num, 3, DEPTH_SIDE, DEPTH_SIDE))
+    labels = be.integers(DEPTH_CLASSES, num, ctx.seed + 16)
+    return {"x": images, "y": labels, "shape": (num, DEPTH_BATCH)}
+
+
+def _size_name(ctx: Context) -> str:
+    return next(name for name, size in SIZES.items() if size is ctx.size)
+
+
 _MAKERS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "features": _features_data,
     "segments": _segments_data,
@@ -387,6 +409,7 @@ _MAKERS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "classes": _classes_data,
     "counts": _counts_data,
     "solver": _solver_data,
+    "images": _images_data,
 }
 
 
@@ -607,6 +630,42 @@ def _collapsed_gradients(ctx: Context) -> Prepared:
     )
 
 
+def _depth_resnet18(ctx: Context) -> Prepared:
+    """Every block of a CIFAR ResNet-18 tapped, pooled, no Gram, in eval mode under
+    no_grad: forward passes with `NCTracker.observe` of all blocks, against the
+    forward passes alone (width 64; 8 at the small size)."""
+    if ctx.backend.name != "torch":
+        msg = "the depth case runs a torch network: use --backend torch"
+        raise CaseSkipped(msg)
+    resnet = _require("ncgeom_torch.resnet", "resnet18")
+    blocks = _require("ncgeom_torch.resnet", "BLOCK_NAMES")
+    plugin = importlib.import_module("ncgeom_torch")
+    import torch
+
+    data = ctx.data("images")
+    x, y = data["x"], data["y"]
+    width = 8 if _size_name(ctx) == "small" else 64
+    model = resnet(DEPTH_CLASSES, width=width).to(ctx.backend.device).eval()
+    batches = list(zip(x.split(DEPTH_BATCH), y.split(DEPTH_BATCH), strict=True))
+
+    def forward() -> Any:
+        with torch.no_grad():
+            for inputs, _ in batches:
+                model(inputs)
+
+    def run() -> Any:
+        tracker = plugin.NCTracker(DEPTH_CLASSES, gram=False)
+        with torch.no_grad(), plugin.FeatureTap(model, layers=list(blocks)) as tap:
+            for inputs, labels in batches:
+                model(inputs)
+                tracker.observe(tap.outputs, labels)
+        return tracker.layer_stats
+
+    _probe(run, "NCTracker.observe({layer: features}, labels)", ValueError)
+    params = {"N": data["shape"][0], "batch": DEPTH_BATCH, "width": width, "layers": len(blocks)}
+    return Prepared(run, {"forward": forward}, _input_bytes(ctx, x, y), params)
+
+
 def _probe(run: Callable[[], Any], what: str, *errors: type[Exception]) -> None:
     """Call once; a signature this benchmark does not know (or one of `errors`:
     arguments the library does not take) skips the case."""
@@ -724,6 +783,13 @@ CASES: dict[str, Case] = {
             "solve.solve_ufm(..., max_iter=1): one iteration of the numerical solver",
             "solver",
             _solver_iteration,
+        ),
+        Case(
+            "depth_resnet18",
+            "NCTracker.observe of the 8 blocks of a CIFAR ResNet-18 (pooled, no Gram) with "
+            "its forward, batches of 128 (torch only)",
+            "images",
+            _depth_resnet18,
         ),
         Case(
             "collapsed_gradients",

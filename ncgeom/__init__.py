@@ -13,14 +13,26 @@ from ._lib import jsonable as _jsonable
 from ._lib import progress as _progress
 from ._lib import validate as _validate
 from .integrations import cli, plugins
-from .measure import metrics, outofcore, report, stats, verdict, vocabulary
+from .measure import (
+    criteria,
+    depth,
+    layers,
+    metrics,
+    outofcore,
+    report,
+    stats,
+    verdict,
+    vocabulary,
+)
+from .measure.depth import DepthReport, Progression, depth_report
 from .measure.distributed import reduce_class_stats
+from .measure.layers import SecondPass, layer_features
 from .measure.metrics import NCCAgreement, ncc_agreement
 from .measure.outofcore import stats_from_dask
 from .measure.report import NCReport, nc_report
 from .measure.stats import ClassStats, merge_stats
 from .theory import comparison as theory_metrics
-from .theory import loss, plot, solve
+from .theory import kkt, loss, plot, solve
 from .theory.comparison import (
     classifier_gram_error,
     gof_error,
@@ -51,6 +63,10 @@ from .theory.solve import UFMSolution, solve_ufm
 # keep working, and patching either path patches both.
 _SHORT_PATHS = {
     "cli": cli,
+    "depth": depth,
+    "layers": layers,
+    "criteria": criteria,
+    "kkt": kkt,
     "loss": loss,
     "metrics": metrics,
     "outofcore": outofcore,
@@ -76,8 +92,11 @@ __version__ = "0.1.0"
 __all__ = [
     "ClassStats",
     "CollapsedGradients",
+    "DepthReport",
     "NCCAgreement",
     "NCReport",
+    "Progression",
+    "SecondPass",
     "UFMGradients",
     "UFMOptimum",
     "UFMSolution",
@@ -87,7 +106,9 @@ __all__ = [
     "collapsed_gradients",
     "collapsed_objective",
     "critical_regularization",
+    "depth_report",
     "gof_error",
+    "layer_features",
     "logit_structure_error",
     "margin_comparison",
     "merge_stats",

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "FIGURE_METRICS",
+    "LAYER_METRICS",
     "METRICS",
     "METRIC_NAMES",
     "PER_CLASS",
@@ -116,6 +117,19 @@ METRICS: dict[str, Metric] = {metric.name: metric for metric in _ALL}
 #: The names alone, in report order (`NCReport.METRICS`).
 METRIC_NAMES: tuple[str, ...] = tuple(METRICS)
 
+#: Metrics of a layer that need a second pass over the samples (with the final
+#: class means), so that no `NCReport` of statistics holds them: a
+#: `ncgeom.depth.DepthReport` gives them per layer. Named and shown like
+#: `METRICS`; every symbol differs from theirs.
+LAYER_METRICS: dict[str, Metric] = {
+    "ncc_accuracy": Metric(
+        "ncc_accuracy",
+        "NCC_acc",
+        "nearest-class-centre accuracy against the labels",
+        "value",
+    ),
+}
+
 #: The headline metrics a figure draws (one panel cannot show every curve);
 #: reports, tables and JSON carry every metric of `METRICS`.
 FIGURE_METRICS: tuple[str, ...] = (
@@ -148,7 +162,7 @@ def label(name: str) -> str:
     Parameters
     ----------
     name : str
-        A key of `METRICS`.
+        A key of `METRICS` or of `LAYER_METRICS`.
 
     Returns
     -------
@@ -163,11 +177,15 @@ def label(name: str) -> str:
     --------
     >>> label("classifier_gram_error")
     'classifier_gram_error (NC2_WWT)'
+    >>> label("ncc_accuracy")
+    'ncc_accuracy (NCC_acc)'
     """
     try:
-        return METRICS[name].label
+        return METRICS[name].label if name in METRICS else LAYER_METRICS[name].label
     except KeyError:
-        msg = f"`name` must be a metric of ncgeom.vocabulary.METRICS; got {name!r}"
+        msg = (
+            f"`name` must be a metric of ncgeom.vocabulary.METRICS or LAYER_METRICS; got {name!r}"
+        )
         raise KeyError(msg) from None
 
 

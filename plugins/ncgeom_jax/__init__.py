@@ -4,6 +4,13 @@
   penultimate features: a value the model sows (``self.sow("intermediates",
   "features", h)``), or the input of a named layer (default: the last
   ``nn.Dense`` called).
+- `capture_features(..., layers=...)`: the outputs of several layers (and
+  sown values) of one forward pass, through Flax's intermediate capture;
+  `init_layer_stats` / `update_layer_stats` / `layer_batch_stats` keep one
+  `ncgeom.ClassStats` per layer (NHWC feature maps pooled over H and W by
+  default), `init_second_pass` / `update_second_pass` replay the data for the
+  nearest-class-centre accuracy and the NC1 of flattened layers, and
+  `layer_metrics` gives the `ncgeom.DepthReport`.
 - `init_stats` / `update_stats`: a functional tracker, state in and state out.
   The state is an `ncgeom.ClassStats`, registered as a JAX pytree, so that
   ``jax.jit(update_stats, ...)`` accumulates on the device; `nc_metrics` turns
@@ -28,6 +35,14 @@ from ._plugin import JaxPlugin, plugin
 
 if TYPE_CHECKING:
     from .capture import capture_features
+    from .layers import (
+        init_layer_stats,
+        init_second_pass,
+        layer_batch_stats,
+        layer_metrics,
+        update_layer_stats,
+        update_second_pass,
+    )
     from .regularizer import ufm_loss, ufm_penalty
     from .tracker import (
         batch_stats,
@@ -43,19 +58,31 @@ __all__ = [
     "JaxPlugin",
     "batch_stats",
     "capture_features",
+    "init_layer_stats",
+    "init_second_pass",
     "init_stats",
+    "layer_batch_stats",
+    "layer_metrics",
     "nc_metrics",
     "plugin",
     "psum_stats",
     "register_pytree",
     "ufm_loss",
     "ufm_penalty",
+    "update_layer_stats",
+    "update_second_pass",
     "update_stats",
     "validate_batch",
 ]
 
 _LAZY = {
     "capture_features": "capture",
+    "init_layer_stats": "layers",
+    "init_second_pass": "layers",
+    "layer_batch_stats": "layers",
+    "layer_metrics": "layers",
+    "update_layer_stats": "layers",
+    "update_second_pass": "layers",
     "ufm_loss": "regularizer",
     "ufm_penalty": "regularizer",
     "batch_stats": "tracker",

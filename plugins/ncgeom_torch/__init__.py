@@ -1,8 +1,10 @@
 """ncgeom for PyTorch: capture penultimate features, track neural collapse, regularise.
 
-- `FeatureTap`: hook the classifier layer of a model and capture its input.
+- `FeatureTap`: hook the classifier layer of a model and capture its input, or
+  capture the outputs of several layers (``layers=``, see `match_layers`).
 - `NCTracker`: accumulate `ncgeom.ClassStats` batch by batch (on the features'
-  device) and report neural-collapse metrics, combined across the ranks of a
+  device), for one layer or per layer, and report neural-collapse metrics (a
+  `ncgeom.DepthReport` through depth), combined across the ranks of a
   ``torch.distributed`` job.
 - `UFMRegularizer` / `ufm_penalty`: the regularisation terms of the UFM+
   objective, so that training minimises a stochastic estimate of it.
@@ -22,7 +24,7 @@ from ._plugin import TorchPlugin, all_reduce_stats, plugin
 
 if TYPE_CHECKING:
     from .regularizer import UFMRegularizer, classifier_weight, ufm_penalty
-    from .tap import FeatureTap, resolve_layer, unwrap_model
+    from .tap import FeatureTap, match_layers, resolve_layer, unwrap_model
     from .tracker import NCTracker
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "UFMRegularizer",
     "all_reduce_stats",
     "classifier_weight",
+    "match_layers",
     "plugin",
     "resolve_layer",
     "ufm_penalty",
@@ -40,6 +43,7 @@ __all__ = [
 
 _LAZY = {
     "FeatureTap": "tap",
+    "match_layers": "tap",
     "resolve_layer": "tap",
     "unwrap_model": "tap",
     "NCTracker": "tracker",

@@ -1,7 +1,8 @@
 """`NeuralCollapseCallback`: neural-collapse metrics of a Lightning model, epoch by epoch.
 
 The callback taps a layer of the `LightningModule` (by default the input of
-its last ``nn.Linear``: the penultimate features), accumulates
+its last ``nn.Linear``: the penultimate features), or the outputs of several
+layers (``layers=``: collapse through depth), accumulates
 `ncgeom.ClassStats` over the training or validation batches of every n-th
 epoch, combines the ranks of a distributed fit through the trainer's
 strategy (``strategy.all_gather`` and ``strategy.reduce``), logs every metric
@@ -28,13 +29,14 @@ from torch import nn
 
 from ncgeom import ClassStats, NCReport, nc_report
 from ncgeom.checks import check_num_classes, check_positive, check_positive_int
+from ncgeom.depth import DEPTH_METRICS, DepthReport
 from ncgeom.metrics import check_ood_vector
 from ncgeom.plugins import reduce_class_stats
 from ncgeom.utils import jsonable
 
 from .regularizer import classifier_weight, layer_bias
-from .tap import resolve_layer
-from .tracker import checked_counts, optimum_for
+from .tap import LayerSpec, match_layers, resolve_layer
+from .tracker import NCTracker, checked_counts, optimum_for
 
 __all__ = ["NeuralCollapseCallback", "default_labels", "last_linear_layer"]
 
@@ -116,16 +118,34 @@ class NeuralCollapseCallback(pl.Callback):
     ood_mean : tensor (d,), optional
         Mean feature of out-of-distribution samples: adds NC5
         (``ood_deviation``; see `ncgeom.nc_report`).
+    layers : str, type, callable or sequence, optional
+        Measure collapse through depth: the *outputs* of these modules of
+        the LightningModule (dotted names, module types, a predicate
+        ``(name, module) -> bool``, or a sequence; see
+        `ncgeom_torch.match_layers`), in depth order, the last being the
+        classifier's input. Each measured epoch gives an `ncgeom.DepthReport`
+        and logs ``nc/<layer>/<metric>`` for the depth metrics
+        (`ncgeom.depth.DEPTH_METRICS`; the NCC accuracy, which needs a second
+        pass over the data, is left out). `layer` (default: the last
+        ``nn.Linear``) is then the classifier of the last layer's metrics,
+        used when its weight is (K, d) for that layer's d.
+    reduce : {"pool", "flatten", "tokens"} or dict of str to str
+        How a layer's output of rank > 2 becomes features (see
+        `ncgeom_torch.NCTracker`); with `layers` only.
 
     Attributes
     ----------
     history : list of (int, dict)
         ``(epoch, NCReport.to_dict())`` for each measured epoch, the same on
-        every rank.
-    last_report : NCReport or None
+        every rank (``DepthReport.to_dict()`` with `layers`).
+    last_report : NCReport, DepthReport or None
         The report of the last measured epoch.
     report_path : Path or None
-        Where the JSON report was written (on global rank 0).
+        Where the JSON report was written (on global rank 0). With `layers`,
+        ``neural_collapse_depth.json`` (`DepthReport.save`) and the figure
+        ``neural_collapse_depth.png`` (`DepthReport.plot`, when matplotlib is
+        installed) are written beside it, and ``neural_collapse.md`` holds
+        the table of layers x metrics and the progression sentence.
 
     Notes
     -----
@@ -179,6 +199,8 @@ class NeuralCollapseCallback(pl.Callback):
         prefix: str = "nc/",
         report_dir: str | Path | None = None,
         ood_mean: torch.Tensor | None = None,
+        layers: LayerSpec | None = None,
+        reduce: str | Mapping[str, str] = "pool",
     ) -> None:
         super().__init__()
         self.num_classes = check_num_classes(num_classes)
@@ -219,11 +241,24 @@ class NeuralCollapseCallback(pl.Callback):
         self._active = False
         self._captured: torch.Tensor | None = None
         self._stats: ClassStats | None = None
+        # Through depth: the matched modules, their hooks and captured outputs,
+        # and a tracker (this rank only) holding the statistics of each layer.
+        self.layers_spec = layers
+        self._depth = NCTracker(
+            self.num_classes, reduce=reduce, gram=gram, dtype=dtype, sync=False
+        )
+        self.reduce = self._depth.reduce
+        self.layer_names: tuple[str, ...] = ()
+        self._layer_handles: list[Any] = []
+        self._outputs: dict[str, tuple[torch.Tensor, int]] = {}
 
     # ------------------------------------------------------------------ wiring
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Find the tapped layer and hook its input."""
-        if self._handle is not None:
+        if self._handle is not None or self._layer_handles:
+            return
+        if self.layers_spec is not None:
+            self._setup_layers(pl_module)
             return
         if self.layer_spec is None:
             self.layer = last_linear_layer(pl_module)
@@ -231,13 +266,46 @@ class NeuralCollapseCallback(pl.Callback):
             self.layer = resolve_layer(pl_module, self.layer_spec)
         self._handle = self.layer.register_forward_pre_hook(self._hook)
 
+    def _setup_layers(self, pl_module: pl.LightningModule) -> None:
+        """Hook the output of every matched layer; find the classifier (optional)."""
+        matched = match_layers(pl_module, self.layers_spec)
+        self.layer_names = tuple(matched)
+        self._layer_handles = [
+            module.register_forward_hook(self._output_hook(name))
+            for name, module in matched.items()
+        ]
+        if self.layer_spec is not None:
+            self.layer = resolve_layer(pl_module, self.layer_spec)
+        else:
+            linear = [m for m in pl_module.modules() if isinstance(m, nn.Linear)]
+            self.layer = linear[-1] if linear else None
+
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Remove the hook."""
+        """Remove the hooks."""
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
+        for handle in self._layer_handles:
+            handle.remove()
+        self._layer_handles = []
         self._active = False
         self._captured = None
+        self._outputs = {}
+
+    def _output_hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if not self._active:
+                return
+            if not isinstance(output, torch.Tensor):
+                msg = (
+                    f"the output of layer {name!r} ({type(module).__name__}) must be a tensor "
+                    f"to be measured; got {type(output).__name__}"
+                )
+                raise TypeError(msg)
+            tensor = output.detach()
+            self._outputs[name] = (tensor, tensor._version)
+
+        return hook
 
     def _hook(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         if self._active and args and isinstance(args[0], torch.Tensor):
@@ -249,19 +317,18 @@ class NeuralCollapseCallback(pl.Callback):
     def _start(self, trainer: pl.Trainer) -> None:
         self._stats = None
         self._captured = None
+        self._outputs = {}
+        self._depth.reset()
         self._active = self._due(trainer)
 
     def _observe(self, batch: Any) -> None:
+        if self.layers_spec is not None:
+            self._observe_layers(batch)
+            return
         features, self._captured = self._captured, None
         if not self._active or features is None:
             return
-        labels = self.labels_of(batch)
-        if not isinstance(labels, torch.Tensor):
-            msg = (
-                f"the labels of a batch must be a torch.Tensor; got {type(labels).__name__} "
-                "(pass NeuralCollapseCallback(..., labels=lambda batch: ...))"
-            )
-            raise TypeError(msg)
+        labels = self._labels(batch)
         if features.ndim != 2:
             features = features.flatten(1)
         labels = labels.to(features.device)
@@ -278,6 +345,30 @@ class NeuralCollapseCallback(pl.Callback):
                 dtype=self.dtype,
             )
         self._stats = self._stats.update(features, labels)
+
+    def _observe_layers(self, batch: Any) -> None:
+        outputs, self._outputs = self._outputs, {}
+        if not self._active or not outputs:
+            return
+        for name, (tensor, version) in outputs.items():
+            if tensor._version != version:
+                msg = (
+                    f"the output of layer {name!r} was changed in place after it was captured "
+                    "(an in-place operation such as ReLU(inplace=True) follows it): measure "
+                    "the module that makes the final value instead"
+                )
+                raise RuntimeError(msg)
+        self._depth.observe({name: outputs[name][0] for name in outputs}, self._labels(batch))
+
+    def _labels(self, batch: Any) -> torch.Tensor:
+        labels = self.labels_of(batch)
+        if not isinstance(labels, torch.Tensor):
+            msg = (
+                f"the labels of a batch must be a torch.Tensor; got {type(labels).__name__} "
+                "(pass NeuralCollapseCallback(..., labels=lambda batch: ...))"
+            )
+            raise TypeError(msg)
+        return labels
 
     # ------------------------------------------------------------------ hooks
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -332,6 +423,9 @@ class NeuralCollapseCallback(pl.Callback):
         if folder is None:
             folder = Path(trainer.log_dir or trainer.default_root_dir)
         folder.mkdir(parents=True, exist_ok=True)
+        if isinstance(self.last_report, DepthReport):
+            self._write_depth(folder)
+            return
         payload = {
             "num_classes": self.num_classes,
             "layer": self._layer_name(pl_module),
@@ -348,8 +442,37 @@ class NeuralCollapseCallback(pl.Callback):
         )
         (folder / "neural_collapse.md").write_text(text)
 
+    def _write_depth(self, folder: Path) -> None:
+        """The depth outputs: history (JSON), last report (JSON), table (markdown), figure."""
+        report = self.last_report
+        payload = {
+            "num_classes": self.num_classes,
+            "layers": list(report.layers),
+            "reduce": dict(report.reduce),
+            "stage": self.stage,
+            "lambda_w": self.lambda_w,
+            "lambda_h": self.lambda_h,
+            "history": [{"epoch": epoch, "report": entry} for epoch, entry in self.history],
+        }
+        self.report_path = folder / "neural_collapse.json"
+        self.report_path.write_text(json.dumps(jsonable(payload), indent=2) + "\n")
+        report.save(folder / "neural_collapse_depth.json")
+        epoch = self.history[-1][0]
+        text = (
+            f"# Collapse through depth at epoch {epoch} ({self.stage})\n\n{report.table()}\n\n"
+            f"{report.progression().sentence}\n"
+        )
+        (folder / "neural_collapse.md").write_text(text)
+        try:
+            report.plot(folder / "neural_collapse_depth.png")
+        except ImportError:
+            pass  # matplotlib is optional: the JSON and the table hold the values
+
     # ------------------------------------------------------------------ report
     def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.layers_spec is not None:
+            self._finish_layers(trainer, pl_module)
+            return
         self._active = False
         stats = self._combine(trainer)
         self._stats = None
@@ -368,9 +491,50 @@ class NeuralCollapseCallback(pl.Callback):
                         f"{self.prefix}{name}", float(value), on_step=False, on_epoch=True
                     )
 
-    def _combine(self, trainer: pl.Trainer) -> ClassStats | None:
-        """The statistics of every rank's samples (None when no rank saw a batch)."""
-        local = self._stats
+    def _finish_layers(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._active = False
+        local = self._depth.layer_stats
+        self._depth.reset()
+        stats = {}
+        for name in self.layer_names:
+            gram = self.gram and self._depth.layer_mode(name) != "flatten"
+            stats[name] = self._combine(trainer, local.get(name), gram=gram)
+        if any(value is None for value in stats.values()):
+            return
+        last = stats[self.layer_names[-1]]
+        classifier = None
+        weight = getattr(self.layer, "weight", None)
+        if isinstance(weight, torch.Tensor) and tuple(weight.shape) == (
+            self.num_classes,
+            last.dim,
+        ):
+            classifier = self.layer
+        report = self._depth._depth_report(
+            stats, classifier, self.lambda_w, self.lambda_h, self.ood_mean, self.counts
+        )
+        self.last_report = report
+        self.history.append((int(trainer.current_epoch), report.to_dict()))
+        with warnings.catch_warnings():
+            # The values are those of all ranks' samples already: no sync_dist needed.
+            warnings.filterwarnings("ignore", message=r".*sync_dist=True.*")
+            for layer in report.layers:
+                for name in DEPTH_METRICS:
+                    value = report.value(layer, name)
+                    if value is not None:
+                        pl_module.log(
+                            f"{self.prefix}{layer}/{name}",
+                            float(value),
+                            on_step=False,
+                            on_epoch=True,
+                        )
+
+    def _combine(
+        self, trainer: pl.Trainer, local: Any = False, *, gram: bool | None = None
+    ) -> ClassStats | None:
+        """The statistics of every rank's samples (None when no rank saw a batch):
+        this rank's `local` ones (default: those of the tapped layer)."""
+        if local is False:
+            local = self._stats
         world_size = int(trainer.world_size)
         if world_size == 1:
             return local
@@ -378,7 +542,7 @@ class NeuralCollapseCallback(pl.Callback):
             local = ClassStats.empty(
                 self.num_classes,
                 1,
-                gram=self.gram,
+                gram=self.gram if gram is None else gram,
                 xp=torch_xp,
                 device=trainer.strategy.root_device,
                 dtype=self.dtype,
