@@ -32,8 +32,17 @@ def test_datasets_give_the_requested_counts(dataset):
 
 def test_short_run_writes_every_file_and_metrics_fall(tmp_path):
     config = DemoConfig(dataset="synthetic", epochs=60, eval_every=20, width=64, out=str(tmp_path))
-    summary = run_demo(config, progress=False)
-    for name in ("report.json", "report.md", "metrics.png", "gram.png", "classes.png"):
+    with pytest.warns(UserWarning, match="did not reach the terminal phase"):  # 60 epochs
+        summary = run_demo(config, progress=False)
+    for name in (
+        "report.json",
+        "report.md",
+        "depth.json",
+        "metrics.png",
+        "gram.png",
+        "classes.png",
+        "depth.png",
+    ):
         path = tmp_path / name
         assert path.exists() and path.stat().st_size > 0, name
     saved = json.loads((tmp_path / "report.json").read_text())

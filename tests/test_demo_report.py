@@ -18,7 +18,8 @@ from ncgeom_torch.demo import DemoConfig, run_demo
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     config = DemoConfig(dataset="synthetic", epochs=40, eval_every=20, width=32, out=str(out))
-    run_demo(config, progress=False)
+    with pytest.warns(UserWarning, match="did not reach the terminal phase"):  # 40 epochs
+        run_demo(config, progress=False)
     return out, json.loads((out / "report.json").read_text())
 
 
@@ -52,7 +53,7 @@ def test_report_md_names_metrics_from_the_registry_and_embeds_figures(demo_run):
     text = (out / "report.md").read_text()
     labels = set(re.findall(r"^\| (\w+ \([^)]*\)) \|", text, flags=re.M))
     assert labels == {metric.label for metric in METRICS.values()}
-    for name in ("metrics.png", "gram.png", "classes.png"):
+    for name in ("metrics.png", "gram.png", "classes.png", "depth.png"):
         assert f"]({name})" in text and (out / name).stat().st_size > 0
     header = next(line for line in text.splitlines() if line.startswith("| class | n_k |"))
     heads = [cell.strip() for cell in header.strip("|").split("|")]

@@ -14,7 +14,7 @@ import numpy as np
 
 from ncgeom.vocabulary import FIGURE_METRICS, METRICS, PER_CLASS
 
-__all__ = ["STYLE", "write_figures"]
+__all__ = ["STYLE", "write_depth_figure", "write_figures"]
 
 #: Sizes shared by every figure of the demo.
 STYLE = {"title": 11, "label": 10, "tick": 9, "legend": 8, "dpi": 120}
@@ -210,3 +210,33 @@ def _classes_figure(path: Path, final: dict[str, Any], counts: list[int]) -> Non
         )
         axes.legend(fontsize=STYLE["legend"])
     figure.savefig(path, dpi=STYLE["dpi"])
+
+
+def write_depth_figure(out: Path, depth: Any) -> Path:
+    """Write ``depth.png``: the depth metrics against the layers, log scale.
+
+    Parameters
+    ----------
+    out : Path
+        Existing folder.
+    depth : ncgeom.DepthReport
+        The depth report of the trained network.
+
+    Returns
+    -------
+    Path
+        The file written.
+    """
+    path = out / "depth.png"
+    figure = _figure(6.4, 4.2)
+    axes = figure.subplots()
+    depth.plot(ax=axes)
+    _style(
+        axes,
+        "Collapse through depth (after training)",
+        "hidden layer's output (shallow to deep; the last feeds the classifier)",
+        "metric (log scale)",
+    )
+    axes.legend(fontsize=STYLE["legend"])
+    figure.savefig(path, dpi=STYLE["dpi"])
+    return path
