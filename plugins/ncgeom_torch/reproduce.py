@@ -15,21 +15,33 @@ over the network's parameters. The feature penalty is ramped in linearly
 over the first `RunSpec.warmup` fraction of the epochs (see the docs for the
 controlled experiment that shows why).
 
-Experiments:
+Every run is judged by the criteria fixed in `ncgeom.criteria` (alive,
+collapsed or partial; the terminal phase, with the KKT residual of
+`ncgeom.theory.kkt`); runs that miss the terminal phase are reported apart and
+enter no pooled figure. The headline is the threshold sweep:
+
+(c) lambda = sqrt(lambda_W lambda_H) on a log grid across the minority
+    classes' critical value (and past the head classes'), several seeds, from
+    a standard and a class-balanced start; the fitted threshold over the
+    predicted one with its interval (`reproduce_report.fit_threshold`), and
+    the alignment exponent of the classifier (`alignment_exponent`). The full
+    preset repeats the sweep at other ratios lambda_W / lambda_H and another N.
+
+The full preset adds:
 
 (a) NC1, NC2_H, NC2_WWT, NC3_WH, orthogonality and the gap to f* over epochs,
     for each imbalance profile; a plain weight-decay run (no feature penalty)
     beside them.
 (b) Measured against predicted Gram of the class means, per-class norms and
     margins, for the most imbalanced run.
-(c) The minority-collapse threshold: a sweep of lambda = lambda_W = lambda_H
-    across the predicted critical value of the minority classes.
 (d) The UFM itself: `ncgeom.solve.solve_ufm` on free features at the same
     counts and lambdas, against the closed form.
 
-A controlled experiment repeats the most imbalanced run with class-balanced
-cross-entropy over the first 30% of the epochs, everything else equal: the
-objective and its minimiser do not change, only the optimiser's path.
+and a controlled run: the most imbalanced run with class-balanced
+cross-entropy over the first 30% of the epochs, everything else equal (the
+objective and its minimiser do not change, only the optimiser's path). The
+``paper`` preset (a ResNet-18 on long-tailed CIFAR) is
+`ncgeom_torch.reproduce_paper`.
 """
 
 from __future__ import annotations
@@ -62,15 +74,9 @@ __all__ = [
     "RunSpec",
     "command",
     "run_reproduce",
-    "sweep_agreement",
     "train_run",
 ]
 
-#: Fraction of the largest alive norm below which a class counts as collapsed.
-COLLAPSE_FLOOR = 0.05
-#: Factor in lambda_W * lambda_H away from a class's critical value beyond which
-#: the prediction for that class is "clear" (and the 80% criterion applies).
-CLEAR_FACTOR = 4.0
 #: Fraction of the epochs with class-balanced cross-entropy in the controlled run.
 BALANCED_START = 0.3
 
@@ -156,8 +162,20 @@ class Preset:
     sweep_head, sweep_ratio : int, float
         Counts of the threshold sweep: a step profile on digits.
     sweep_factors : tuple of float
-        Sweep points, as multiples of the critical lambda of the minority classes.
-    sweep_epochs : int
+        Sweep points, as multiples of the critical lambda of the minority classes
+        (``sqrt(lambda_W lambda_H)`` over its critical value).
+    sweep_epochs, sweep_lr : int, float
+        Epochs and peak learning rate of each sweep run (full batch).
+    sweep_starts : tuple of {"standard", "balanced"}
+        Starts of the threshold sweep: the plain objective from the first step,
+        or class-balanced cross-entropy over the first `BALANCED_START` of the
+        epochs (same objective and minimiser, another path).
+    sweep_lambda_ratios : tuple of float
+        Further sweeps (standard start) with ``lambda_W / lambda_H`` at these
+        ratios and the same products: only the product should matter.
+    sweep_heads : tuple of int
+        Further sweeps (standard start) with these head counts (same profile,
+        so another N): only ``N^2 lambda_W lambda_H`` should matter.
     seeds : int
         Seeds of each run and sweep point (seed, seed + 1, ...).
     """
@@ -183,14 +201,28 @@ class Preset:
     controlled: bool = True
     sweep_head: int = 170
     sweep_ratio: float = 10.0
-    sweep_factors: tuple[float, ...] = (0.35, 0.5, 0.75, 1.25, 2.0, 2.8)
-    sweep_epochs: int = 1500
-    seeds: int = 1
+    sweep_factors: tuple[float, ...] = (0.25, 0.37, 0.55, 0.82, 1.22, 1.81, 2.69, 4.0)
+    sweep_epochs: int = 4000
+    sweep_lr: float = 0.4
+    sweep_starts: tuple[str, ...] = ("standard", "balanced")
+    sweep_lambda_ratios: tuple[float, ...] = ()
+    sweep_heads: tuple[int, ...] = ()
+    seeds: int = 2
     evals: int = 15
 
 
+#: Sweep factors of the full preset: 13 points, log-spaced from 0.25x to 4x.
+FULL_FACTORS = tuple(round(float(v), 3) for v in np.geomspace(0.25, 4.0, 13))
+
 PRESETS: dict[str, Preset] = {
-    "quick": Preset("quick"),
+    # quick: the threshold sweep only (2 seeds x 2 starts x 8 points), within 10 CPU-minutes
+    "quick": Preset(
+        "quick",
+        digits_profiles=(),
+        mnist1d_profiles=(),
+        plain_weight_decay=0.0,
+        controlled=False,
+    ),
     "full": Preset(
         "full",
         digits_epochs=4000,
@@ -203,12 +235,17 @@ PRESETS: dict[str, Preset] = {
             ("longtail", 100.0),
         ),
         mnist1d_epochs=150,
-        sweep_factors=(0.25, 0.35, 0.5, 0.6, 0.75, 0.9, 1.1, 1.25, 1.6, 2.0, 2.8),
-        sweep_epochs=4000,
-        seeds=3,
+        sweep_factors=FULL_FACTORS,
+        sweep_epochs=5000,
+        sweep_lambda_ratios=(0.25, 4.0),
+        sweep_heads=(85,),
+        seeds=5,
         evals=20,
     ),
 }
+#: Every ``--preset`` choice: those of `PRESETS` and ``paper`` (a CIFAR ResNet-18,
+#: `ncgeom_torch.reproduce_paper`).
+PRESET_CHOICES = (*PRESETS, "paper")
 
 
 # --------------------------------------------------------------------------- training
@@ -324,6 +361,7 @@ def train_run(
     final = history[-1]
     for entry in history[:-1]:
         del entry["feature_gram"]  # kept for the final evaluation only
+    checks = {} if plain else final_checks(spec, model, inputs, labels)
     return {
         "name": spec.name,
         "dataset": spec.dataset,
@@ -346,6 +384,7 @@ def train_run(
         "predicted_norms": None if theory is None else theory.feature_norms.tolist(),
         "predicted_margins": None if theory is None else theory.margins.tolist(),
         **{key: value for key, value in final.items() if key != "epoch"},
+        **checks,
         "history": history,
         "seconds": time.perf_counter() - started,
     }
@@ -380,7 +419,7 @@ def _evaluate(spec: RunSpec, model: Any, inputs: Any, labels: Any, theory: Any) 
         other = logits.scatter(1, labels[:, None], float("-inf")).amax(dim=1)
     tracker = NCTracker(len(spec.counts), dtype=torch.float64)
     tracker.observe(features, labels)
-    lambdas = {} if theory is None else {"lambda_w": spec.lambda_w, "lambda_h": spec.lambda_h}
+    lambdas = {"lambda_w": spec.lambda_w, "lambda_h": spec.lambda_h} if theory is not None else {}
     with warnings.catch_warnings():
         # collapsed (zero) class means are an expected outcome here, not a misuse:
         # the metrics they leave undefined are None in the report
@@ -402,9 +441,87 @@ def _evaluate(spec: RunSpec, model: Any, inputs: Any, labels: Any, theory: Any) 
         "orthogonality_error": report.get("orthogonality_error"),
         "etf_error": report.get("etf_error"),
         "scaled_alignment_error": report.get("scaled_alignment_error"),
+        "self_duality_error": report.get("self_duality_error"),
         "measured_norms": means.norm(dim=1).tolist(),
         "measured_margins": (margin / counts).tolist(),
         "feature_gram": (means @ means.T).tolist(),
+    }
+
+
+def final_checks(spec: RunSpec, model: Any, inputs: Any, labels: Any) -> dict[str, Any]:
+    """What the criteria and the alignment fit need from a trained UFM+ network.
+
+    - ``kkt_residual`` (and its ``kkt_parts``): `ncgeom.theory.kkt.ufm_kkt_residual`
+      at the final features (the whole training set) and classifier, in float64;
+    - ``grad_norm``: ``||grad f|| / (||grad CE|| + ||grad penalty||)`` over every
+      parameter of the network, full batch: how far the two forces that cancel at
+      a stationary point are from cancelling;
+    - ``class_accuracy``: train accuracy of each class;
+    - ``alignment``: `ncgeom_torch.reproduce_report.alignment_exponent` of the
+      classifier against the class means;
+    - ``depth``: NC1 at each ReLU and whether collapse progresses with depth.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from ncgeom.theory.kkt import ufm_kkt_parts
+
+    from .regularizer import ufm_penalty
+    from .reproduce_report import alignment_exponent
+
+    body, classifier = model[0], model[1]
+    params = [p for p in model.parameters() if p.requires_grad]
+    features = body(inputs)
+    cross_entropy = F.cross_entropy(classifier(features), labels)
+    penalty = ufm_penalty(
+        classifier.weight,
+        features,
+        lambda_w=spec.lambda_w,
+        lambda_h=spec.lambda_h,
+        num_samples=len(labels),
+    )
+    g_ce = torch.autograd.grad(cross_entropy, params, retain_graph=True)
+    g_pen = torch.autograd.grad(penalty, params)
+
+    def norm(grads: Any) -> float:
+        return math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads))
+
+    total = norm([a + b for a, b in zip(g_ce, g_pen, strict=True)])
+    scale = norm(g_ce) + norm(g_pen)
+    h = features.detach().double().cpu().numpy()
+    w = classifier.weight.detach().double().cpu().numpy()
+    y = labels.cpu().numpy()
+    k = len(spec.counts)
+    parts = ufm_kkt_parts(w, h, y, k, spec.lambda_w, spec.lambda_h)
+    predicted = (h @ w.T).argmax(axis=1)
+    accuracy = [float(np.mean(predicted[y == c] == c)) for c in range(k)]
+    means = np.stack([h[y == c].mean(axis=0) for c in range(k)])
+    return {
+        "depth": _depth(model, inputs, labels),
+        "kkt_residual": max(parts.values()),
+        "kkt_parts": parts,
+        "grad_norm": total / scale if scale > 0 else 0.0,
+        "class_accuracy": accuracy,
+        "alignment": alignment_exponent(w, means, np.asarray(spec.counts)),
+    }
+
+
+def _depth(model: Any, inputs: Any, labels: Any) -> dict[str, Any]:
+    """NC1 at every ReLU of the network, and whether collapse progresses with depth
+    (`ncgeom_torch.depth_runs.depth_of`; criterion of `ncgeom.depth`)."""
+    from torch import nn
+
+    from .depth_runs import depth_of
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # dead features: NaN with a reason
+        report = depth_of(model, inputs, labels, layers=nn.ReLU, classifier=model[1])
+    progression = report.progression()
+    return {
+        "layers": list(report.layers),
+        "nc1": [report.value(layer, "nc1") for layer in report.layers],
+        "progresses": bool(progression.progresses),
+        "sentence": progression.sentence,
     }
 
 
@@ -431,102 +548,6 @@ def _check_spec(spec: RunSpec) -> None:
         if not (isinstance(value, (int, float)) and 0 <= value < 1):
             msg = f"`{name}` must lie in [0, 1); got {value!r}"
             raise ValueError(msg)
-
-
-# --------------------------------------------------------------------------- threshold sweep
-
-
-def sweep_agreement(
-    points: list[dict[str, Any]],
-    *,
-    clear_factor: float = CLEAR_FACTOR,
-    floor: float = COLLAPSE_FLOOR,
-) -> dict[str, Any]:
-    """How often the measured norms agree with the predicted alive/collapsed classes.
-
-    For each sweep point the reference is the largest measured norm among the
-    classes predicted alive (at points where no class is predicted alive, the
-    largest measured norm of the whole sweep). A class predicted to collapse
-    agrees when its measured mean norm is below ``floor * reference``; a class
-    predicted alive agrees when its norm is at least that. A (point, class)
-    pair is *clear* when ``lambda_w * lambda_h`` is at least `clear_factor`
-    times away from the class's critical product (either side), *near*
-    otherwise.
-
-    Parameters
-    ----------
-    points : list of dict
-        Sweep points with ``lambda_w``, ``lambda_h``, ``counts``,
-        ``predicted_alive`` and ``measured_norms``.
-    clear_factor, floor : float
-
-    Returns
-    -------
-    dict
-        ``clear`` and ``near``: ``pairs``, ``agree``, ``fraction`` (None
-        without pairs); ``pairs``: per pair ``point``, ``class``, ``ratio``
-        (product over critical), ``predicted_alive``, ``measured_fraction``
-        (norm over reference), ``agree``, ``clear``.
-
-    Examples
-    --------
-    >>> point = {"lambda_w": 0.02, "lambda_h": 0.02, "counts": [30, 20, 3, 1],
-    ...          "predicted_alive": [True, True, True, False],
-    ...          "measured_norms": [0.65, 0.69, 0.02, 0.01]}
-    >>> result = sweep_agreement([point])
-    >>> [round(p["ratio"], 2) for p in result["pairs"]]
-    [0.05, 0.08, 0.52, 1.56]
-    >>> result["clear"]["agree"], result["clear"]["pairs"]
-    (2, 2)
-    >>> result["near"]["agree"], result["near"]["pairs"]  # class 2 died early
-    (1, 2)
-    """
-    from ncgeom.theory import critical_regularization
-
-    if not points:
-        msg = "`points` must hold at least one sweep point; got none"
-        raise ValueError(msg)
-    overall = max(max(p["measured_norms"]) for p in points)
-    pairs: list[dict[str, Any]] = []
-    for index, point in enumerate(points):
-        product = point["lambda_w"] * point["lambda_h"]
-        critical = np.asarray(critical_regularization(point["counts"]))
-        alive = [bool(a) for a in point["predicted_alive"]]
-        norms = [float(v) for v in point["measured_norms"]]
-        alive_norms = [v for v, a in zip(norms, alive, strict=True) if a]
-        reference = max(alive_norms) if alive_norms else overall
-        for k, (norm, predicted) in enumerate(zip(norms, alive, strict=True)):
-            ratio = product / float(critical[k])
-            fraction = norm / reference if reference > 0 else 0.0
-            agree = fraction >= floor if predicted else fraction < floor
-            clear = ratio >= clear_factor or ratio <= 1.0 / clear_factor
-            pairs.append(
-                {
-                    "point": index,
-                    "class": k,
-                    "ratio": ratio,
-                    "predicted_alive": predicted,
-                    "measured_fraction": fraction,
-                    "agree": bool(agree),
-                    "clear": bool(clear),
-                }
-            )
-
-    def tally(selected: list[dict[str, Any]]) -> dict[str, Any]:
-        agree = sum(p["agree"] for p in selected)
-        return {
-            "pairs": len(selected),
-            "agree": agree,
-            "fraction": agree / len(selected) if selected else None,
-        }
-
-    return {
-        "clear_factor": clear_factor,
-        "floor": floor,
-        "clear": tally([p for p in pairs if p["clear"]]),
-        "near": tally([p for p in pairs if not p["clear"]]),
-        "pairs": pairs,
-    }
 
 
 # --------------------------------------------------------------------------- UFM check
@@ -634,25 +655,57 @@ def _plan(preset: Preset, seed: int) -> list[tuple[str, RunSpec]]:
                 replace(most, name=most.name + " balanced start", balanced_start=BALANCED_START),
             )
         )
-    counts = tuple(imbalance_counts(preset.sweep_head, "step", preset.sweep_ratio))
-    critical = _minority_lambda(counts)
+    plan += [("sweep/" + group, spec) for group, spec in sweep_plan(preset, seed)]
+    return plan
+
+
+def sweep_groups(preset: Preset) -> list[tuple[str, int, float, str]]:
+    """The threshold sweeps of a preset: (group, head count, lambda_W / lambda_H, start).
+
+    Examples
+    --------
+    >>> [g[0] for g in sweep_groups(PRESETS["full"])]
+    ['standard', 'balanced', 'lambda ratio 0.25', 'lambda ratio 4', 'head 85']
+    """
+    groups = [(start, preset.sweep_head, 1.0, start) for start in preset.sweep_starts]
+    groups += [
+        (f"lambda ratio {ratio:g}", preset.sweep_head, ratio, "standard")
+        for ratio in preset.sweep_lambda_ratios
+    ]
+    groups += [(f"head {head}", head, 1.0, "standard") for head in preset.sweep_heads]
+    return groups
+
+
+def sweep_plan(preset: Preset, seed: int) -> list[tuple[str, RunSpec]]:
+    """The threshold-sweep runs of a preset: (group, spec), seeds outermost.
+
+    Point ``t`` of a group has ``sqrt(lambda_W lambda_H) = t * lambda_c``, with
+    ``lambda_c`` the critical lambda of the group's rarest class, and
+    ``lambda_W / lambda_H`` the group's ratio.
+    """
+    plan = []
     for s in range(seed, seed + preset.seeds):
-        for factor in preset.sweep_factors:
-            lam_k = critical * factor
-            spec = RunSpec(
-                f"sweep lambda={lam_k:.3g}",
-                "digits",
-                "step",
-                preset.sweep_ratio,
-                counts,
-                lam_k,
-                lam_k,
-                epochs=preset.sweep_epochs,
-                width=preset.width,
-                evals=5,
-                seed=s,
-            )
-            plan.append(("sweep", spec))
+        for group, head, ratio, start in sweep_groups(preset):
+            counts = tuple(imbalance_counts(head, "step", preset.sweep_ratio))
+            critical = _minority_lambda(counts)
+            for factor in preset.sweep_factors:
+                lam = critical * factor
+                spec = RunSpec(
+                    f"sweep {group} x{factor:g}",
+                    "digits",
+                    "step",
+                    preset.sweep_ratio,
+                    counts,
+                    lam * math.sqrt(ratio),
+                    lam / math.sqrt(ratio),
+                    epochs=preset.sweep_epochs,
+                    lr=preset.sweep_lr,
+                    balanced_start=BALANCED_START if start == "balanced" else 0.0,
+                    width=preset.width,
+                    evals=5,
+                    seed=s,
+                )
+                plan.append((group, spec))
     return plan
 
 
@@ -718,6 +771,7 @@ def run_reproduce(
     Parameters
     ----------
     preset : {"quick", "full"} or Preset
+        (the ``paper`` preset is `ncgeom_torch.reproduce_paper.run_paper`)
     out : str or Path
         Output folder (created if needed).
     seed : int
@@ -733,8 +787,12 @@ def run_reproduce(
     -------
     dict
         The content of ``report.json``: ``preset``, ``seed``, ``device``,
-        ``runs``, ``threshold_sweep``, ``sweep_agreement``, ``ufm``,
-        ``controlled``, ``seconds``, ``files``.
+        ``machine``, ``criteria`` (the fixed definitions and bands),
+        ``threshold`` (the headline fit: ``fitted_over_predicted``, ``ci``,
+        ``seeds``, ``method``, and ``by_group``, ``head``), ``alignment``
+        (``exponent``, ``ci``, ...), ``claims`` (name, prediction, measured,
+        band, verdict), ``not_terminal`` (runs reported apart), ``runs``,
+        ``threshold_sweep``, ``ufm``, ``seconds``, ``files``.
 
     Raises
     ------
@@ -748,7 +806,8 @@ def run_reproduce(
     --------
     >>> tiny = Preset("tiny", digits_head=12, digits_profiles=(("step", 4.0),),
     ...               digits_epochs=3, mnist1d_profiles=(), width=16, controlled=False,
-    ...               plain_weight_decay=0, sweep_head=12, sweep_factors=(0.5,), sweep_epochs=3)
+    ...               plain_weight_decay=0, sweep_head=12, sweep_factors=(0.5,), sweep_epochs=3,
+    ...               sweep_starts=("standard",), seeds=1)
     >>> import tempfile
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     summary = run_reproduce(tiny, out=tmp, plots=False, progress=False)
@@ -821,8 +880,11 @@ def _train_all(
         run = train_run(
             spec, x, y, device=device, tick=lambda e, b=base, c=cost: reporter.to(b + c * e)
         )
-        run["experiment"] = experiment
-        results[experiment].append(run)
+        kind, _, group = experiment.partition("/")
+        run["experiment"] = kind
+        if group:
+            run["group"] = group
+        results[kind].append(run)
     reporter.close()
     return results, time.perf_counter() - started
 
@@ -838,7 +900,6 @@ def _summarise(
 
     started = time.perf_counter()
     sweep = [_sweep_point(run) for run in results["sweep"]]
-    agreement = sweep_agreement(sweep) if sweep else None
     checks = []
     seen: set[tuple[Any, ...]] = set()
     for run in results["a"]:
@@ -853,12 +914,35 @@ def _summarise(
         "torch": torch.__version__,
         "runs": results["a"] + results["plain"] + results["controlled"],
         "threshold_sweep": sweep,
-        "sweep_agreement": agreement,
         "ufm": checks,
+        "machine": machine(),
         "train_seconds": seconds,
-        "seconds": seconds + time.perf_counter() - started,
     }
+    from .reproduce_report import evidence
+
+    summary.update(evidence(summary))
+    summary["seconds"] = seconds + time.perf_counter() - started
     return summary
+
+
+def machine() -> str:
+    """The machine in words: processor, cores, OS and Python, for numbers that depend on it."""
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            names = [
+                line.split(":", 1)[1].strip() for line in info if line.startswith("model name")
+            ]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}"
+    )
 
 
 def _cost(spec: RunSpec) -> int:
@@ -870,10 +954,22 @@ def _sweep_point(run: dict[str, Any]) -> dict[str, Any]:
     from ncgeom.theory import critical_regularization
 
     return {
+        "name": run["name"],
+        "group": run.get("group", "standard"),
         "lambda_w": run["lambda_w"],
         "lambda_h": run["lambda_h"],
         "counts": run["counts"],
         "seed": run["seed"],
+        "balanced_start": run["balanced_start"],
+        "kkt_residual": run.get("kkt_residual"),
+        "kkt_parts": run.get("kkt_parts"),
+        "grad_norm": run.get("grad_norm"),
+        "class_accuracy": run.get("class_accuracy"),
+        "alignment": run.get("alignment"),
+        "depth": run.get("depth"),
+        "scaled_alignment_error": run.get("scaled_alignment_error"),
+        "self_duality_error": run.get("self_duality_error"),
+        "nc1": run.get("nc1"),
         "critical_products": np.asarray(critical_regularization(run["counts"])).tolist(),
         "predicted_alive": run["predicted_alive"],
         "measured_norms": run["measured_norms"],
@@ -895,9 +991,11 @@ def _sweep_point(run: dict[str, Any]) -> dict[str, Any]:
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--preset",
-        choices=tuple(PRESETS),
+        choices=PRESET_CHOICES,
         default="quick",
-        help="quick: minutes on a laptop CPU; full: more seeds, longer training",
+        help="quick: the threshold sweep, 2 seeds x 2 starts x 8 points, under 10 CPU-minutes; "
+        "full: every experiment, 5 seeds, lambda-ratio and N sweeps (CPU-hours); paper: a "
+        "ResNet-18 on long-tailed CIFAR from --data-root (a GPU and hours)",
     )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
     parser.add_argument(
@@ -906,18 +1004,58 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         help="output folder, created if missing (checked before any training)",
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="first seed, >= 0 (the full preset uses the next ones)"
+        "--seed", type=int, default=0, help="first seed, >= 0 (quick uses 2 seeds, full 5)"
     )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    from .reproduce_paper import add_paper_arguments
+
+    add_paper_arguments(parser)
+
+
+def _paper_only(args: argparse.Namespace) -> list[str]:
+    """The options of the ``paper`` preset that `args` sets away from their defaults.
+
+    Given with another preset they would be ignored silently; the command
+    refuses them instead.
+    """
+    from .reproduce_paper import add_paper_arguments
+
+    defaults = argparse.ArgumentParser(add_help=False)
+    for flag in ("--device", "--out", "--seed"):
+        defaults.add_argument(flag)
+    add_paper_arguments(defaults)
+    reference = vars(defaults.parse_args([]))
+    return [
+        "--" + name.replace("_", "-")
+        for name, value in reference.items()
+        if name not in ("device", "out", "seed") and getattr(args, name, value) != value
+    ]
 
 
 #: Files `run_reproduce` writes into its output folder (with `plots`, the figures of
 #: `ncgeom_torch.reproduce_plots.write_figures` too).
 REPORT_FILES = ("report.json", "report.md")
-FIGURE_FILES = ("training.png", "per_class.png", "threshold.png", "controlled.png")
+FIGURE_FILES = (
+    "training.png",
+    "per_class.png",
+    "threshold.png",
+    "exponent.png",
+    "controlled.png",
+)
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.preset == "paper":
+        from .reproduce_paper import run_from_args
+
+        return run_from_args(args)
+    extra = _paper_only(args)
+    if extra:
+        msg = (
+            f"`{extra[0]}` applies to --preset paper only; got it with --preset "
+            f"{args.preset} (drop it, or pass --preset paper)"
+        )
+        raise ValueError(msg)
     modules = {
         "torch": "training",
         "sklearn": "the digits data set",
@@ -936,13 +1074,13 @@ def _run(args: argparse.Namespace) -> int:
         )
     except FieldError as err:
         raise err.for_option() from None
-    agreement = summary["sweep_agreement"]
-    if agreement is not None and agreement["clear"]["fraction"] is not None:
-        print(
-            f"threshold sweep: {agreement['clear']['agree']}/{agreement['clear']['pairs']} "
-            f"clear (point, class) pairs agree with the prediction"
-        )
-    print(f"{len(summary['runs'])} runs in {summary['seconds']:.0f} s")
+    for claim in summary["claims"]:
+        print(f"{claim['name']}: {claim['measured']} -> {claim['verdict']}")
+    trained = len(summary["runs"]) + len(summary["threshold_sweep"])
+    print(
+        f"{trained} runs ({len(summary['not_terminal'])} missed the terminal phase) in "
+        f"{summary['seconds']:.0f} s on {summary['machine']}"
+    )
     print("wrote " + ", ".join(summary["files"]))
     return 0
 

@@ -39,18 +39,24 @@ def write_figures(out: Path, summary: dict[str, Any]) -> list[Path]:
     """Write the figures of experiments (a) to (c) and the controlled experiment into `out`.
 
     Returns the paths written: ``training.png`` (a), ``per_class.png`` (b),
-    ``threshold.png`` (c, when the sweep ran) and ``controlled.png`` (when the
-    controlled experiment ran).
+    ``threshold.png`` (c, when the sweep ran: the fitted threshold curve with
+    seeds as points), ``exponent.png`` (the alignment exponent fit) and
+    ``controlled.png`` (when the controlled experiment ran). Only runs in the
+    terminal phase are drawn.
     """
     paths: list[Path] = []
-    runs = [r for r in summary["runs"] if r.get("experiment") == "a"]
+    from .reproduce_report import reached
+
+    runs = [r for r in summary["runs"] if r.get("experiment") == "a" and reached(r)]
     if runs:
         paths.append(_training(out / "training.png", runs))
-    worst = most_imbalanced(summary["runs"])
+    worst = most_imbalanced([r for r in summary["runs"] if reached(r)])
     if worst is not None:
         paths.append(_per_class(out / "per_class.png", worst))
     if summary.get("threshold_sweep"):
-        paths.append(_threshold(out / "threshold.png", summary["threshold_sweep"]))
+        paths.append(_threshold(out / "threshold.png", summary))
+    if summary.get("alignment", {}).get("runs"):
+        paths.append(_exponent(out / "exponent.png", summary))
     controlled = [r for r in summary["runs"] if r.get("experiment") == "controlled"]
     if controlled and worst is not None:
         paths.append(_controlled(out / "controlled.png", worst, controlled[0]))
@@ -148,48 +154,159 @@ def _per_class(path: Path, run: dict[str, Any]) -> Path:
     return path
 
 
-def _threshold(path: Path, sweep: list[dict[str, Any]]) -> Path:
+def _threshold(path: Path, summary: dict[str, Any]) -> Path:
+    """Per sweep: the fitted survival curve with each (seed, class) outcome as a point
+    (top), and the measured norms against the predicted curve (bottom). Terminal-phase
+    runs only."""
+    from matplotlib.ticker import NullFormatter
+
     from ncgeom.theory import ufm_relu_optimum
 
-    counts = sweep[0]["counts"]
-    rare, head = int(np.argmin(counts)), int(np.argmax(counts))
-    lambdas = np.array([p["lambda_w"] for p in sweep])
-    critical = np.sqrt(np.asarray(sweep[0]["critical_products"]))
-    grid = np.geomspace(lambdas.min() / 1.3, lambdas.max() * 1.3, 300)
-    curves = np.array([ufm_relu_optimum(counts, lam, lam).feature_norms for lam in grid])
-    figure = _figure(9, 5)
-    axes = figure.add_subplot()
-    minority = [k for k, n in enumerate(counts) if n == counts[rare]]
-    majority = [k for k, n in enumerate(counts) if n == counts[head]]
-    for ks, colour, label in (
-        (majority, "tab:blue", f"head classes (n={counts[head]})"),
-        (minority, "tab:red", f"minority classes (n={counts[rare]})"),
-    ):
-        axes.plot(grid, curves[:, ks[0]], color=colour, label=f"{label}: predicted")
-        xs = np.repeat(lambdas, len(ks))
-        ys = np.array([[p["measured_norms"][k] for k in ks] for p in sweep]).ravel()
-        axes.scatter(
-            xs,
-            ys,
-            color=colour,
-            marker="o",
+    from .reproduce_report import reached
+
+    fits = summary["threshold"]["by_group"]
+    sweep = [p for p in summary["threshold_sweep"] if reached(p)]
+    seeds = sorted({p["seed"] for p in summary["threshold_sweep"]})
+    colours = dict(zip(seeds, _colours(len(seeds)), strict=True))
+    figure = _figure(4.2 * len(fits) + 0.6, 7.5)
+    axes = figure.subplots(2, len(fits), squeeze=False, sharex=True)
+    rng = np.random.default_rng(0)
+    for column, (group, fit) in enumerate(fits.items()):
+        top, bottom = axes[0, column], axes[1, column]
+        points = [p for p in sweep if p["group"] == group]
+        outcomes = fit.get("points", [])
+        for seed in seeds:
+            for partial in (False, True):
+                chosen = [q for q in outcomes if q["seed"] == seed and q["partial"] == partial]
+                if not chosen:
+                    continue
+                size = len(chosen)
+                top.scatter(
+                    np.array([q["ratio"] for q in chosen])
+                    * np.exp(0.03 * rng.standard_normal(size)),
+                    np.array([float(q["survived"]) for q in chosen])
+                    + 0.06 * rng.standard_normal(size),
+                    color=colours[seed],
+                    marker="s" if partial else "o",
+                    s=20,
+                    alpha=0.75,
+                )
+        grid = np.geomspace(0.2, 5.0, 80)
+        if fit.get("fitted_over_predicted") is not None:
+            star, slope = fit["fitted_over_predicted"], fit["slope"]
+            top.plot(grid, 1 / (1 + (grid / star) ** slope), color="black", label="fit")
+            top.axvline(star, color="black", linewidth=1)
+            top.axvspan(*fit["ci"], color="black", alpha=0.12, label="95% interval")
+        top.axvline(1.0, color="tab:red", linestyle=":", label="predicted")
+        top.set_title(f"{group}: {_fit_text(fit)}", fontsize=9)
+        top.set_ylabel("minority class survived (1) or collapsed (0)")
+        for seed in seeds:
+            for minority, marker in ((True, "o"), (False, "^")):
+                xs, ys = [], []
+                for point in (p for p in points if p["seed"] == seed):
+                    counts = point["counts"]
+                    ratio = np.sqrt(
+                        point["lambda_w"] * point["lambda_h"] / min(point["critical_products"])
+                    )
+                    for k, n in enumerate(counts):
+                        if (n == min(counts)) == minority:
+                            xs.append(ratio)
+                            ys.append(point["measured_norms"][k])
+                if xs:
+                    bottom.scatter(xs, ys, color=colours[seed], marker=marker, s=16, alpha=0.7)
+        if points:
+            p0 = points[0]
+            lam_c = np.sqrt(min(p0["critical_products"]))
+            ratio_wh = p0["lambda_w"] / p0["lambda_h"]
+            curves = np.array(
+                [
+                    ufm_relu_optimum(
+                        p0["counts"], lam_c * r * np.sqrt(ratio_wh), lam_c * r / np.sqrt(ratio_wh)
+                    ).feature_norms
+                    for r in grid
+                ]
+            )
+            rare, head = int(np.argmin(p0["counts"])), int(np.argmax(p0["counts"]))
+            bottom.plot(grid, curves[:, rare], color="tab:red", label="predicted, minority (o)")
+            bottom.plot(grid, curves[:, head], color="tab:blue", label="predicted, head (^)")
+        bottom.set_xscale("log")
+        bottom.set_xticks([0.25, 0.5, 1.0, 2.0, 4.0], labels=["0.25", "0.5", "1", "2", "4"])
+        bottom.xaxis.set_minor_formatter(NullFormatter())
+        bottom.set_xlabel("sqrt(lambda_W lambda_H) / minority critical lambda")
+        bottom.set_ylabel("class-mean norm")
+        bottom.grid(alpha=0.3, which="both")
+        top.grid(alpha=0.3, which="both")
+    for seed, colour in colours.items():
+        axes[0, 0].scatter([], [], color=colour, label=f"seed {seed}")
+    axes[0, 0].scatter([], [], color="grey", marker="s", label="partial (counted survived)")
+    axes[0, 0].legend(fontsize=7, loc="lower left")
+    if axes[1, 0].get_legend_handles_labels()[0]:
+        axes[1, 0].legend(fontsize=7)
+    figure.suptitle("Minority-collapse threshold: outcomes per seed and the fitted curve")
+    figure.savefig(path, dpi=100)
+    return path
+
+
+def _fit_text(fit: dict[str, Any]) -> str:
+    if fit.get("fitted_over_predicted") is None:
+        return fit.get("reason") or "no fit"
+    low, high = fit["ci"]
+    return f"fitted/predicted {fit['fitted_over_predicted']:.3g} [{low:.3g}, {high:.3g}]"
+
+
+def _exponent(path: Path, summary: dict[str, Any]) -> Path:
+    """The fitted alignment exponent per run (seeds as colours) against the prediction 1/2,
+    and the scaled alignment error against classic self-duality."""
+    from .reproduce_report import EXPONENT_BAND, reached
+
+    alignment = summary["alignment"]
+    points = [
+        p
+        for p in summary["threshold_sweep"] + summary["runs"]
+        if reached(p)
+        and p.get("alignment")
+        and all(o == "alive" for o in p["outcomes"])
+        and all(p["predicted_alive"])
+    ]
+    seeds = sorted({p["seed"] for p in points})
+    colours = dict(zip(seeds, _colours(len(seeds)), strict=True))
+    figure = _figure(11, 4.2)
+    left, right = figure.subplots(1, 2)
+    for index, point in enumerate(points):
+        marker = "s" if point.get("balanced_start") else "o"
+        left.scatter(
+            index,
+            point["alignment"]["exponent"],
+            color=colours[point["seed"]],
+            marker=marker,
             s=22,
-            alpha=0.7,
-            label=f"{label}: measured (each class)",
         )
-        lam_c = critical[ks[0]]
-        axes.axvline(lam_c, color=colour, linestyle=":", linewidth=1.5)
-        axes.axvspan(lam_c / 2, lam_c * 2, color=colour, alpha=0.07)
-    axes.set_xscale("log")
-    axes.set_xlabel("lambda = lambda_W = lambda_H")
-    axes.set_ylabel("norm of the class mean of the features")
-    axes.set_title(
-        "(c) Minority collapse: measured norms against the predicted curve\n"
-        "dotted: predicted threshold; shaded: within 4x of it in lambda_W lambda_H",
-        fontsize=10,
-    )
-    axes.legend(fontsize=8)
-    axes.grid(alpha=0.3, which="both")
+        right.scatter(
+            point["alignment"]["error_classic"],
+            point["alignment"]["error_half"],
+            color=colours[point["seed"]],
+            marker=marker,
+            s=22,
+        )
+    left.axhline(0.5, color="tab:red", linestyle=":", label="predicted a = 1/2")
+    left.axhspan(*EXPONENT_BAND, color="tab:red", alpha=0.08, label="band")
+    if alignment.get("exponent") is not None:
+        left.axhline(alignment["exponent"], color="black", label="estimate")
+        left.axhspan(*alignment["ci"], color="black", alpha=0.12, label="95% interval")
+    left.set_xlabel("run (terminal phase, every class alive)")
+    left.set_ylabel("a = argmin ||nf(W) - nf(S(a))||")
+    left.set_title("Alignment exponent per run (o standard, s balanced start)", fontsize=9)
+    for seed, colour in colours.items():
+        left.scatter([], [], color=colour, label=f"seed {seed}")
+    left.legend(fontsize=7)
+    top = max([0.1] + [p["alignment"]["error_classic"] for p in points])
+    right.plot([0, top], [0, top], color="grey", linestyle="--", label="equal")
+    right.set_xlabel("classic self-duality error (a = 0)")
+    right.set_ylabel("scaled alignment error (a = 1/2)")
+    right.set_title("Scaled alignment against classic self-duality", fontsize=9)
+    right.legend(fontsize=7)
+    for axes in (left, right):
+        axes.grid(alpha=0.3)
     figure.savefig(path, dpi=100)
     return path
 
