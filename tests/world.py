@@ -1,4 +1,5 @@
-"""A simulated distributed world for `reduce_class_stats`, shared by the tests.
+"""A simulated distributed world for `reduce_class_stats` and
+`reduce_scatter_class_stats`, shared by the tests.
 
 Each rank runs in its own thread; the collectives meet at a barrier, so every
 rank sees the arrays of all ranks in rank order, as a real all-gather does.
@@ -12,32 +13,44 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ncgeom.measure.distributed import reduce_class_stats
+from ncgeom.measure.distributed import (
+    Collectives,
+    class_shards,
+    reduce_class_stats,
+    reduce_scatter_class_stats,
+)
 
 #: ``combine(rank, arrays)``: what a collective returns on `rank`, given the
 #: arrays every rank passed to it (in rank order).
 Combine = Callable[[int, list[Any]], Any]
 
+
+def _reduce_scatter(rank: int, xs: list[Any]) -> Any:
+    """The sum over the ranks of rank `rank`'s shard of the rows."""
+    start, stop = class_shards(xs[0].shape[0], len(xs))[rank]
+    rows = [x[start:stop, ...] for x in xs]
+    return sum(rows[1:], rows[0])
+
+
 #: The correct collectives.
 COMBINE: dict[str, Combine] = {
     "all_gather": lambda rank, xs: xs,
     "all_reduce": lambda rank, xs: sum(xs[1:], xs[0]),
+    "reduce_scatter": _reduce_scatter,
 }
 
 
-def reduce_on_threads(
-    parts: Sequence[Any],
-    per_rank: Sequence[dict[str, Any]] | None = None,
+def run_on_threads(
+    world: int,
+    work: Callable[[int, Collectives], Any],
     combine: Mapping[str, Combine] | None = None,
 ) -> list[Any]:
-    """`reduce_class_stats` of ``parts[r]`` on rank r of a world of ``len(parts)``
-    ranks, with the keyword arguments ``per_rank[r]`` (e.g. ``step``) and the
-    collectives of `COMBINE`, those named in `combine` replaced.
+    """``work(rank, collectives)`` on rank r of a world of `world` ranks (one
+    thread each), with the collectives of `COMBINE`, those named in `combine`
+    replaced.
 
     Returns each rank's result, or the exception that rank raised, in rank order.
     """
-    world = len(parts)
-    per_rank = per_rank or [{} for _ in parts]
     rules = {**COMBINE, **(combine or {})}
     barrier = threading.Barrier(world, timeout=60)
     slots: list[Any] = [None] * world
@@ -53,22 +66,62 @@ def reduce_on_threads(
 
         return call
 
-    def work(rank: int) -> None:
+    def target(rank: int) -> None:
+        group = Collectives(
+            rank,
+            world,
+            collective(rank, "all_gather"),
+            collective(rank, "all_reduce"),
+            collective(rank, "reduce_scatter"),
+        )
         try:
-            results[rank] = reduce_class_stats(
-                parts[rank],
-                rank=rank,
-                world_size=world,
-                all_gather=collective(rank, "all_gather"),
-                all_reduce=collective(rank, "all_reduce"),
-                **per_rank[rank],
-            )
+            results[rank] = work(rank, group)
         except Exception as err:  # handed to the caller, on the test's thread
             results[rank] = err
 
-    threads = [threading.Thread(target=work, args=(rank,)) for rank in range(world)]
+    threads = [threading.Thread(target=target, args=(rank,)) for rank in range(world)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     return results
+
+
+def reduce_on_threads(
+    parts: Sequence[Any],
+    per_rank: Sequence[dict[str, Any]] | None = None,
+    combine: Mapping[str, Combine] | None = None,
+) -> list[Any]:
+    """`reduce_class_stats` of ``parts[r]`` on rank r of a world of ``len(parts)``
+    ranks, with the keyword arguments ``per_rank[r]`` (e.g. ``step``) and the
+    collectives of `COMBINE`, those named in `combine` replaced.
+
+    Returns each rank's result, or the exception that rank raised, in rank order.
+    """
+    per_rank = per_rank or [{} for _ in parts]
+
+    def work(rank: int, group: Collectives) -> Any:
+        return reduce_class_stats(
+            parts[rank],
+            rank=rank,
+            world_size=group.world_size,
+            all_gather=group.all_gather,
+            all_reduce=group.all_reduce,
+            **per_rank[rank],
+        )
+
+    return run_on_threads(len(parts), work, combine)
+
+
+def shard_on_threads(
+    parts: Sequence[Any],
+    per_rank: Sequence[dict[str, Any]] | None = None,
+    combine: Mapping[str, Combine] | None = None,
+) -> list[Any]:
+    """`reduce_scatter_class_stats` of ``parts[r]`` on rank r, as `reduce_on_threads`."""
+    per_rank = per_rank or [{} for _ in parts]
+
+    def work(rank: int, group: Collectives) -> Any:
+        return reduce_scatter_class_stats(parts[rank], group, **per_rank[rank])
+
+    return run_on_threads(len(parts), work, combine)

@@ -14,7 +14,9 @@ safe. A plugin's `all_reduce_stats` passes its framework's ``all_gather``
 and ``all_reduce`` to `reduce_class_stats` (in `ncgeom.measure.distributed`,
 next to `ClassStats`; also importable from here, its 0.1 path), which checks
 every result of a collective. A plugin may also expose them as
-``collectives()``, a `Collectives`, for the conformance suite to check.
+``collectives()``, a `Collectives`, for the conformance suite to check; with
+the optional ``reduce_scatter`` among them, `reduce_scatter_class_stats`
+leaves each rank its shard of the classes (`class_shards`).
 """
 
 from __future__ import annotations
@@ -26,18 +28,27 @@ from collections.abc import Callable, Collection
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from .._lib.validate import check_protocol
-from ..measure.distributed import Collectives, reduce_class_stats
+from ..measure.distributed import (
+    ClassShard,
+    Collectives,
+    class_shards,
+    reduce_class_stats,
+    reduce_scatter_class_stats,
+)
 from ..measure.stats import ClassStats
 
 __all__ = [
+    "ClassShard",
     "Collectives",
     "ENTRY_POINT_GROUP",
     "FrameworkPlugin",
     "LoadedEntryPoint",
     "available_plugins",
+    "class_shards",
     "get_plugin",
     "load_entry_points",
     "reduce_class_stats",
+    "reduce_scatter_class_stats",
     "register_plugin",
     "unregister_plugin",
 ]
@@ -71,7 +82,10 @@ class FrameworkPlugin(Protocol):
     size, ``all_gather``, ``all_reduce``) that `all_reduce_stats` hands to
     `reduce_class_stats`, for the current process group (one process: rank
     0 of 1). The conformance suite then runs them, so that a broken
-    collective fails there rather than in a distributed job.
+    collective fails there rather than in a distributed job. Its
+    ``reduce_scatter`` is optional too (None: the framework has none);
+    `reduce_scatter_class_stats` needs it, and the suite checks it when it
+    is given. Plugins without it keep working: nothing else uses it.
 
     Examples
     --------

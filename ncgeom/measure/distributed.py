@@ -1,7 +1,9 @@
 """Exact combination of `ClassStats` across the processes of a distributed job.
 
 `reduce_class_stats` is written once for every framework: a plugin passes its
-framework's ``all_gather`` and ``all_reduce`` (see `FrameworkPlugin`). Every
+framework's ``all_gather`` and ``all_reduce`` (see `FrameworkPlugin`).
+`reduce_scatter_class_stats` leaves each rank the classes of its own shard
+(`class_shards`) only, through a plugin's optional ``reduce_scatter``. Every
 rank re-bases its statistics on the global class means with the public
 `ClassStats.rebase`, so the sums that travel stay of the size of the
 within-class spread. Every result of a collective is checked where it
@@ -19,7 +21,13 @@ from .._lib.backend import backend_name, index_dtype, namespace, to_host, wide_f
 from .._lib.validate import check_index, check_instance, check_int_at_least
 from .stats import ClassStats
 
-__all__ = ["Collectives", "reduce_class_stats"]
+__all__ = [
+    "ClassShard",
+    "Collectives",
+    "class_shards",
+    "reduce_class_stats",
+    "reduce_scatter_class_stats",
+]
 
 Array = Any
 
@@ -31,9 +39,12 @@ class Collectives(NamedTuple):
     """One process's view of its group: what `reduce_class_stats` needs.
 
     ``reduce_class_stats(stats, **collectives._asdict())`` combines the
-    statistics of the group. A plugin may expose its framework's collectives
-    as ``plugin.collectives()`` returning one of these; the conformance suite
-    (`ncgeom.testing.conformance`) then checks them.
+    statistics of the group; ``reduce_scatter_class_stats(stats, collectives)``
+    leaves each rank its shard of the classes, and needs `reduce_scatter`
+    (optional: None where the framework offers none). A plugin may expose its
+    framework's collectives as ``plugin.collectives()`` returning one of
+    these; the conformance suite (`ncgeom.testing.conformance`) then checks
+    them, `reduce_scatter` included when it is there.
 
     Examples
     --------
@@ -49,6 +60,10 @@ class Collectives(NamedTuple):
     all_gather: Callable[[Array], Sequence[Array]]
     #: ``all_reduce(x)``: the element-wise sum of `x` over the ranks.
     all_reduce: Callable[[Array], Array]
+    #: ``reduce_scatter(x)``: on rank r, the element-wise sum over the ranks of
+    #: the rows ``x[start:stop]``, ``(start, stop) = class_shards(len(x),
+    #: world_size)[r]``; None where the framework offers no reduce-scatter.
+    reduce_scatter: Callable[[Array], Array] | None = None
 
 
 def reduce_class_stats(
@@ -59,6 +74,7 @@ def reduce_class_stats(
     all_gather: Callable[[Array], Sequence[Array]],
     all_reduce: Callable[[Array], Array],
     step: int = 0,
+    reduce_scatter: Callable[[Array], Array] | None = None,
 ) -> ClassStats:
     """Combine the `ClassStats` of every process into those of all their samples.
 
@@ -88,6 +104,9 @@ def reduce_class_stats(
         disagree on it have fallen out of step (one skipped a report, or
         retried after a failure) and get an error instead of mixing
         statistics of different moments.
+    reduce_scatter : callable, optional
+        Not used (every rank gets every class); accepted so that the fields
+        of a `Collectives` can be passed as keywords.
 
     Returns
     -------
@@ -151,7 +170,7 @@ def reduce_class_stats(
     step = check_int_at_least(step, "step", 0)
     _check_callable(all_gather, "all_gather", "x -> the x of every rank, in rank order")
     _check_callable(all_reduce, "all_reduce", "x -> the element-wise sum of x over the ranks")
-    xp, device = stats.xp, stats.device
+    xp = stats.xp
 
     def gather(x: Array) -> list[Array]:
         return _gathered(all_gather(x), x, world_size)
@@ -161,43 +180,11 @@ def reduce_class_stats(
 
     # 1) Agree on the layout, the step and the scale (one all-gather of seven
     # integers per rank).
-    dtype_name = str(stats.dtype).rsplit(".", maxsplit=1)[-1]
-    dtype_code = (
-        _DTYPE_CODES.index(dtype_name) if dtype_name in _DTYPE_CODES else len(_DTYPE_CODES)
-    )
-    head = xp.asarray(
-        [stats.num_classes, stats.dim, int(stats.gram is not None), dtype_code],
-        dtype=index_dtype(xp),
-        device=device,
-    )
-    exponent = xp.astype(xp.round(xp.log2(stats.unit_scale)), index_dtype(xp))
-    meta = xp.concat(
-        [
-            head,
-            xp.reshape(xp.astype(stats.num_samples, index_dtype(xp)), (1,)),
-            xp.reshape(exponent, (1,)),
-            xp.asarray([step], dtype=index_dtype(xp), device=device),
-        ]
-    )
-    *table, own = to_host(xp.stack([*gather(meta), meta])).tolist()
-    _check_own_entry(table, own, rank)
-    _check_layout(table, rank)
-    dims = {row[1] for row in table if row[4] > 0}
-    if not dims:  # no rank saw a sample: nothing to combine
+    table, common = _agree(stats, gather, rank, step)
+    if common is None:  # no rank saw a sample: nothing to combine
         return stats
-    dim = dims.pop()
-    if stats.dim != dim:  # this rank saw no samples: adopt the common dimension
-        stats = ClassStats.empty(
-            stats.num_classes,
-            dim,
-            gram=stats.gram is not None,
-            xp=xp,
-            device=device,
-            dtype=stats.dtype,
-        )
-    common = max(row[5] for row in table if row[4] > 0)
-    stats = stats.rescaled(xp.asarray(2.0**common, dtype=stats.dtype, device=device))
-    k = stats.num_classes
+    stats = common
+    k, dim = stats.num_classes, stats.dim
     # 2) Counts of every rank (exact, int64).
     per_rank = xp.stack(gather(stats.counts))  # (world_size, K)
     counts = xp.sum(per_rank, axis=0)  # (K,)
@@ -228,6 +215,354 @@ def reduce_class_stats(
         reduced=(first[k * dim :], packed[-k:]),
     )
     return ClassStats(counts, shift, sums, sqnorms, gram, local.unit_scale)
+
+
+def class_shards(num_classes: int, world_size: int) -> list[tuple[int, int]]:
+    """The contiguous slices of the classes that the ranks own, in rank order.
+
+    Rank r owns the classes ``start <= k < stop`` of entry r. The first
+    ``num_classes % world_size`` ranks own one class more than the others, so
+    the sizes differ by at most one; a rank owns none when there are fewer
+    classes than ranks.
+
+    Parameters
+    ----------
+    num_classes : int
+        Number of classes K (>= 1).
+    world_size : int
+        Number of ranks P (>= 1).
+
+    Returns
+    -------
+    list of (int, int)
+        ``(start, stop)`` of each rank.
+
+    Examples
+    --------
+    >>> from ncgeom.plugins import class_shards
+    >>> class_shards(10, 4)
+    [(0, 3), (3, 6), (6, 8), (8, 10)]
+    """
+    num_classes = check_int_at_least(num_classes, "num_classes", 1)
+    world_size = check_int_at_least(world_size, "world_size", 1)
+    size, more = divmod(num_classes, world_size)
+    stops = [(r + 1) * size + min(r + 1, more) for r in range(world_size)]
+    return list(zip([0, *stops[:-1]], stops, strict=True))
+
+
+class ClassShard(NamedTuple):
+    """One rank's shard of the statistics of all ranks' samples.
+
+    What `reduce_scatter_class_stats` returns. `stats` holds the classes
+    ``offset <= k < offset + stats.num_classes`` only, and no Gram: the Gram
+    is pooled over all the classes and travels whole, in `gram`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ncgeom import ClassStats
+    >>> from ncgeom.plugins import ClassShard
+    >>> stats = ClassStats.from_features(np.eye(2), np.array([0, 1]), 2)
+    >>> shard = ClassShard(stats, 0, 2, None, 2)
+    >>> shard.offset, shard.stats.num_classes
+    (0, 2)
+    """
+
+    #: Statistics of this rank's classes (counts, shifts, sums and squared norms
+    #: of the samples of every rank), relative to the classes' means; no Gram.
+    stats: ClassStats
+    #: The first class of the shard: ``stats`` row i is class ``offset + i``.
+    offset: int
+    #: The number of classes K of all shards together.
+    num_classes: int
+    #: ``sum_k sum_i (x_i / scale - shift_k)(...)^T`` over every class and every
+    #: rank's samples (d, d), in units of ``stats.scale``; None without a Gram.
+    gram: Array | None
+    #: The number of samples N of all classes and ranks.
+    num_samples: int
+
+
+def reduce_scatter_class_stats(
+    stats: ClassStats, collectives: Collectives, *, step: int = 0
+) -> ClassShard:
+    """Combine the `ClassStats` of every rank, each rank keeping its own classes.
+
+    Every rank holds statistics of all K classes of its own samples. Every
+    rank calls this function; rank r returns the statistics of the classes of
+    ``class_shards(K, world_size)[r]`` over the samples of all ranks, equal
+    (up to rounding) to those rows of `reduce_class_stats`: the same counts,
+    shifts (the class means), sums and squared norms, and the same pooled
+    Gram. The class tables travel by reduce-scatter, so that no rank receives
+    the (K, d) sums of all classes.
+
+    Parameters
+    ----------
+    stats : ClassStats
+        This rank's statistics, as for `reduce_class_stats`.
+    collectives : Collectives
+        This process's rank, world size and collectives; its
+        `reduce_scatter` must be given.
+    step : int
+        The caller's count of reductions so far; ranks that disagree on it
+        get an error, as in `reduce_class_stats`.
+
+    Returns
+    -------
+    ClassShard
+        This rank's classes (`ClassShard.stats`, on this rank's namespace and
+        device), their `offset`, K, the pooled Gram and N.
+
+    Raises
+    ------
+    TypeError
+        If `collectives` is not a `Collectives`, has no callable
+        `reduce_scatter`, or a collective returns something that is not an
+        array of the statistics' library and dtype.
+    ValueError
+        On every rank, if the ranks disagree on the layout or the `step` (as
+        in `reduce_class_stats`). On the rank that sees it, if a collective
+        returns the wrong shape or other sums than the exact counts (e.g. a
+        mean, or this rank's rows unreduced); the message names the
+        collective.
+
+    Notes
+    -----
+    Six collectives; the layout all-gather first (as in `reduce_class_stats`,
+    with the count of samples of each shard on each rank added). Then: (1)
+    the counts (int64, exact) by reduce-scatter; (2) the class means of the
+    shard, from a reduce-scatter of ``n_k * mean_k`` (K rows of d + 1
+    numbers); (3) an all-gather of the shards' means, since every rank must
+    re-centre its statistics of every class on the common means
+    (`ClassStats.rebase`, the exact identity of `reduce_class_stats`); (4)
+    the shifted sums and squared norms by reduce-scatter (K rows of d + 2
+    numbers); (5) the Gram, pooled over the classes, by an all-reduce of
+    d^2 + 1 numbers. The floating reduce-scatters carry the local counts and
+    the all-reduce the local N: their sums are checked against the exact
+    ones in one host read at the end.
+
+    Examples
+    --------
+    One process owns every class:
+
+    >>> import numpy as np
+    >>> from ncgeom import ClassStats
+    >>> from ncgeom.plugins import Collectives, reduce_scatter_class_stats
+    >>> stats = ClassStats.from_features(np.eye(3), np.array([0, 1, 1]), 2)
+    >>> alone = Collectives(0, 1, lambda x: [x], lambda x: x, lambda x: x)
+    >>> shard = reduce_scatter_class_stats(stats, alone)
+    >>> shard.offset, shard.stats.counts.tolist()
+    (0, [1, 2])
+    """
+    check_instance(stats, ClassStats, "stats")
+    check_instance(collectives, Collectives, "collectives")
+    world_size = check_int_at_least(collectives.world_size, "collectives.world_size", 1)
+    rank = check_index(collectives.rank, "collectives.rank", world_size)
+    step = check_int_at_least(step, "step", 0)
+    _check_callable(
+        collectives.all_gather, "all_gather", "x -> the x of every rank, in rank order"
+    )
+    _check_callable(
+        collectives.all_reduce, "all_reduce", "x -> the element-wise sum of x over the ranks"
+    )
+    _check_callable(
+        collectives.reduce_scatter,
+        "reduce_scatter",
+        "x -> the sum over the ranks of this rank's shard of the rows of x",
+    )
+    xp = stats.xp
+    shards = class_shards(stats.num_classes, world_size)
+    start, stop = shards[rank]
+
+    def gather(x: Array) -> list[Array]:
+        return _gathered(collectives.all_gather(x), x, world_size)
+
+    def scatter(x: Array) -> Array:
+        own = x[start:stop, ...]
+        return _scattered(collectives.reduce_scatter(x), own, start, stop)
+
+    per_shard = xp.stack([xp.sum(stats.counts[a:b]) for a, b in shards])
+    table, common = _agree(stats, gather, rank, step, per_shard)
+    if common is None:  # no rank saw a sample: nothing to combine
+        return _shard_of(stats, start, stop, 0)
+    stats = common
+    k, dim, dtype = stats.num_classes, stats.dim, stats.dtype
+    # 1) Counts of the shard (exact, int64).
+    counts = scatter(stats.counts)
+    # 2) The shard's class means (zero for classes nobody saw), with the counts.
+    n_local = xp.astype(stats.counts, dtype)[:, None]
+    first = scatter(xp.concat([n_local * stats.scaled_means, n_local], axis=1))
+    shard_shift = first[:, :dim] / xp.astype(xp.clip(counts, min=1), dtype)[:, None]
+    # 3) Every shard's means on every rank, padded to the largest shard.
+    rows = shards[0][1] - shards[0][0]
+    padded = xp.concat(
+        [shard_shift, xp.zeros((rows - (stop - start), dim), dtype=dtype, device=stats.device)]
+    )
+    means = gather(padded)
+    own = xp.all(means[rank] == padded)  # checked at the end, with the others
+    shift = xp.concat([means[r][: b - a, ...] for r, (a, b) in enumerate(shards)])
+    del means, padded  # (K, d) in all: not held through the rest
+    # 4) Re-centre every class on the common means; the shard's sums by reduce-scatter.
+    local = stats.rebase(shift)
+    second = scatter(xp.concat([local.sums, local.sqnorms[:, None], n_local], axis=1))
+    unit_scale, local_gram = local.unit_scale, local.gram
+    del local, shift
+    # 5) The Gram, pooled over the classes, with the local N.
+    gram, total = None, None
+    if local_gram is not None:
+        n_all = xp.reshape(xp.astype(stats.num_samples, dtype), (1,))
+        send = xp.concat([xp.reshape(local_gram, (-1,)), n_all])
+        packed = _reduced(collectives.all_reduce(send), send)
+        gram, total = xp.reshape(packed[:-1], (dim, dim)), packed[-1:]
+    num_samples = sum(row[4] for row in table)
+    _check_shard(
+        xp,
+        counts,
+        expected=sum(row[7 + rank] for row in table),
+        own=own,
+        reduced=(first[:, dim], second[:, dim + 1]),
+        total=(total, num_samples),
+        world_size=world_size,
+    )
+    sums, sqnorms = second[:, :dim], second[:, dim]
+    shard = ClassStats(counts, shard_shift, sums, sqnorms, None, unit_scale)
+    return ClassShard(shard, start, k, gram, num_samples)
+
+
+def _shard_of(stats: ClassStats, start: int, stop: int, num_samples: int) -> ClassShard:
+    """The rows ``start:stop`` of `stats` as a shard (the Gram kept whole)."""
+    rows = ClassStats(
+        stats.counts[start:stop],
+        stats.shift[start:stop, ...],
+        stats.sums[start:stop, ...],
+        stats.sqnorms[start:stop],
+        None,
+        stats.unit_scale,
+    )
+    return ClassShard(rows, start, stats.num_classes, stats.gram, num_samples)
+
+
+def _scattered(result: Any, own: Array, start: int, stop: int) -> Array:
+    """`reduce_scatter(x)`, checked: an array like ``x[start:stop]``."""
+    each = f"of shape {tuple(own.shape)} and dtype {own.dtype}"
+    library = backend_name(namespace(like=own))
+    expected = (
+        f"one {library} array {each}, the element-wise sum over the ranks of the rows "
+        f"{start}:{stop} (this rank's shard)"
+    )
+    _check_like(result, own, "reduce_scatter", "", expected)
+    return result
+
+
+def _check_shard(
+    xp: Any,
+    counts: Array,
+    *,
+    expected: int,
+    own: Array,
+    reduced: tuple[Array, Array],
+    total: tuple[Array | None, int],
+    world_size: int,
+) -> None:
+    """Check the collectives of `reduce_scatter_class_stats` (one host read,
+    after the last collective): the int64 counts sum to the gathered shard
+    totals, this rank's all-gather entry is its own, the floating
+    reduce-scatters summed the counts and the all-reduce the sample counts."""
+    wide = wide_float(xp)
+    exact = xp.astype(counts, wide)
+    parts = [
+        xp.reshape(xp.astype(xp.sum(counts), wide), (1,)),
+        xp.reshape(xp.astype(xp.all(own), wide), (1,)),
+    ]
+    for part in reduced:
+        # Exact below 2**24 in float32; larger counts round by eps per addition.
+        excess = (
+            xp.abs(xp.astype(part, wide) - exact) - world_size * xp.finfo(part.dtype).eps * exact
+        )
+        parts.append(xp.reshape(xp.astype(xp.any(excess > 0), wide), (1,)))
+    summed, stated = total
+    if summed is not None:
+        parts.append(xp.astype(summed, wide))
+    host = to_host(xp.concat(parts)).tolist()
+    if int(host[0]) != expected:
+        msg = (
+            f"`reduce_scatter` returned class counts that sum to {int(host[0])} samples, "
+            f"where the ranks hold {expected} of this rank's classes: expected the sum "
+            "over the ranks of this rank's shard (not an average, not this rank's rows alone)"
+        )
+        raise ValueError(msg)
+    if not host[1]:
+        msg = (
+            "`all_gather` returned class means as this rank's entry that are not this "
+            "rank's own: the entries must be in rank order"
+        )
+        raise ValueError(msg)
+    for call, failed in ((1, host[2]), (2, host[3])):
+        if failed:
+            msg = (
+                f"`reduce_scatter` (call {call + 1} of 3) returned other class counts than "
+                "its first call: expected the sum over the ranks of this rank's shard"
+            )
+            raise ValueError(msg)
+    if summed is not None and abs(host[4] - stated) > world_size * 1e-6 * stated:
+        msg = (
+            f"`all_reduce` returned {host[4]:g} samples in all, where the ranks hold "
+            f"{stated}: expected the element-wise sum over the ranks"
+        )
+        raise ValueError(msg)
+
+
+def _agree(
+    stats: ClassStats,
+    gather: Callable[[Array], list[Array]],
+    rank: int,
+    step: int,
+    extra: Array | None = None,
+) -> tuple[list[list[int]], ClassStats | None]:
+    """Agree on the layout, the step and the scale: one all-gather of seven
+    integers per rank (then `extra`, integers of the same length on every rank).
+
+    Returns the gathered rows (checked: in rank order, one layout) and `stats`
+    in the common dimension and power-of-two scale; None in place of the
+    statistics if no rank saw a sample.
+    """
+    xp, device = stats.xp, stats.device
+    dtype_name = str(stats.dtype).rsplit(".", maxsplit=1)[-1]
+    dtype_code = (
+        _DTYPE_CODES.index(dtype_name) if dtype_name in _DTYPE_CODES else len(_DTYPE_CODES)
+    )
+    head = xp.asarray(
+        [stats.num_classes, stats.dim, int(stats.gram is not None), dtype_code],
+        dtype=index_dtype(xp),
+        device=device,
+    )
+    exponent = xp.astype(xp.round(xp.log2(stats.unit_scale)), index_dtype(xp))
+    parts = [
+        head,
+        xp.reshape(xp.astype(stats.num_samples, index_dtype(xp)), (1,)),
+        xp.reshape(exponent, (1,)),
+        xp.asarray([step], dtype=index_dtype(xp), device=device),
+    ]
+    if extra is not None:
+        parts.append(xp.astype(extra, index_dtype(xp)))
+    meta = xp.concat(parts)
+    *table, own = to_host(xp.stack([*gather(meta), meta])).tolist()
+    _check_own_entry(table, own, rank)
+    _check_layout(table, rank)
+    dims = {row[1] for row in table if row[4] > 0}
+    if not dims:
+        return table, None
+    dim = dims.pop()
+    if stats.dim != dim:  # this rank saw no samples: adopt the common dimension
+        stats = ClassStats.empty(
+            stats.num_classes,
+            dim,
+            gram=stats.gram is not None,
+            xp=xp,
+            device=device,
+            dtype=stats.dtype,
+        )
+    common = max(row[5] for row in table if row[4] > 0)
+    return table, stats.rescaled(xp.asarray(2.0**common, dtype=stats.dtype, device=device))
 
 
 def _check_callable(value: Any, name: str, what: str) -> None:

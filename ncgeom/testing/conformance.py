@@ -27,7 +27,10 @@ collectives       (optional, for a plugin with ``collectives()``) its all-gather
                   one array per rank in rank order and its all-reduce their sum, each
                   of the argument's shape, dtype and library; `reduce_class_stats`
                   through them equals the float64 reference (counts times the number
-                  of processes, the same means and covariance)
+                  of processes, the same means and covariance). With a
+                  ``reduce_scatter`` among them: it returns the sum of this rank's
+                  rows (`class_shards`), and `reduce_scatter_class_stats` through
+                  them gives the rows of this rank's classes of the same reference
 ================  =======================================================================
 
 The ``collectives`` check runs the plugin's collectives in whatever process
@@ -466,8 +469,71 @@ class _Case:
                 f"`all_reduce` returned {summed.tolist()}; expected {expected.tolist()}, "
                 "the element-wise sum over the ranks",
             )
-        self._reduce_through(group, rank, world_size)
+        reduced = self._reduce_through(group, rank, world_size)
+        if getattr(group, "reduce_scatter", None) is not None:
+            self._check_reduce_scatter(group, rank, world_size)
+            self._scatter_through(group, rank, world_size, reduced)
         return None
+
+    def _check_reduce_scatter(self, group: Any, rank: int, world_size: int) -> None:
+        """The plugin's reduce-scatter sums this rank's shard of the rows."""
+        if not callable(group.reduce_scatter):
+            raise self.fail(
+                "collectives",
+                f"`reduce_scatter` must be callable or None; got "
+                f"{type(group.reduce_scatter).__name__}",
+            )
+        base = np.arange(15.0).reshape(5, 3)
+        start, stop = distributed.class_shards(base.shape[0], world_size)[rank]
+        expected = world_size * base[start:stop] + world_size * (world_size - 1) / 2
+        for dtype in (np.float64, np.int64):
+            x = self.convert((base + rank).astype(dtype), "collectives")
+            own = x[start:stop, ...]
+            summed = to_host(distributed._scattered(group.reduce_scatter(x), own, start, stop))
+            if not np.array_equal(summed, expected):
+                raise self.fail(
+                    "collectives",
+                    f"`reduce_scatter` returned {summed.tolist()}; expected "
+                    f"{expected.tolist()}, the element-wise sum over the ranks of the rows "
+                    f"{start}:{stop} (this rank's shard)",
+                )
+
+    def _scatter_through(
+        self, group: Any, rank: int, world_size: int, reduced: ClassStats
+    ) -> None:
+        """`reduce_scatter_class_stats` through the plugin's collectives: the rows
+        of this rank's classes of the float64 reference, and the Gram of
+        `reduce_class_stats` (`reduced`)."""
+        fields = (rank, world_size, group.all_gather, group.all_reduce, group.reduce_scatter)
+        shard = distributed.reduce_scatter_class_stats(
+            self.stats("collectives"), distributed.Collectives(*fields)
+        )
+        start, stop = distributed.class_shards(_NUM_CLASSES, world_size)[rank]
+        if (shard.offset, shard.num_classes) != (start, _NUM_CLASSES):
+            raise self.fail(
+                "collectives",
+                f"reduce_scatter_class_stats gave the shard at {shard.offset} of "
+                f"{shard.num_classes} classes; expected {start} of {_NUM_CLASSES}",
+            )
+        counts, means, variances, _, _ = _reference_moments(self.features, self.labels)
+        got = to_host(shard.stats.counts).tolist()
+        want = (world_size * counts[start:stop]).tolist()
+        if got != want:
+            raise self.fail(
+                "collectives",
+                f"reduce_scatter_class_stats gave counts {got}; expected {want} for the "
+                f"classes {start}:{stop}",
+            )
+        self.close("collectives", "shard means", shard.stats.means, means[start:stop])
+        self.close(
+            "collectives", "shard variances", shard.stats.class_variances, variances[start:stop]
+        )
+        self.close(
+            "collectives",
+            "pooled Gram of the shard",
+            shard.gram * shard.stats.unit_scale**2,
+            to_host(reduced.gram * reduced.unit_scale**2),
+        )
 
     def _group(self, group: Any) -> tuple[int, int]:
         """Rank and size of what ``collectives()`` returned, checked."""
@@ -488,7 +554,7 @@ class _Case:
             )
         return rank, world_size
 
-    def _reduce_through(self, group: Any, rank: int, world_size: int) -> None:
+    def _reduce_through(self, group: Any, rank: int, world_size: int) -> ClassStats:
         """`reduce_class_stats` through the plugin's collectives, every rank holding
         the same samples: the statistics of ``world_size`` copies of them."""
         stats = self.stats("collectives")
@@ -512,6 +578,7 @@ class _Case:
         self.close("collectives", "class means", reduced.means, means)
         self.close("collectives", "class variances", reduced.class_variances, variances)
         self.close("collectives", "within-class covariance", reduced.within_covariance(), sigma_w)
+        return reduced
 
     def check_registry(self) -> None:
         name = self.plugin.name

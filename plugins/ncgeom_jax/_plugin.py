@@ -10,7 +10,13 @@ import sys
 from typing import Any
 
 from ncgeom import ClassStats
-from ncgeom.plugins import reduce_class_stats
+from ncgeom.plugins import (
+    ClassShard,
+    Collectives,
+    class_shards,
+    reduce_class_stats,
+    reduce_scatter_class_stats,
+)
 
 __all__ = ["JaxPlugin", "plugin"]
 
@@ -73,12 +79,43 @@ class JaxPlugin:
         if not isinstance(stats, ClassStats):
             msg = f"`stats` must be a ClassStats; got {type(stats).__name__}"
             raise TypeError(msg)
+        group = self.collectives()
+        if group.world_size == 1:
+            return stats
+        return reduce_class_stats(
+            stats,
+            rank=group.rank,
+            world_size=group.world_size,
+            all_gather=group.all_gather,
+            all_reduce=group.all_reduce,
+        )
+
+    def collectives(self) -> Collectives:
+        """The collectives of the JAX processes, as ncgeom calls them.
+
+        All three go through
+        ``jax.experimental.multihost_utils.process_allgather``: the
+        all-reduce and the reduce-scatter sum the gathered arrays, so the
+        reduce-scatter returns the right rows but moves as much as an
+        all-gather. Rank 0 of 1, with collectives that return their argument,
+        in a job of one process.
+
+        Examples
+        --------
+        >>> import jax.numpy as jnp
+        >>> from ncgeom_jax import plugin
+        >>> alone = plugin.collectives()
+        >>> alone.rank, alone.world_size, alone.reduce_scatter(jnp.ones(2)).tolist()
+        (0, 1, [1.0, 1.0])
+        """
         import jax
 
         world_size = jax.process_count()
         if world_size == 1:
-            return stats
+            return Collectives(0, 1, lambda x: [x], lambda x: x, lambda x: x)
         from jax.experimental import multihost_utils
+
+        rank = jax.process_index()
 
         def all_gather(x: Any) -> list[Any]:
             gathered = multihost_utils.process_allgather(x, tiled=False)
@@ -88,13 +125,35 @@ class JaxPlugin:
             gathered = multihost_utils.process_allgather(x, tiled=False)
             return jax.numpy.sum(jax.numpy.asarray(gathered), axis=0)
 
-        return reduce_class_stats(
-            stats,
-            rank=jax.process_index(),
-            world_size=world_size,
-            all_gather=all_gather,
-            all_reduce=all_reduce,
-        )
+        def reduce_scatter(x: Any) -> Any:
+            start, stop = class_shards(x.shape[0], world_size)[rank]
+            gathered = multihost_utils.process_allgather(x, tiled=False)
+            return jax.numpy.sum(jax.numpy.asarray(gathered)[:, start:stop, ...], axis=0)
+
+        return Collectives(rank, world_size, all_gather, all_reduce, reduce_scatter)
+
+    def reduce_scatter_stats(self, stats: ClassStats, *, step: int = 0) -> ClassShard:
+        """This process's shard of the classes of every JAX process's samples.
+
+        Every process must call it; process r returns the classes
+        ``class_shards(K, jax.process_count())[r]`` (see
+        `ncgeom.plugins.reduce_scatter_class_stats`). In a job of one process,
+        the whole table as the one shard.
+
+        Examples
+        --------
+        >>> import jax.numpy as jnp
+        >>> from ncgeom import ClassStats
+        >>> from ncgeom_jax import plugin
+        >>> stats = ClassStats.from_features(jnp.eye(3), jnp.asarray([0, 1, 1]), 2)
+        >>> shard = plugin.reduce_scatter_stats(stats)
+        >>> shard.offset, shard.stats.counts.tolist()
+        (0, [1, 2])
+        """
+        if not isinstance(stats, ClassStats):
+            msg = f"`stats` must be a ClassStats; got {type(stats).__name__}"
+            raise TypeError(msg)
+        return reduce_scatter_class_stats(stats, self.collectives(), step=step)
 
     def __repr__(self) -> str:
         return "JaxPlugin(name='jax')"

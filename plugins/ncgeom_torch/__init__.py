@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._plugin import TorchPlugin, all_reduce_stats, plugin
+from ._plugin import TorchPlugin, all_reduce_stats, collectives, plugin, reduce_scatter_stats
 
 if TYPE_CHECKING:
     from .regularizer import UFMRegularizer, classifier_weight, ufm_penalty
@@ -34,8 +34,10 @@ __all__ = [
     "UFMRegularizer",
     "all_reduce_stats",
     "classifier_weight",
+    "collectives",
     "match_layers",
     "plugin",
+    "reduce_scatter_stats",
     "resolve_layer",
     "ufm_penalty",
     "unwrap_model",

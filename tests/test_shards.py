@@ -1,0 +1,526 @@
+"""Sharded class statistics: `class_shards`, the optional reduce-scatter
+collective and `reduce_scatter_class_stats`.
+
+The simulated world of tests/world.py plays 2 to 4 ranks on threads; one
+spawn of two gloo processes runs the torch plugin's collectives for real.
+Every result is compared with float64 formulas on all the samples, written
+here, and with the rows of `reduce_class_stats`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import traceback
+from datetime import timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+from world import reduce_on_threads, run_on_threads, shard_on_threads
+
+from ncgeom import ClassStats
+from ncgeom.plugins import (
+    ClassShard,
+    Collectives,
+    class_shards,
+    reduce_class_stats,
+    reduce_scatter_class_stats,
+)
+from ncgeom.testing.conformance import ConformanceError, check_plugin
+
+
+# ----------------------------------------------------------------------------- data
+def dataset(
+    seed: int, k: int, d: int, n: int, *, centre: float = 1e3, spread: float = 1e-2
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features far from the origin with a small within-class spread (where
+    sums about other shifts than the class means cancel), every class present."""
+    rng = np.random.default_rng(seed)
+    means = centre + rng.normal(size=(k, d))
+    labels = np.concatenate([np.arange(k), rng.integers(0, k, size=n - k)])
+    features = means[labels] + spread * rng.normal(size=(n, d))
+    return features, labels
+
+
+def split(labels: np.ndarray, world: int, seed: int) -> list[np.ndarray]:
+    """Rows of each rank: uneven, rank 1 lacks class 0 and the last rank lacks class 1."""
+    rng = np.random.default_rng(seed)
+    owner = rng.choice(
+        world, size=labels.size, p=np.arange(1, world + 1) / (world * (world + 1) / 2)
+    )
+    owner[labels == 0] = np.where(owner[labels == 0] == 1, 0, owner[labels == 0])
+    owner[labels == 1] = np.where(owner[labels == 1] == world - 1, 0, owner[labels == 1])
+    return [np.flatnonzero(owner == r) for r in range(world)]
+
+
+def formulas(features: np.ndarray, labels: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """Counts, means, class variances and the within scatter, by direct float64 formulas."""
+    counts = np.bincount(labels, minlength=k)
+    means = np.stack(
+        [
+            features[labels == c].mean(axis=0) if counts[c] else np.full(features.shape[1], np.nan)
+            for c in range(k)
+        ]
+    )
+    dev = features - means[labels]
+    variances = np.array(
+        [(dev[labels == c] ** 2).sum(axis=1).mean() if counts[c] else np.nan for c in range(k)]
+    )
+    return {"counts": counts, "means": means, "variances": variances, "scatter": dev.T @ dev}
+
+
+def within_scatter(shards: list[ClassShard]) -> np.ndarray:
+    """The within scatter from the shards: the pooled Gram about the shifts less
+    every shard's ``sum_k n_k offset_k offset_k^T`` (in the features' units)."""
+    scale = float(np.asarray(shards[0].stats.unit_scale))
+    scatter = np.asarray(shards[0].gram, dtype=np.float64).copy()
+    for shard in shards:
+        offsets = np.asarray(shard.stats.offsets, dtype=np.float64)
+        n = np.asarray(shard.stats.counts, dtype=np.float64)
+        scatter -= offsets.T @ (n[:, None] * offsets)
+    return scatter * scale * scale
+
+
+def assert_shards(
+    shards: list[Any], features: np.ndarray, labels: np.ndarray, k: int, rtol: float = 1e-10
+) -> None:
+    """The shards tile the classes and equal the float64 formulas on all samples."""
+    for result in shards:
+        assert isinstance(result, ClassShard), result
+    want = formulas(features, labels, k)
+    assert [(s.offset, s.offset + s.stats.num_classes) for s in shards] == class_shards(
+        k, len(shards)
+    )
+    for shard in shards:
+        rows = slice(shard.offset, shard.offset + shard.stats.num_classes)
+        assert shard.num_classes == k
+        assert shard.num_samples == labels.size
+        assert shard.stats.gram is None
+        np.testing.assert_array_equal(np.asarray(shard.stats.counts), want["counts"][rows])
+        np.testing.assert_allclose(np.asarray(shard.stats.means), want["means"][rows], rtol=rtol)
+        np.testing.assert_allclose(
+            np.asarray(shard.stats.class_variances), want["variances"][rows], rtol=rtol
+        )
+    scatter = within_scatter(shards)
+    np.testing.assert_allclose(
+        scatter, want["scatter"], rtol=rtol, atol=rtol * np.abs(want["scatter"]).max()
+    )
+
+
+def rank_stats(
+    features: np.ndarray, labels: np.ndarray, k: int, parts: list[np.ndarray]
+) -> list[ClassStats]:
+    """Each rank's statistics, accumulated in two batches (so its shifts are its own)."""
+    stats = []
+    for rows in parts:
+        local = ClassStats.empty(k, features.shape[1], gram=True)
+        for half in np.array_split(rows, 2):
+            local = local.update(features[half], labels[half])
+        stats.append(local)
+    return stats
+
+
+# ----------------------------------------------------------------------------- class_shards
+@pytest.mark.parametrize(("k", "world"), [(1, 1), (10, 4), (7, 7), (3, 5), (1000, 64)])
+def test_class_shards_are_contiguous_and_even(k: int, world: int) -> None:
+    shards = class_shards(k, world)
+    assert len(shards) == world
+    assert shards[0][0] == 0 and shards[-1][1] == k
+    assert all(stop == start for (_, stop), (start, _) in itertools.pairwise(shards))
+    sizes = [stop - start for start, stop in shards]
+    assert max(sizes) - min(sizes) <= 1
+    assert sizes == sorted(sizes, reverse=True)
+
+
+def test_class_shards_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match=r"^`num_classes` must be an integer >= 1; got 0$"):
+        class_shards(0, 2)
+    with pytest.raises(ValueError, match=r"^`world_size` must be an integer >= 1; got -1$"):
+        class_shards(3, -1)
+    with pytest.raises(TypeError, match=r"`world_size`"):
+        class_shards(3, 2.0)
+
+
+# ----------------------------------------------------------------------------- simulated world
+@pytest.mark.parametrize(("world", "k"), [(2, 5), (3, 7), (4, 10)])
+def test_shards_equal_formulas_and_reduce_class_stats(world: int, k: int) -> None:
+    features, labels = dataset(seed=world, k=k, d=6, n=240)
+    parts = split(labels, world, seed=world)
+    stats = rank_stats(features, labels, k, parts)
+    shards = shard_on_threads(stats)
+    assert_shards(shards, features, labels, k)
+    # the rows of the unsharded reduction: same shifts, sums, squared norms and Gram
+    for shard, whole in zip(shards, reduce_on_threads(stats), strict=True):
+        rows = slice(shard.offset, shard.offset + shard.stats.num_classes)
+        for field in ("shift", "sums", "sqnorms"):
+            np.testing.assert_allclose(
+                getattr(shard.stats, field), getattr(whole, field)[rows], rtol=1e-10, atol=1e-12
+            )
+        np.testing.assert_allclose(shard.gram, whole.gram, rtol=1e-10)
+        assert float(shard.stats.unit_scale) == float(whole.unit_scale)
+
+
+def test_more_ranks_than_classes_and_a_rank_without_samples() -> None:
+    k = 3
+    features, labels = dataset(seed=8, k=k, d=4, n=90)
+    parts = [np.arange(0, 50), np.arange(50, 90), np.arange(0, 0), np.arange(0, 0)]
+    stats = rank_stats(features, labels, k, parts)
+    stats[3] = ClassStats.empty(k, 9, gram=True)  # no samples: its dimension is adopted
+    shards = shard_on_threads(stats)
+    assert_shards(shards, features, labels, k)
+    assert shards[3].stats.num_classes == 0
+
+
+def test_classes_nobody_saw_and_feature_scales() -> None:
+    k = 6
+    features, labels = dataset(seed=3, k=4, d=5, n=120, centre=2.0, spread=1.0)
+    for size in (1e-20, 1e20):
+        x = features * size
+        parts = split(labels, 3, seed=1)
+        shards = shard_on_threads(rank_stats(x, labels, k, parts))
+        assert_shards(shards, x, labels, k)
+        for shard in shards:  # classes 4 and 5 have no samples anywhere: NaN means
+            rows = range(shard.offset, shard.offset + shard.stats.num_classes)
+            unseen = [i for i, c in enumerate(rows) if c >= 4]
+            assert np.isnan(np.asarray(shard.stats.means)[unseen]).all()
+
+
+def test_nothing_observed_anywhere_gives_empty_shards() -> None:
+    stats = [ClassStats.empty(5, 3, gram=True) for _ in range(2)]
+    shards = shard_on_threads(stats)
+    assert [(s.offset, s.stats.num_classes, s.num_samples) for s in shards] == [
+        (0, 3, 0),
+        (3, 2, 0),
+    ]
+
+
+def test_shards_on_every_backend(backend: Any) -> None:
+    k = 5
+    features, labels = dataset(seed=4, k=k, d=3, n=60, centre=3.0, spread=0.5)
+    parts = split(labels, 2, seed=4)
+    stats = [
+        ClassStats.from_features(backend.asarray(features[r]), backend.asarray(labels[r]), k)
+        for r in parts
+    ]
+    shards = shard_on_threads(stats)
+    want = formulas(features, labels, k)
+    for shard in shards:
+        assert isinstance(shard, ClassShard), shard
+        rows = slice(shard.offset, shard.offset + shard.stats.num_classes)
+        assert type(shard.stats.shift) is type(stats[0].shift)
+        np.testing.assert_array_equal(backend.to_numpy(shard.stats.counts), want["counts"][rows])
+        np.testing.assert_allclose(
+            backend.to_numpy(shard.stats.means), want["means"][rows], rtol=1e-10
+        )
+
+
+# ----------------------------------------------------------------------------- broken collectives
+def _scatter_mean(rank: int, xs: list[Any]) -> Any:
+    start, stop = class_shards(xs[0].shape[0], len(xs))[rank]
+    return (
+        sum(x[start:stop] for x in xs) // len(xs)
+        if xs[0].dtype.kind == "i"
+        else (sum(x[start:stop] for x in xs) / len(xs))
+    )
+
+
+def _own_rows(rank: int, xs: list[Any]) -> Any:
+    start, stop = class_shards(xs[0].shape[0], len(xs))[rank]
+    return xs[rank][start:stop]
+
+
+def _float_mean(rank: int, xs: list[Any]) -> Any:
+    start, stop = class_shards(xs[0].shape[0], len(xs))[rank]
+    total = sum(x[start:stop] for x in xs)
+    return total if xs[0].dtype.kind == "i" else total / len(xs)
+
+
+def _means_reversed(rank: int, xs: list[Any]) -> Any:
+    # only the all-gather of the class means (2-D floating arrays) out of order
+    return xs[::-1] if xs[0].ndim == 2 else xs
+
+
+BROKEN = {
+    "average": (
+        {"reduce_scatter": _scatter_mean},
+        ValueError,
+        r"^`reduce_scatter` returned class "
+        r"counts that sum to \d+ samples, where the ranks hold \d+ of this rank's",
+    ),
+    "unreduced": (
+        {"reduce_scatter": _own_rows},
+        ValueError,
+        r"^`reduce_scatter` returned class "
+        r"counts that sum to",
+    ),
+    "float average": (
+        {"reduce_scatter": _float_mean},
+        ValueError,
+        r"^`reduce_scatter` \(call 2 of 3\) returned other class counts",
+    ),
+    "whole": (
+        {"reduce_scatter": lambda rank, xs: sum(xs[1:], xs[0])},
+        ValueError,
+        r"^`reduce_scatter` returned a ndarray of shape \(7,\) and dtype int64; expected "
+        r"one numpy array of shape \(\d,\) and dtype int64, the element-wise sum over the "
+        r"ranks of the rows \d:\d \(this rank's shard\)$",
+    ),
+    "none": (
+        {"reduce_scatter": lambda rank, xs: None},
+        TypeError,
+        r"^`reduce_scatter` returned None; expected one numpy array",
+    ),
+    "gather order": (
+        {"all_gather": _means_reversed},
+        ValueError,
+        r"^`all_gather` returned class means as this rank's entry that are not",
+    ),
+    "gram average": (
+        {"all_reduce": lambda rank, xs: sum(xs[1:], xs[0]) / len(xs)},
+        ValueError,
+        r"^`all_reduce` returned [\d.]+ samples in all, where the ranks hold 200",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_a_broken_collective_raises_naming_it(case: str) -> None:
+    combine, error, message = BROKEN[case]
+    features, labels = dataset(seed=1, k=7, d=4, n=200)
+    stats = rank_stats(features, labels, 7, split(labels, 2, seed=2))
+    results = shard_on_threads(stats, combine=combine)
+    raised = [r for r in results if isinstance(r, error)]
+    assert raised, results
+    assert not [r for r in results if isinstance(r, ClassShard)], results
+    for result in raised:
+        assert re.search(message, str(result)), str(result)
+
+
+def test_ranks_out_of_step_or_disagreeing_are_refused_on_every_rank() -> None:
+    features, labels = dataset(seed=1, k=4, d=3, n=80)
+    stats = rank_stats(features, labels, 4, split(labels, 2, seed=2))
+    for result in shard_on_threads(stats, per_rank=[{"step": 2}, {"step": 1}]):
+        assert isinstance(result, ValueError), result
+        assert "disagree on step (rank 0: 2, rank 1: 1)" in str(result)
+    other = [stats[0], ClassStats.empty(5, 3, gram=True).update(features[:9], labels[:9])]
+    for result in shard_on_threads(other):
+        assert isinstance(result, ValueError), result
+        assert "disagree on num_classes (rank 0: 4, rank 1: 5)" in str(result)
+
+
+def test_collectives_without_reduce_scatter_are_refused() -> None:
+    stats = ClassStats.from_features(np.eye(3), np.array([0, 1, 1]), 2)
+    alone = Collectives(0, 1, lambda x: [x], lambda x: x)
+    with pytest.raises(
+        TypeError, match=r"^`reduce_scatter` must be callable \(.*\); got NoneType$"
+    ):
+        reduce_scatter_class_stats(stats, alone)
+    with pytest.raises(TypeError, match=r"^`collectives` must be a Collectives; got tuple$"):
+        reduce_scatter_class_stats(stats, (0, 1, list, list, list))
+    with pytest.raises(ValueError, match=r"^`collectives.rank` must lie in \[0, 1\); got 1$"):
+        reduce_scatter_class_stats(stats, alone._replace(rank=1, reduce_scatter=list))
+
+
+# ----------------------------------------------------------------------------- conformance
+class NumpyPlugin:
+    """A NumPy plugin whose `collectives()` returns the given ones."""
+
+    name = "numpy-shards"
+
+    def __init__(self, group: Collectives) -> None:
+        self.group = group
+
+    def owns(self, obj: Any) -> bool:
+        return isinstance(obj, np.ndarray)
+
+    def to_array(self, tensor: Any) -> Any:
+        if not self.owns(tensor):
+            msg = f"not a NumPy array: {type(tensor).__name__}"
+            raise TypeError(msg)
+        return tensor
+
+    def all_reduce_stats(self, stats: ClassStats) -> ClassStats:
+        return stats
+
+    def collectives(self) -> Collectives:
+        return self.group
+
+
+ALONE = Collectives(0, 1, lambda x: [x], lambda x: x)
+
+
+def test_conformance_with_and_without_reduce_scatter() -> None:
+    duck = SimpleNamespace(**ALONE._replace(reduce_scatter=lambda x: x)._asdict())
+    for group in (ALONE, ALONE._replace(reduce_scatter=lambda x: x), duck):
+        outcome = check_plugin(NumpyPlugin(group), np.array, checks=["collectives"])
+        assert outcome == {"collectives": "passed"}
+    broken = {
+        r"`reduce_scatter` returned \[\[0\.0, 0\.0, 0\.0\]": lambda x: 0 * x,
+        r"raised ValueError: `reduce_scatter` returned a ndarray of shape \(4, 3\)": (
+            lambda x: x[1:]
+        ),
+        r"`reduce_scatter` must be callable or None; got int": 3,
+    }
+    for message, scatter in broken.items():
+        plugin = NumpyPlugin(ALONE._replace(reduce_scatter=scatter))
+        with pytest.raises(ConformanceError, match=r"^check 'collectives' of plugin .*" + message):
+            check_plugin(plugin, np.array, checks=["collectives"])
+
+
+def test_conformance_checks_reduce_scatter_across_ranks() -> None:
+    def run(combine: Any) -> list[Any]:
+        def work(rank: int, group: Collectives) -> Any:
+            return check_plugin(NumpyPlugin(group), np.array, checks=["collectives"])
+
+        return run_on_threads(3, work, combine)
+
+    assert run(None) == [{"collectives": "passed"}] * 3
+    results = run({"reduce_scatter": _own_rows})
+    for rank, result in enumerate(results):
+        assert isinstance(result, ConformanceError), result
+        assert "failed: `reduce_scatter` returned" in str(result), rank
+        assert "the element-wise sum over the ranks of the rows" in str(result)
+
+
+def test_the_framework_plugins_offer_a_conforming_reduce_scatter() -> None:
+    torch = pytest.importorskip("torch")
+    ncgeom_torch = pytest.importorskip("ncgeom_torch")
+    outcome = check_plugin(
+        ncgeom_torch.plugin, lambda a: torch.from_numpy(a).clone(), checks=["collectives"]
+    )
+    assert outcome == {"collectives": "passed"}
+    assert ncgeom_torch.plugin.collectives().reduce_scatter is not None
+    jnp = pytest.importorskip("jax.numpy")
+    ncgeom_jax = pytest.importorskip("ncgeom_jax")
+    outcome = check_plugin(ncgeom_jax.plugin, jnp.asarray, checks=["collectives"])
+    assert outcome == {"collectives": "passed"}
+
+
+# ----------------------------------------------------------------------------- two gloo processes
+WORLD, K, D = 2, 5, 4
+
+
+def _gloo_data() -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    features, labels = dataset(seed=21, k=K, d=D, n=150)
+    return features, labels, split(labels, WORLD, seed=21)
+
+
+def _worker(rank: int, init_file: str, out: str) -> None:
+    import torch
+    import torch.distributed as dist
+
+    import ncgeom_torch
+
+    results: dict[str, Any] = {}
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=WORLD,
+        timeout=timedelta(seconds=60),
+    )
+    try:
+        features, labels, parts = _gloo_data()
+        rows = parts[rank]
+        x, y = torch.from_numpy(features[rows]), torch.from_numpy(labels[rows])
+        local = ClassStats.from_features(x, y, K, gram=True)
+        shard = ncgeom_torch.plugin.reduce_scatter_stats(local, step=1)
+        whole = ncgeom_torch.all_reduce_stats(local, step=1)
+        start, stop = shard.offset, shard.offset + shard.stats.num_classes
+        results["shard"] = {
+            "offset": shard.offset,
+            "num_classes": shard.num_classes,
+            "num_samples": shard.num_samples,
+            "counts": shard.stats.counts.tolist(),
+            "means": shard.stats.means.tolist(),
+            "variances": shard.stats.class_variances.tolist(),
+            "offsets": shard.stats.offsets.tolist(),
+            "gram": (shard.gram * shard.stats.unit_scale**2).tolist(),
+            "scale": float(shard.stats.unit_scale),
+            "is_torch": isinstance(shard.stats.shift, torch.Tensor),
+        }
+        results["whole_rows"] = {
+            "shift": whole.shift[start:stop].tolist(),
+            "sums": whole.sums[start:stop].tolist(),
+            "sqnorms": whole.sqnorms[start:stop].tolist(),
+            "gram": whole.gram.tolist(),
+        }
+        results["shard_raw"] = {
+            "shift": shard.stats.shift.tolist(),
+            "sums": shard.stats.sums.tolist(),
+            "sqnorms": shard.stats.sqnorms.tolist(),
+            "gram": shard.gram.tolist(),
+        }
+        results["conformance"] = check_plugin(
+            ncgeom_torch.plugin, lambda a: torch.from_numpy(a).clone(), checks=["collectives"]
+        )
+    except Exception:
+        results["crash"] = traceback.format_exc()
+    finally:
+        Path(out, f"rank{rank}.json").write_text(json.dumps(results))
+        dist.destroy_process_group()
+        os._exit(0)  # as in test_distributed.py: no interpreter teardown with gloo threads
+
+
+@pytest.fixture(scope="module")
+def gloo_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    torch = pytest.importorskip("torch")
+    dist = pytest.importorskip("torch.distributed")
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("no gloo backend")
+    import torch.multiprocessing as mp
+
+    del torch
+    folder = tmp_path_factory.mktemp("shards")
+    mp.spawn(
+        _worker, args=(str(folder / "init"), str(folder)), nprocs=WORLD, join=True, daemon=False
+    )
+    results = [json.loads((folder / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    for rank, result in enumerate(results):
+        assert "crash" not in result, f"rank {rank} failed:\n{result['crash']}"
+    return results
+
+
+def test_two_gloo_processes_shard_exactly(gloo_ranks: list[dict[str, Any]]) -> None:
+    features, labels, _ = _gloo_data()
+    want = formulas(features, labels, K)
+    assert [(r["shard"]["offset"], len(r["shard"]["counts"])) for r in gloo_ranks] == [
+        (0, 3),
+        (3, 2),
+    ]
+    scatter = np.array(gloo_ranks[0]["shard"]["gram"])
+    for result in gloo_ranks:
+        shard = result["shard"]
+        rows = slice(shard["offset"], shard["offset"] + len(shard["counts"]))
+        assert shard["is_torch"] and shard["num_classes"] == K
+        assert shard["num_samples"] == labels.size
+        assert shard["counts"] == want["counts"][rows].tolist()
+        np.testing.assert_allclose(shard["means"], want["means"][rows], rtol=1e-10)
+        np.testing.assert_allclose(shard["variances"], want["variances"][rows], rtol=1e-10)
+        offsets, n = np.array(shard["offsets"]), np.array(shard["counts"], dtype=float)
+        scatter = scatter - offsets.T @ (n[:, None] * offsets) * shard["scale"] ** 2
+        for field, value in result["shard_raw"].items():
+            np.testing.assert_allclose(
+                value, result["whole_rows"][field], rtol=1e-10, atol=1e-12, err_msg=field
+            )
+    np.testing.assert_allclose(
+        scatter, want["scatter"], rtol=1e-10, atol=1e-10 * np.abs(want["scatter"]).max()
+    )
+
+
+def test_two_gloo_processes_pass_the_collectives_check(gloo_ranks: list[dict[str, Any]]) -> None:
+    assert [r["conformance"] for r in gloo_ranks] == [{"collectives": "passed"}] * WORLD
+
+
+def test_collectives_with_reduce_scatter_still_pass_as_keywords() -> None:
+    """The documented ``reduce_class_stats(stats, **collectives._asdict())`` keeps working."""
+    features, labels = dataset(seed=6, k=3, d=2, n=30)
+    stats = ClassStats.from_features(features, labels, 3)
+    for group in (ALONE, ALONE._replace(reduce_scatter=lambda x: x)):
+        reduced = reduce_class_stats(stats, **group._asdict())
+        np.testing.assert_allclose(reduced.means, formulas(features, labels, 3)["means"])
