@@ -10,14 +10,10 @@ every value must equal that of one process on all the data.
 
 from __future__ import annotations
 
-import json
-import os
-import traceback
-from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
+from gloo import spawn_ranks
 
 torch = pytest.importorskip("torch")
 dist = pytest.importorskip("torch.distributed")
@@ -79,41 +75,18 @@ def run(model: nn.Module, rows: torch.Tensor) -> dict[str, Any]:
     return {"evaluate": evaluated.to_dict(), "observe": observed.to_dict()}
 
 
-def _worker(rank: int, init_file: str, out: str) -> None:
+def _work(rank: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{init_file}",
-        rank=rank,
-        world_size=WORLD,
-        timeout=timedelta(seconds=60),
-    )
-    try:
-        _, y = dataset()
-        rows = rank_rows(rank, y)
-        results = run(nn.parallel.DistributedDataParallel(make_model()), rows)
-        results["local_samples"] = len(rows)
-    except Exception:
-        results["crash"] = traceback.format_exc()
-    finally:
-        Path(out, f"rank{rank}.json").write_text(json.dumps(results))
-        dist.destroy_process_group()
-        # Leave without the interpreter's teardown (see tests/test_distributed.py).
-        os._exit(0)
+    _, y = dataset()
+    rows = rank_rows(rank, y)
+    results = run(nn.parallel.DistributedDataParallel(make_model()), rows)
+    results["local_samples"] = len(rows)
+    return results
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    import torch.multiprocessing as mp
-
-    folder = tmp_path_factory.mktemp("depth_ddp")
-    mp.spawn(
-        _worker, args=(str(folder / "init"), str(folder)), nprocs=WORLD, join=True, daemon=False
-    )
-    results = [json.loads((folder / f"rank{r}.json").read_text()) for r in range(WORLD)]
-    for rank, result in enumerate(results):
-        assert "crash" not in result, f"rank {rank} failed:\n{result['crash']}"
-    return results
+    return spawn_ranks(_work, tmp_path_factory.mktemp("depth_ddp"), WORLD)
 
 
 @pytest.fixture(scope="module")

@@ -9,14 +9,10 @@ evaluated with `NCTracker.evaluate`.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import traceback
-from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
+from gloo import spawn_ranks
 
 torch = pytest.importorskip("torch")
 dist = pytest.importorskip("torch.distributed")
@@ -60,116 +56,91 @@ def features_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model[:4](x)
 
 
-def _worker(rank: int, init_file: str, out: str) -> None:
+def _work(rank: int) -> dict[str, Any]:
     from ncgeom_torch import NCTracker
 
     results: dict[str, Any] = {}
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{init_file}",
-        rank=rank,
-        world_size=WORLD,
-        timeout=timedelta(seconds=60),
-    )
+    x, y = dataset()
+    rows = rank_rows(rank, y)
+    model = make_model()
+    h = features_of(model, x)
+
+    # observe() in uneven batches on each rank
+    tracker = NCTracker(K)
+    for part in torch.split(rows, 23):
+        tracker.observe(h[part], y[part])
+    results["observe"] = tracker.report(model[4]).to_dict()
+    results["local_samples"] = int(tracker.stats.num_samples)
+
+    # evaluate() through DistributedDataParallel
+    ddp = nn.parallel.DistributedDataParallel(make_model())
+    loader = [(x[part], y[part]) for part in torch.split(rows, 17)]
+    results["evaluate"] = NCTracker(K).evaluate(ddp, loader, "4", step=1).to_dict()
+
+    # a rank that observed nothing still takes part
+    idle = NCTracker(K)
+    if rank == 0:
+        idle.observe(h, y)
+    results["idle"] = idle.report().to_dict()
+
+    # nothing observed anywhere
     try:
-        x, y = dataset()
-        rows = rank_rows(rank, y)
-        model = make_model()
-        h = features_of(model, x)
+        NCTracker(K).report()
+    except RuntimeError as error:
+        results["empty_error"] = str(error)
 
-        # observe() in uneven batches on each rank
-        tracker = NCTracker(K)
-        for part in torch.split(rows, 23):
-            tracker.observe(h[part], y[part])
-        results["observe"] = tracker.report(model[4]).to_dict()
-        results["local_samples"] = int(tracker.stats.num_samples)
+    # mismatched number of classes
+    mismatched = NCTracker(K + rank)
+    mismatched.observe(h[rows], y[rows])
+    try:
+        mismatched.report()
+    except ValueError as error:
+        results["mismatch_error"] = str(error)
 
-        # evaluate() through DistributedDataParallel
-        ddp = nn.parallel.DistributedDataParallel(make_model())
-        loader = [(x[part], y[part]) for part in torch.split(rows, 17)]
-        results["evaluate"] = NCTracker(K).evaluate(ddp, loader, "4", step=1).to_dict()
+    # a rank whose earlier merge failed after the others' succeeded is out
+    # of step (its count of merges lags): refused on every rank
+    lagging = NCTracker(K)
+    lagging.observe(h[rows], y[rows])
+    lagging._merges = 2 - rank
+    try:
+        lagging.report()
+    except ValueError as error:
+        results["step_error"] = str(error)
 
-        # a rank that observed nothing still takes part
-        idle = NCTracker(K)
-        if rank == 0:
-            idle.observe(h, y)
-        results["idle"] = idle.report().to_dict()
+    # collectives that break the contract, with the real gloo transport: an
+    # all-reduce that averages (a "mean" reduction), and one that works in
+    # place and returns None, as torch.distributed.all_reduce does
+    local = ClassStats.from_features(h[rows], y[rows], K)
 
-        # nothing observed anywhere
+    def gather(x: torch.Tensor) -> list[torch.Tensor]:
+        out = [torch.empty_like(x) for _ in range(WORLD)]
+        dist.all_gather(out, x.contiguous())
+        return out
+
+    def average(x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous()
+        dist.all_reduce(x)
+        return x / WORLD
+
+    def in_place(x: torch.Tensor) -> None:
+        dist.all_reduce(x)
+
+    for name, reduce in (("average", average), ("in_place", in_place)):
         try:
-            NCTracker(K).report()
-        except RuntimeError as error:
-            results["empty_error"] = str(error)
+            reduce_class_stats(
+                local, rank=rank, world_size=WORLD, all_gather=gather, all_reduce=reduce
+            )
+        except (TypeError, ValueError) as error:
+            results[f"{name}_error"] = f"{type(error).__name__}: {error}"
 
-        # mismatched number of classes
-        mismatched = NCTracker(K + rank)
-        mismatched.observe(h[rows], y[rows])
-        try:
-            mismatched.report()
-        except ValueError as error:
-            results["mismatch_error"] = str(error)
-
-        # a rank whose earlier merge failed after the others' succeeded is out
-        # of step (its count of merges lags): refused on every rank
-        lagging = NCTracker(K)
-        lagging.observe(h[rows], y[rows])
-        lagging._merges = 2 - rank
-        try:
-            lagging.report()
-        except ValueError as error:
-            results["step_error"] = str(error)
-
-        # collectives that break the contract, with the real gloo transport: an
-        # all-reduce that averages (a "mean" reduction), and one that works in
-        # place and returns None, as torch.distributed.all_reduce does
-        local = ClassStats.from_features(h[rows], y[rows], K)
-
-        def gather(x: torch.Tensor) -> list[torch.Tensor]:
-            out = [torch.empty_like(x) for _ in range(WORLD)]
-            dist.all_gather(out, x.contiguous())
-            return out
-
-        def average(x: torch.Tensor) -> torch.Tensor:
-            x = x.contiguous()
-            dist.all_reduce(x)
-            return x / WORLD
-
-        def in_place(x: torch.Tensor) -> None:
-            dist.all_reduce(x)
-
-        for name, reduce in (("average", average), ("in_place", in_place)):
-            try:
-                reduce_class_stats(
-                    local, rank=rank, world_size=WORLD, all_gather=gather, all_reduce=reduce
-                )
-            except (TypeError, ValueError) as error:
-                results[f"{name}_error"] = f"{type(error).__name__}: {error}"
-
-        # the same statistics are still usable after the failed report
-        results["after_error"] = tracker.report().to_dict()
-    except Exception:
-        results["crash"] = traceback.format_exc()
-    finally:
-        Path(out, f"rank{rank}.json").write_text(json.dumps(results))
-        dist.destroy_process_group()
-        # The results are on disk (a failure as "crash"). Leave without the
-        # interpreter's teardown, where a busy machine has seen a gloo thread
-        # end in "terminate called without an active exception" (SIGABRT).
-        os._exit(0)
+    # the same statistics are still usable after the failed report
+    results["after_error"] = tracker.report().to_dict()
+    return results
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    import torch.multiprocessing as mp
-
-    folder = tmp_path_factory.mktemp("distributed")
-    mp.spawn(
-        _worker, args=(str(folder / "init"), str(folder)), nprocs=WORLD, join=True, daemon=False
-    )
-    results = [json.loads((folder / f"rank{r}.json").read_text()) for r in range(WORLD)]
-    for rank, result in enumerate(results):
-        assert "crash" not in result, f"rank {rank} failed:\n{result['crash']}"
-    return results
+    return spawn_ranks(_work, tmp_path_factory.mktemp("distributed"), WORLD)
 
 
 @pytest.fixture(scope="module")

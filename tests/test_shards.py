@@ -10,17 +10,13 @@ here, and with the rows of `reduce_class_stats`.
 from __future__ import annotations
 
 import itertools
-import json
-import os
 import re
-import traceback
-from datetime import timedelta
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
+from gloo import spawn_ranks
 from world import reduce_on_threads, run_on_threads, shard_on_threads
 
 from ncgeom import ClassStats
@@ -410,61 +406,47 @@ def _gloo_data() -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     return features, labels, split(labels, WORLD, seed=21)
 
 
-def _worker(rank: int, init_file: str, out: str) -> None:
+def _work(rank: int) -> dict[str, Any]:
     import torch
-    import torch.distributed as dist
 
     import ncgeom_torch
 
     results: dict[str, Any] = {}
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{init_file}",
-        rank=rank,
-        world_size=WORLD,
-        timeout=timedelta(seconds=60),
+    features, labels, parts = _gloo_data()
+    rows = parts[rank]
+    x, y = torch.from_numpy(features[rows]), torch.from_numpy(labels[rows])
+    local = ClassStats.from_features(x, y, K, gram=True)
+    shard = ncgeom_torch.plugin.reduce_scatter_stats(local, step=1)
+    whole = ncgeom_torch.all_reduce_stats(local, step=1)
+    start, stop = shard.offset, shard.offset + shard.stats.num_classes
+    results["shard"] = {
+        "offset": shard.offset,
+        "num_classes": shard.num_classes,
+        "num_samples": shard.num_samples,
+        "counts": shard.stats.counts.tolist(),
+        "means": shard.stats.means.tolist(),
+        "variances": shard.stats.class_variances.tolist(),
+        "offsets": shard.stats.offsets.tolist(),
+        "gram": (shard.gram * shard.stats.unit_scale**2).tolist(),
+        "scale": float(shard.stats.unit_scale),
+        "is_torch": isinstance(shard.stats.shift, torch.Tensor),
+    }
+    results["whole_rows"] = {
+        "shift": whole.shift[start:stop].tolist(),
+        "sums": whole.sums[start:stop].tolist(),
+        "sqnorms": whole.sqnorms[start:stop].tolist(),
+        "gram": whole.gram.tolist(),
+    }
+    results["shard_raw"] = {
+        "shift": shard.stats.shift.tolist(),
+        "sums": shard.stats.sums.tolist(),
+        "sqnorms": shard.stats.sqnorms.tolist(),
+        "gram": shard.gram.tolist(),
+    }
+    results["conformance"] = check_plugin(
+        ncgeom_torch.plugin, lambda a: torch.from_numpy(a).clone(), checks=["collectives"]
     )
-    try:
-        features, labels, parts = _gloo_data()
-        rows = parts[rank]
-        x, y = torch.from_numpy(features[rows]), torch.from_numpy(labels[rows])
-        local = ClassStats.from_features(x, y, K, gram=True)
-        shard = ncgeom_torch.plugin.reduce_scatter_stats(local, step=1)
-        whole = ncgeom_torch.all_reduce_stats(local, step=1)
-        start, stop = shard.offset, shard.offset + shard.stats.num_classes
-        results["shard"] = {
-            "offset": shard.offset,
-            "num_classes": shard.num_classes,
-            "num_samples": shard.num_samples,
-            "counts": shard.stats.counts.tolist(),
-            "means": shard.stats.means.tolist(),
-            "variances": shard.stats.class_variances.tolist(),
-            "offsets": shard.stats.offsets.tolist(),
-            "gram": (shard.gram * shard.stats.unit_scale**2).tolist(),
-            "scale": float(shard.stats.unit_scale),
-            "is_torch": isinstance(shard.stats.shift, torch.Tensor),
-        }
-        results["whole_rows"] = {
-            "shift": whole.shift[start:stop].tolist(),
-            "sums": whole.sums[start:stop].tolist(),
-            "sqnorms": whole.sqnorms[start:stop].tolist(),
-            "gram": whole.gram.tolist(),
-        }
-        results["shard_raw"] = {
-            "shift": shard.stats.shift.tolist(),
-            "sums": shard.stats.sums.tolist(),
-            "sqnorms": shard.stats.sqnorms.tolist(),
-            "gram": shard.gram.tolist(),
-        }
-        results["conformance"] = check_plugin(
-            ncgeom_torch.plugin, lambda a: torch.from_numpy(a).clone(), checks=["collectives"]
-        )
-    except Exception:
-        results["crash"] = traceback.format_exc()
-    finally:
-        Path(out, f"rank{rank}.json").write_text(json.dumps(results))
-        dist.destroy_process_group()
-        os._exit(0)  # as in test_distributed.py: no interpreter teardown with gloo threads
+    return results
 
 
 @pytest.fixture(scope="module")
@@ -473,17 +455,8 @@ def gloo_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]
     dist = pytest.importorskip("torch.distributed")
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("no gloo backend")
-    import torch.multiprocessing as mp
-
     del torch
-    folder = tmp_path_factory.mktemp("shards")
-    mp.spawn(
-        _worker, args=(str(folder / "init"), str(folder)), nprocs=WORLD, join=True, daemon=False
-    )
-    results = [json.loads((folder / f"rank{r}.json").read_text()) for r in range(WORLD)]
-    for rank, result in enumerate(results):
-        assert "crash" not in result, f"rank {rank} failed:\n{result['crash']}"
-    return results
+    return spawn_ranks(_work, tmp_path_factory.mktemp("shards"), WORLD)
 
 
 def test_two_gloo_processes_shard_exactly(gloo_ranks: list[dict[str, Any]]) -> None:
