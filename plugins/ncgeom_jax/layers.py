@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from ncgeom import ClassStats
 from ncgeom.measure.layers import layer_features
 
-from .tracker import batch_stats, init_stats, validate_batch
+from .tracker import batch_stats, check_update, init_stats
 
 __all__ = [
     "init_layer_stats",
@@ -204,28 +204,12 @@ def update_layer_stats(
         mode = _mode(reduce, name)
         x, y = layer_features(value, labels, reduce=mode, layout=LAYOUT)
         if validate:
-            _validate(name, x, y, state)
+            check_update(x, y, state, f"`features[{name!r}]` (reduced)")
         batch = batch_stats(
             x, y, state.num_classes, gram=state.gram is not None, dtype=state.dtype
         )
         result[name] = state.merge(batch)
     return result
-
-
-def _validate(name: str, x: Array, y: Array, state: ClassStats) -> None:
-    if any(isinstance(a, jax.core.Tracer) for a in (x, y, state.shift)):
-        msg = (
-            "`validate=True` reads the batch back to the host, which a traced function "
-            "(jax.jit, scan, shard_map) cannot: pass validate=False inside it"
-        )
-        raise TypeError(msg)
-    validate_batch(x, y, state.num_classes)
-    if x.shape[1] != state.dim:
-        msg = (
-            f"`features[{name!r}]` reduces to {x.shape[1]} columns; its statistics have "
-            f"{state.dim}"
-        )
-        raise ValueError(msg)
 
 
 def init_second_pass(stats: Mapping[str, ClassStats], *, ncc: bool = True) -> dict[str, Any]:

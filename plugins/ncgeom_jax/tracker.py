@@ -237,24 +237,33 @@ def update_stats(
         msg = f"`stats` must be a ClassStats; got {type(stats).__name__}"
         raise TypeError(msg)
     if validate:
-        if any(isinstance(a, jax.core.Tracer) for a in (features, labels, stats.shift)):
-            msg = (
-                "`validate=True` reads the batch back to the host, which a traced function "
-                "(jax.jit, scan, shard_map) cannot: pass validate=False inside it and call "
-                "validate_batch(features, labels, num_classes) outside"
-            )
-            raise TypeError(msg)
-        validate_batch(features, labels, stats.num_classes)
-        if features.shape[1] != stats.dim:
-            msg = (
-                f"`features` must have {stats.dim} columns like the statistics; "
-                f"got {features.shape[1]}"
-            )
-            raise ValueError(msg)
+        check_update(features, labels, stats)
     batch = batch_stats(
         features, labels, stats.num_classes, gram=stats.gram is not None, dtype=stats.dtype
     )
     return stats.merge(batch)
+
+
+def check_update(
+    features: Array, labels: Array, stats: ClassStats, what: str = "`features`"
+) -> None:
+    """The host checks of ``update_stats(..., validate=True)``: labels in range,
+    finite features (`validate_batch`) and as many columns as `stats`.
+
+    `what` names the features in the messages. Refused inside a traced
+    function, which cannot read the batch back.
+    """
+    if any(isinstance(a, jax.core.Tracer) for a in (features, labels, stats.shift)):
+        msg = (
+            "`validate=True` reads the batch back to the host, which a traced function "
+            "(jax.jit, scan, shard_map) cannot: pass validate=False inside it and call "
+            "validate_batch(features, labels, num_classes) outside"
+        )
+        raise TypeError(msg)
+    validate_batch(features, labels, stats.num_classes)
+    if features.shape[1] != stats.dim:
+        msg = f"{what} must have {stats.dim} columns like the statistics; got {features.shape[1]}"
+        raise ValueError(msg)
 
 
 def psum_stats(stats: ClassStats, axis_name: Any) -> ClassStats:
