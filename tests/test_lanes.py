@@ -149,3 +149,29 @@ def test_lanes_do_not_depend_on_timing(four_lanes: list[int]) -> None:
         again = ClassStats.from_features(x, y, 9, chunk_size=100)
         assert np.array_equal(again.sums, first.sums)
         assert np.array_equal(again.sqnorms, first.sqnorms)
+
+
+@pytest.mark.parametrize("sort", [False, True])
+def test_float32_at_user_sizes_in_lanes(four_lanes: list[int], sort: bool) -> None:
+    # 100 classes of 10,000 collapsed float32 samples, in random or sorted order,
+    # streamed in batches: every batch of both passes split in four lanes.
+    rng = np.random.default_rng(7)
+    k, d, per = 100, 8, 10_000
+    y = np.repeat(np.arange(k), per)
+    if not sort:
+        rng.shuffle(y)
+    centres = 1e3 * rng.standard_normal((k, d))
+    x = (centres[y] + 1e-1 * rng.standard_normal((y.size, d))).astype(np.float32)
+    stats = ClassStats.empty(k, d, gram=True, dtype=np.float32)
+    for part in np.array_split(np.arange(y.size), 7):
+        stats = stats.update(x[part], y[part])
+    assert set(four_lanes) == {4}
+    means, variances, scatter = _float64_moments(x, y, k)
+    # The means are float32: their rounding, not the sums, bounds their error.
+    assert np.max(np.abs(stats.means - means)) <= np.finfo(np.float32).eps * np.abs(means).max()
+    np.testing.assert_allclose(stats.class_variances, variances, rtol=1e-5)
+    counts = np.bincount(y, minlength=k)
+    centred = means - counts @ means / y.size
+    expected = np.trace(scatter / y.size @ np.linalg.pinv(centred.T @ centred / k)) / k
+    report = nc_report(stats)
+    assert report.nc1 == pytest.approx(expected, rel=1e-5)
