@@ -23,7 +23,9 @@ from ncgeom_torch.reproduce import (
     Preset,
     RunSpec,
     _evaluate,
+    _plan,
     _Reporter,
+    _train_all,
     run_reproduce,
     train_run,
 )
@@ -248,6 +250,29 @@ def test_tiny_suite_writes_the_report_schema_and_figures(tmp_path):
     assert "## Runs that missed the terminal phase" in text and "| run | seed |" in text
 
 
+def test_parallel_jobs_give_the_runs_of_one_process_in_plan_order():
+    pytest.importorskip("mnist1d")
+    plan = _plan(TINY, 3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as run_reproduce trains, and as each job does
+    try:
+        serial, _ = _train_all(plan, TINY, 3, "cpu", False, jobs=1)
+    finally:
+        torch.set_num_threads(threads)
+    parallel, _ = _train_all(plan, TINY, 3, "cpu", False, jobs=2)
+    assert serial.keys() == parallel.keys()
+    for kind in serial:
+        assert [r["name"] for r in serial[kind]] == [r["name"] for r in parallel[kind]]
+        for one, two in zip(serial[kind], parallel[kind], strict=True):
+            assert one["measured_norms"] == two["measured_norms"]
+            assert one["objective"] == two["objective"]
+            assert one["history"] == two["history"]
+    with pytest.raises(ValueError, match=r"`jobs`.*0"):
+        run_reproduce(TINY, jobs=0)
+    with pytest.raises(ValueError, match=r"`jobs`.*True"):
+        run_reproduce(TINY, jobs=True)
+
+
 def test_progress_without_a_terminal_logs_a_line_every_five_percent():
     stream = io.StringIO()
     reporter = _Reporter(200, stream)
@@ -274,6 +299,10 @@ def test_command_line_checks_its_options(capsys, tmp_path):
     assert "`--data-root` applies to --preset paper only" in capsys.readouterr().err
     assert main(["reproduce", "--epochs", "3"]) == 2
     assert "`--epochs` applies to --preset paper only" in capsys.readouterr().err
+    assert main(["reproduce", "--preset", "paper", "--jobs", "2"]) == 2
+    assert "`--jobs` applies to --preset quick and full only" in capsys.readouterr().err
+    assert main(["reproduce", "--jobs", "0", "--out", str(tmp_path / "j")]) == 2
+    assert "`--jobs` must be an integer >= 1; got 0" in capsys.readouterr().err
     # the paper preset is dispatched: without a local copy of CIFAR it says what is needed
     assert main(["reproduce", "--preset", "paper", "--out", str(tmp_path / "p")]) == 2
     assert "`--data-root` is required" in capsys.readouterr().err

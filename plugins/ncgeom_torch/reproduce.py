@@ -765,6 +765,7 @@ def run_reproduce(
     device: str = "cpu",
     plots: bool = True,
     progress: bool = True,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """Run every experiment of a preset and write ``report.json``, ``report.md`` and figures.
 
@@ -782,6 +783,10 @@ def run_reproduce(
         Write the PNG figures (needs matplotlib).
     progress : bool
         Show progress on stderr.
+    jobs : int
+        Runs trained at once, each in its own process on one torch thread
+        (CPU devices only). The results do not depend on `jobs`: every run is
+        seeded by its spec and trains on one thread either way.
 
     Returns
     -------
@@ -827,9 +832,15 @@ def run_reproduce(
         raise FieldError(
             "seed", f"must be an integer in [0, 2**63 - {preset.seeds}]; got {seed!r}"
         )
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise FieldError("jobs", f"must be an integer >= 1; got {jobs!r}")
     import torch
 
     check_device(device)
+    if jobs > 1 and torch.device(device).type != "cpu":
+        raise FieldError(
+            "jobs", f"must be 1 on device {device!r} (jobs run on the CPU); got {jobs}"
+        )
     files = REPORT_FILES + (FIGURE_FILES if plots else ())
     out = check_output_folder(out, "out", files)
 
@@ -840,7 +851,7 @@ def run_reproduce(
         # these small layers run faster on one thread than on several sharing a CPU.
         torch.set_num_threads(1)
     try:
-        results, seconds = _train_all(plan, preset, seed, device, progress)
+        results, seconds = _train_all(plan, preset, seed, device, progress, jobs)
     finally:
         torch.set_num_threads(threads)
     summary = _summarise(preset, seed, device, results, seconds)
@@ -859,34 +870,88 @@ def run_reproduce(
 
 
 def _train_all(
-    plan: list[tuple[str, RunSpec]], preset: Preset, seed: int, device: str, progress: bool
+    plan: list[tuple[str, RunSpec]],
+    preset: Preset,
+    seed: int,
+    device: str,
+    progress: bool,
+    jobs: int = 1,
 ) -> tuple[dict[str, list[dict[str, Any]]], float]:
-    pools: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     reporter = _Reporter(sum(_cost(spec) * spec.epochs for _, spec in plan), enabled=progress)
     started = time.perf_counter()
+    if jobs == 1:
+        runs = []
+        for _, spec in plan:
+            reporter.start(spec.name)
+            base, cost = reporter.done, _cost(spec)
+            runs.append(
+                _train_planned(
+                    spec, preset, seed, device, lambda e, b=base, c=cost: reporter.to(b + c * e)
+                )
+            )
+    else:
+        runs = _train_parallel(plan, preset, seed, jobs, reporter)
+    reporter.close()
     results: dict[str, list[dict[str, Any]]] = {
         "a": [],
         "plain": [],
         "controlled": [],
         "sweep": [],
     }
-    for experiment, spec in plan:
-        if spec.dataset not in pools:
-            head = preset.mnist1d_head if spec.dataset == "mnist1d" else max(spec.counts)
-            pools[spec.dataset] = load_pool(spec.dataset, head, seed=seed)
-        x, y = training_subset(*pools[spec.dataset], spec.counts, seed=spec.seed)
-        reporter.start(spec.name)
-        base, cost = reporter.done, _cost(spec)
-        run = train_run(
-            spec, x, y, device=device, tick=lambda e, b=base, c=cost: reporter.to(b + c * e)
-        )
+    for (experiment, _), run in zip(plan, runs, strict=True):
         kind, _, group = experiment.partition("/")
         run["experiment"] = kind
         if group:
             run["group"] = group
         results[kind].append(run)
-    reporter.close()
     return results, time.perf_counter() - started
+
+
+#: Data pools of this process, by (dataset, head, seed): each is loaded once.
+_POOLS: dict[tuple[str, int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _train_planned(
+    spec: RunSpec,
+    preset: Preset,
+    seed: int,
+    device: str,
+    tick: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Train one run of the plan on its training subset of the seed's data pool."""
+    head = preset.mnist1d_head if spec.dataset == "mnist1d" else max(spec.counts)
+    key = (spec.dataset, head, seed)
+    if key not in _POOLS:
+        _POOLS[key] = load_pool(spec.dataset, head, seed=seed)
+    x, y = training_subset(*_POOLS[key], spec.counts, seed=spec.seed)
+    return train_run(spec, x, y, device=device, tick=tick)
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _train_parallel(
+    plan: list[tuple[str, RunSpec]], preset: Preset, seed: int, jobs: int, reporter: _Reporter
+) -> list[dict[str, Any]]:
+    """Train the plan's runs in `jobs` worker processes, longest first; results in plan order."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    order = sorted(range(len(plan)), key=lambda i: -_cost(plan[i][1]) * plan[i][1].epochs)
+    runs: list[dict[str, Any]] = [{} for _ in plan]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_one_thread) as pool:
+        futures = {pool.submit(_train_planned, plan[i][1], preset, seed, "cpu"): i for i in order}
+        for future in as_completed(futures):
+            i = futures[future]
+            runs[i] = future.result()
+            spec = plan[i][1]
+            reporter.start(spec.name)
+            reporter.to(reporter.done + _cost(spec) * spec.epochs)
+    return runs
 
 
 def _summarise(
@@ -1007,6 +1072,13 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seed", type=int, default=0, help="first seed, >= 0 (quick uses 2 seeds, full 5)"
     )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs trained at once, one process and one torch thread each (CPU only); the "
+        "numbers do not depend on it",
+    )
     from .reproduce_paper import add_paper_arguments
 
     add_paper_arguments(parser)
@@ -1021,14 +1093,14 @@ def _paper_only(args: argparse.Namespace) -> list[str]:
     from .reproduce_paper import add_paper_arguments
 
     defaults = argparse.ArgumentParser(add_help=False)
-    for flag in ("--device", "--out", "--seed"):
+    for flag in ("--device", "--out", "--seed", "--jobs"):
         defaults.add_argument(flag)
     add_paper_arguments(defaults)
     reference = vars(defaults.parse_args([]))
     return [
         "--" + name.replace("_", "-")
         for name, value in reference.items()
-        if name not in ("device", "out", "seed") and getattr(args, name, value) != value
+        if name not in ("device", "out", "seed", "jobs") and getattr(args, name, value) != value
     ]
 
 
@@ -1046,6 +1118,9 @@ FIGURE_FILES = (
 
 def _run(args: argparse.Namespace) -> int:
     if args.preset == "paper":
+        if args.jobs != 1:
+            msg = f"`--jobs` applies to --preset quick and full only; got {args.jobs} with paper"
+            raise ValueError(msg)
         from .reproduce_paper import run_from_args
 
         return run_from_args(args)
@@ -1071,6 +1146,7 @@ def _run(args: argparse.Namespace) -> int:
             seed=args.seed,
             device=args.device,
             plots=not args.no_plots,
+            jobs=args.jobs,
         )
     except FieldError as err:
         raise err.for_option() from None
