@@ -31,6 +31,7 @@ from .measure.metrics import NCCAgreement, ncc_agreement
 from .measure.outofcore import stats_from_dask
 from .measure.report import NCReport, nc_report
 from .measure.stats import ClassStats, merge_stats
+from .measure.streaming import StreamingClassStats
 from .theory import comparison as theory_metrics
 from .theory import kkt, loss, plot, solve
 from .theory.comparison import (
@@ -97,6 +98,7 @@ __all__ = [
     "NCReport",
     "Progression",
     "SecondPass",
+    "StreamingClassStats",
     "UFMGradients",
     "UFMOptimum",
     "UFMSolution",

@@ -425,6 +425,38 @@ def subtract_rows(x: Array, table: Array, index: Array, xp: ModuleType) -> Array
     return x - rows
 
 
+def writes_rows_in_place(xp: ModuleType) -> bool:
+    """Whether ``table[index] = rows`` with an integer array `index` works (NumPy, torch, CuPy)."""
+    return bool(
+        compat.is_numpy_namespace(xp)
+        or compat.is_torch_namespace(xp)
+        or compat.is_cupy_namespace(xp)
+    )
+
+
+def put_rows(
+    table: Array, index: Array, rows: Array, xp: ModuleType, *, in_place: bool = False
+) -> Array:
+    """`table` with ``table[index[i]] = rows[i]``, for unique, valid `index`:
+    a copy, or `table` itself written with `in_place`. Only where
+    `writes_rows_in_place` (the standard has no assignment by an index array).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ncgeom._lib.backend import put_rows, resolve_namespace
+    >>> xp = resolve_namespace(np)
+    >>> put_rows(np.zeros(4), np.array([1, 3]), np.array([5.0, 7.0]), xp).tolist()
+    [0.0, 5.0, 0.0, 7.0]
+    """
+    if not writes_rows_in_place(xp):
+        msg = f"{backend_name(xp)} arrays cannot be written by an index array"
+        raise TypeError(msg)
+    out = table if in_place else (table.clone() if compat.is_torch_namespace(xp) else table.copy())
+    out[index] = rows
+    return out
+
+
 def divide_in_place(a: Array, b: Array, xp: ModuleType) -> Array:
     """``a / b`` (broadcast to the shape and dtype of `a`), written over `a`
     where the library allows it (NumPy, torch, CuPy): for an `a` the caller

@@ -40,11 +40,13 @@ from .._lib.backend import (
     adds_in_place,
     array_device,
     divide_in_place,
+    gather_rows,
     has_native_segment_sum,
     index_dtype,
     is_numpy,
     namespace,
     on_host,
+    put_rows,
     quiet_invalid,
     resolve_namespace,
     segment_count,
@@ -53,6 +55,7 @@ from .._lib.backend import (
     to_host,
     warn_caller,
     wide_float,
+    writes_rows_in_place,
     x64_disabled,
 )
 from .._lib.validate import (
@@ -85,6 +88,10 @@ CHUNK_BYTES = 32 * 2**20
 #: between the operations that read them, and that its buffer is reused by the
 #: allocator instead of being mapped (and zeroed) afresh for every chunk.
 HOST_CHUNK_BYTES = 2 * 2**20
+#: On the host with NumPy or torch, `ClassStats.update` works on the rows of
+#: the batch's classes alone, at a cost that follows the batch and not K, when
+#: they are at most this fraction of K.
+PRESENT_CLASS_FRACTION = 0.5
 #: Features whose largest class-mean entry lies within ``2**+-SCALE_FREE_EXPONENT``
 #: are used as they are (scale 1); others are divided by a power of two first.
 SCALE_FREE_EXPONENT = 16
@@ -293,9 +300,13 @@ class ClassStats:
         which re-centres every class on its new mean (on the host, the first
         batch's statistics are the result as they are). Either way the result
         does not depend on how the samples were split into batches, nor on
-        their order, beyond rounding. The batch must be on the statistics'
-        namespace and device; an empty batch returns ``self``. Framework
-        tensors are detached (no autograd graph is kept).
+        their order, beyond rounding. On the host with NumPy or torch, a batch
+        that holds at most half of the classes (`PRESENT_CLASS_FRACTION`) takes
+        these steps on its classes' rows alone, so the arithmetic follows the
+        batch, not K; the result is new tables, a copy of K d numbers (see
+        `ncgeom.StreamingClassStats` for updates without it). The batch must
+        be on the statistics' namespace and device; an empty batch returns
+        ``self``. Framework tensors are detached (no autograd graph is kept).
 
         Examples
         --------
@@ -315,6 +326,14 @@ class ClassStats:
             raise ValueError(msg)
         if features.shape[0] == 0:
             return self
+        if on_host(xp, self.device) and writes_rows_in_place(xp):
+            # Host reads are cheap here: find the batch's classes (a device would
+            # wait for them) and work on their rows alone when they are few.
+            present = batch_classes(labels, self.num_classes, xp)
+            if present.shape[0] <= PRESENT_CLASS_FRACTION * self.num_classes:
+                return self._update_present(
+                    features, labels, present, check_finite=check_finite, chunk_size=chunk_size
+                )
         batch, _ = class_moments(
             features,
             labels,
@@ -334,6 +353,77 @@ class ClassStats:
             # the merge, without its passes over (K, d) arrays.
             return batch
         return self.merge(batch)
+
+    def _update_present(
+        self,
+        features: Array,
+        labels: Array,
+        present: Array,
+        *,
+        check_finite: bool,
+        chunk_size: int | None,
+        in_place: bool = False,
+    ) -> ClassStats:
+        """`update` by the rows of the batch's classes `present` (sorted, unique):
+        the same steps on a table of those rows, written back at a cost of
+        O(rows) with `in_place` (else a copy of the tables)."""
+        xp = self.xp
+        compact = xp.searchsorted(present, labels)
+        rows = self._rows(present)
+        batch, _ = class_moments(
+            features,
+            compact,
+            present.shape[0],
+            dtype=self.dtype,
+            gram=self.gram is not None,
+            chunk_size=chunk_size,
+            check_finite=check_finite,
+            pilot=rows,
+        )
+        whole = self
+        if batch.shift is rows.shift:
+            merged = rows._plus(batch)
+        elif not (bool(xp.any(rows.counts)) or bool(xp.any(self.counts))):
+            # The first batch: its statistics are the result, in its own scale.
+            whole = self.rescaled(batch.unit_scale)
+            merged = batch
+        else:
+            # Every row must share one scale: the larger one, as `merge` takes it.
+            scale = xp.maximum(self.unit_scale, batch.unit_scale)
+            if bool(scale != self.unit_scale):
+                whole = self.rescaled(scale)
+            # (`merge` takes the rows to `scale` too, or keeps the batch's scale
+            # where the rows hold no samples: so the batch goes to `scale` first)
+            merged = rows.merge(batch.rescaled(scale))
+        return whole._with_rows(present, merged, in_place=in_place and whole is self)
+
+    def _rows(self, index: Array) -> ClassStats:
+        """The classes `index` alone, with the pooled Gram and the scale of all."""
+        xp = self.xp
+        return ClassStats(
+            gather_rows(self.counts, index, xp),
+            gather_rows(self.shift, index, xp),
+            gather_rows(self.sums, index, xp),
+            gather_rows(self.sqnorms, index, xp),
+            self.gram,
+            self.unit_scale,
+        )
+
+    def _with_rows(self, index: Array, rows: ClassStats, *, in_place: bool) -> ClassStats:
+        """These statistics with the classes `index` replaced by `rows` (of `_rows`)."""
+        xp = self.xp
+
+        def put(table: Array, values: Array) -> Array:
+            return put_rows(table, index, values, xp, in_place=in_place)
+
+        return ClassStats(
+            put(self.counts, rows.counts),
+            put(self.shift, rows.shift),
+            put(self.sums, rows.sums),
+            put(self.sqnorms, rows.sqnorms),
+            rows.gram,
+            rows.unit_scale,
+        )
 
     # ------------------------------------------------------------------ merge
     def merge(self, other: ClassStats) -> ClassStats:
@@ -626,6 +716,14 @@ class ClassStats:
             f"ClassStats(num_classes={self.num_classes}, dim={self.dim}, dtype={self.dtype}, "
             f"device={self.device}, {gram} gram)"
         )
+
+
+def batch_classes(labels: Array, num_classes: int, xp: ModuleType) -> Array:
+    """The sorted classes that `labels` (valid, in [0, K)) hold: by sorting the
+    labels when they are fewer than K, by counting them into K bins otherwise."""
+    if labels.shape[0] < num_classes:
+        return xp.unique_values(labels)
+    return xp.nonzero(segment_count(labels, num_classes, xp) > 0)[0]
 
 
 def merge_stats(*stats: ClassStats) -> ClassStats:
