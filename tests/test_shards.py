@@ -23,6 +23,7 @@ from ncgeom import ClassStats
 from ncgeom.plugins import (
     ClassShard,
     Collectives,
+    ShardedClassStats,
     class_shards,
     reduce_class_stats,
     reduce_scatter_class_stats,
@@ -193,6 +194,98 @@ def test_nothing_observed_anywhere_gives_empty_shards() -> None:
         (0, 3, 0),
         (3, 2, 0),
     ]
+
+
+# ------------------------------------------------------------------------ sharded accumulation
+def accumulate_on_threads(
+    features: np.ndarray, labels: np.ndarray, k: int, parts: list[np.ndarray], batches: int
+) -> list[Any]:
+    """`ShardedClassStats` on each rank of a simulated world: rank r streams its
+    rows ``parts[r]`` in `batches` batches (some empty), then every rank shards."""
+
+    def work(rank: int, group: Collectives) -> Any:
+        sharded = ShardedClassStats(k, features.shape[1], group)
+        for rows in np.array_split(parts[rank], batches):
+            sharded.update(features[rows], labels[rows])
+        return sharded.shard()
+
+    return run_on_threads(len(parts), work)
+
+
+@pytest.mark.parametrize(("world", "k"), [(2, 5), (3, 7), (4, 10), (4, 3)])
+def test_accumulated_shards_equal_formulas_and_the_reduce_scatter(world: int, k: int) -> None:
+    # (4, 3): more ranks than classes, so shards of one and of no class
+    features, labels = dataset(seed=world + k, k=k, d=6, n=240)
+    parts = split(labels, world, seed=world)
+    parts[-1] = parts[-1][:7]  # a rank with few rows: its last batches are empty
+    keep = np.sort(np.concatenate(parts))
+    features, labels = features[keep], labels[keep]
+    parts = split(labels, world, seed=world + 1)
+    shards = accumulate_on_threads(features, labels, k, parts, batches=5)
+    assert_shards(shards, features, labels, k)
+    for shard, reference in zip(
+        shards, shard_on_threads(rank_stats(features, labels, k, parts)), strict=True
+    ):
+        assert shard.num_samples == reference.num_samples
+        np.testing.assert_array_equal(shard.stats.counts, reference.stats.counts)
+        np.testing.assert_allclose(shard.stats.shift, reference.stats.shift, rtol=1e-12)
+        np.testing.assert_allclose(shard.gram, reference.gram, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("size", [1e-20, 1.0, 1e20])
+def test_accumulated_shards_at_feature_scales(size: float) -> None:
+    k = 6
+    features, labels = dataset(seed=5, k=4, d=5, n=120, centre=2.0, spread=1.0)
+    features = features * size
+    shards = accumulate_on_threads(features, labels, k, split(labels, 3, seed=2), batches=4)
+    assert_shards(shards, features, labels, k)
+    for shard in shards:  # classes 4 and 5: no samples anywhere
+        rows = range(shard.offset, shard.offset + shard.stats.num_classes)
+        unseen = [i for i, c in enumerate(rows) if c >= 4]
+        assert np.isnan(np.asarray(shard.stats.means)[unseen]).all()
+
+
+def test_a_refused_batch_raises_on_every_rank_and_adds_nothing() -> None:
+    k, d = 4, 3
+    rng = np.random.default_rng(0)
+    good = rng.normal(size=(6, d)), np.arange(6) % k
+
+    def work(rank: int, group: Collectives) -> Any:
+        sharded = ShardedClassStats(k, d, group)
+        sharded.update(*good)
+        labels = good[1].copy()
+        if rank == 1:
+            labels[2] = k  # out of range on rank 1 only
+        try:
+            sharded.update(good[0], labels)
+        except ValueError as err:
+            return str(err), sharded.shard().num_samples
+        return "accepted", None
+
+    results = run_on_threads(2, work)
+    assert results[0] == (
+        "rank 1's batch was refused there; nothing was added on any rank",
+        2 * 6,
+    )
+    assert results[1][0].startswith("`labels` must lie in [0, 4)")
+    assert results[1][1] == 2 * 6
+
+
+def test_sharded_accumulation_checks_its_arguments() -> None:
+    alone = Collectives(0, 1, lambda x: [x], lambda x: x)
+    with pytest.raises(TypeError, match="`collectives`"):
+        ShardedClassStats(3, 2, "nope")
+    with pytest.raises(ValueError, match="`num_classes` must be at least 2; got 1"):
+        ShardedClassStats(1, 2, alone)
+    with pytest.raises(TypeError, match=r"`collectives.all_reduce` must be callable"):
+        ShardedClassStats(3, 2, Collectives(0, 1, lambda x: [x], None))
+    with pytest.raises(ValueError, match=r"`collectives.rank`"):
+        ShardedClassStats(3, 2, Collectives(2, 2, lambda x: [x], lambda x: x))
+    sharded = ShardedClassStats(3, 2, alone)
+    with pytest.raises(ValueError, match="`features` must have 2 columns; got 3"):
+        sharded.update(np.ones((2, 3)), np.array([0, 1]))
+    assert "classes 0:3 on rank 0 of 1" in repr(sharded)
+    assert sharded.num_local_classes == 3
 
 
 def test_shards_on_every_backend(backend: Any) -> None:
@@ -443,6 +536,23 @@ def _work(rank: int) -> dict[str, Any]:
         "sqnorms": shard.stats.sqnorms.tolist(),
         "gram": shard.gram.tolist(),
     }
+    sharded = ShardedClassStats(
+        K, D, ncgeom_torch.plugin.collectives(), xp=torch, dtype=torch.float64
+    )
+    for part in np.array_split(rows, 3):  # three batches of this rank's rows
+        sharded.update(torch.from_numpy(features[part]), torch.from_numpy(labels[part]))
+    accumulated = sharded.shard()
+    results["accumulated"] = {
+        "offset": accumulated.offset,
+        "num_samples": accumulated.num_samples,
+        "counts": accumulated.stats.counts.tolist(),
+        "means": accumulated.stats.means.tolist(),
+        "variances": accumulated.stats.class_variances.tolist(),
+        "offsets": accumulated.stats.offsets.tolist(),
+        "gram": (accumulated.gram * accumulated.stats.unit_scale**2).tolist(),
+        "scale": float(accumulated.stats.unit_scale),
+        "is_torch": isinstance(accumulated.stats.shift, torch.Tensor),
+    }
     results["conformance"] = check_plugin(
         ncgeom_torch.plugin, lambda a: torch.from_numpy(a).clone(), checks=["collectives"]
     )
@@ -481,6 +591,25 @@ def test_two_gloo_processes_shard_exactly(gloo_ranks: list[dict[str, Any]]) -> N
             np.testing.assert_allclose(
                 value, result["whole_rows"][field], rtol=1e-10, atol=1e-12, err_msg=field
             )
+    np.testing.assert_allclose(
+        scatter, want["scatter"], rtol=1e-10, atol=1e-10 * np.abs(want["scatter"]).max()
+    )
+
+
+def test_two_gloo_processes_accumulate_at_the_owners(gloo_ranks: list[dict[str, Any]]) -> None:
+    features, labels, _ = _gloo_data()
+    want = formulas(features, labels, K)
+    scatter = np.array(gloo_ranks[0]["accumulated"]["gram"])
+    for result in gloo_ranks:
+        shard = result["accumulated"]
+        assert shard["offset"] == result["shard"]["offset"] and shard["is_torch"]
+        rows = slice(shard["offset"], shard["offset"] + len(shard["counts"]))
+        assert shard["num_samples"] == labels.size
+        assert shard["counts"] == want["counts"][rows].tolist()
+        np.testing.assert_allclose(shard["means"], want["means"][rows], rtol=1e-10)
+        np.testing.assert_allclose(shard["variances"], want["variances"][rows], rtol=1e-10)
+        offsets, n = np.array(shard["offsets"]), np.array(shard["counts"], dtype=float)
+        scatter = scatter - offsets.T @ (n[:, None] * offsets) * shard["scale"] ** 2
     np.testing.assert_allclose(
         scatter, want["scatter"], rtol=1e-10, atol=1e-10 * np.abs(want["scatter"]).max()
     )

@@ -35,6 +35,7 @@ from ..measure.distributed import (
     reduce_class_stats,
     reduce_scatter_class_stats,
 )
+from ..measure.sharded import ShardedClassStats
 from ..measure.stats import ClassStats
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "FrameworkPlugin",
     "LoadedEntryPoint",
+    "ShardedClassStats",
     "available_plugins",
     "class_shards",
     "get_plugin",
