@@ -27,6 +27,7 @@ import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .backends import BenchBackend
@@ -137,6 +138,8 @@ FLOORS: dict[str, str] = {
     "means_gram": "M @ M.T",
     "sort": "sort(counts)",
     "forward": "model(X) alone, under no_grad",
+    "few_classes": f"the same batches into K = {1000:,} rows",
+    "train_steps": "the same training steps without the callback",
 }
 
 #: The engine's target, on every device: ``from_features`` and one ``update``
@@ -159,6 +162,8 @@ _TIME_TARGETS: dict[tuple[str, str], dict[tuple[str, str], float]] = {
         ("pair_metrics_all", "means_gram"): 2.5,
         ("pair_metrics_all_f64", "means_gram"): 2.5,
         ("depth_resnet18", "forward"): 1.3,
+        ("update_tokens", "few_classes"): 1.5,
+        ("hf_callback", "train_steps"): 1.3,
         **_ENGINE_TARGETS,
     },
     ("gpu", "large"): {
@@ -398,6 +403,28 @@ def _images_data(ctx: Context) -> dict[str, Any]:
     return {"x": images, "y": labels, "shape": (num, DEPTH_BATCH)}
 
 
+#: Classes, batch size, width and batches of the ``update_tokens`` case (4 batches
+#: at the small size), and the K of its floor.
+TOKEN_CLASSES, TOKEN_BATCH, TOKEN_DIM, TOKEN_BATCHES, TOKEN_FLOOR_CLASSES = (
+    131_072,
+    512,
+    64,
+    32,
+    1000,
+)
+
+
+def _tokens_data(ctx: Context) -> dict[str, Any]:
+    batches = 4 if _size_name(ctx) == "small" else TOKEN_BATCHES
+    num = batches * TOKEN_BATCH
+    be = ctx.backend
+    return {
+        "x": be.normal((num, TOKEN_DIM), ctx.seed + 17),
+        "y": be.integers(TOKEN_FLOOR_CLASSES, num, ctx.seed + 18),
+        "shape": (num, TOKEN_DIM),
+    }
+
+
 def _size_name(ctx: Context) -> str:
     return next(name for name, size in SIZES.items() if size is ctx.size)
 
@@ -410,6 +437,8 @@ _MAKERS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "counts": _counts_data,
     "solver": _solver_data,
     "images": _images_data,
+    "tokens": _tokens_data,
+    "none": lambda ctx: {},
 }
 
 
@@ -666,6 +695,105 @@ def _depth_resnet18(ctx: Context) -> Prepared:
     return Prepared(run, {"forward": forward}, _input_bytes(ctx, x, y), params)
 
 
+def _update_tokens(ctx: Context) -> Prepared:
+    """`StreamingClassStats.update` of 512-token batches into tables of K = 131,072,
+    against the same batches (labels below 1,000) into tables of K = 1,000: the
+    same arithmetic on the same rows, so the ratio is the cost of K itself."""
+    streaming = _require("ncgeom", "StreamingClassStats")
+    data = ctx.data("tokens")
+    be, xp = ctx.backend, ctx.backend.xp
+    x, (num, dim) = data["x"], data["shape"]
+
+    def updates(labels: Array, classes: int) -> Callable[[], Any]:
+        running = streaming(classes, dim, gram=False, xp=xp, device=be.device, dtype=xp.float32)
+        # The first batch of each run pays for the (K, d) tables' first writes.
+        running.update(x[:TOKEN_BATCH, ...], labels[:TOKEN_BATCH])
+
+        def run() -> Any:
+            for lo in range(0, num, TOKEN_BATCH):
+                running.update(x[lo : lo + TOKEN_BATCH, ...], labels[lo : lo + TOKEN_BATCH])
+            return running
+
+        return run
+
+    return Prepared(
+        updates(data["y"], TOKEN_CLASSES),
+        {"few_classes": updates(data["y"], TOKEN_FLOOR_CLASSES)},
+        _input_bytes(ctx, x, data["y"]),
+        {"N": num, "batch": TOKEN_BATCH, "d": dim, "K": TOKEN_CLASSES},
+    )
+
+
+#: Vocabulary, width, layers, batch (sequences x tokens) and steps of the
+#: ``hf_callback`` case: (1024, 16, 1, 2 x 16, 2) at the small size.
+LM_SIZES = {"small": (1024, 16, 1, (2, 16), 2), "ci": (32_768, 64, 2, (8, 64), 72)}
+
+
+def _hf_callback(ctx: Context) -> Prepared:
+    """Training steps of a tiny GPT-2 with `NCTrainerCallback` observing every
+    step, against the same steps without it. The 72 steps' 36,288 tokens fill
+    the class table once (K = 32,768 rows held, then added as one batch); the
+    report, a separate cost, falls after them (``every_n_steps`` = 73).
+
+    The callback is driven through the Trainer's public events
+    (``on_train_begin``, ``on_step_begin``, ``on_step_end``) around a plain
+    AdamW loop, as ``Trainer`` calls them, without the Trainer's own work.
+    """
+    if ctx.backend.name != "torch":
+        msg = "the callback case trains a torch model: use --backend torch"
+        raise CaseSkipped(msg)
+    callback_class = _require("ncgeom_torch.hf", "NCTrainerCallback")
+    transformers = importlib.import_module("transformers")
+    import tempfile
+
+    import torch
+
+    vocab, width, layers, (rows, tokens), steps = LM_SIZES.get(_size_name(ctx), LM_SIZES["ci"])
+    device = ctx.backend.device
+    torch.manual_seed(ctx.seed)
+    config = transformers.GPT2Config(
+        vocab_size=vocab, n_embd=width, n_layer=layers, n_head=2, n_positions=tokens
+    )
+    model = transformers.GPT2LMHeadModel(config).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(ctx.seed + 19)
+    batches = [
+        torch.randint(0, vocab, (rows, tokens), generator=gen).to(device) for _ in range(steps)
+    ]
+    # Nothing is written there: the events that save (on_train_end) are not sent.
+    folder = str(Path(tempfile.gettempdir()) / "ncgeom-bench-hf")
+    args = transformers.TrainingArguments(
+        folder, report_to=[], use_cpu=str(device).startswith("cpu")
+    )
+
+    def step(ids: Any) -> None:
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    def train() -> None:
+        for ids in batches:
+            step(ids)
+        ctx.backend.sync()
+
+    def run() -> Any:
+        callback = callback_class(every_n_steps=steps + 1)
+        state, control = transformers.TrainerState(), transformers.TrainerControl()
+        callback.on_train_begin(args, state, control, model=model)
+        for ids in batches:
+            callback.on_step_begin(args, state, control)
+            step(ids)
+            state.global_step += 1
+            callback.on_step_end(args, state, control)
+        callback.remove()
+        ctx.backend.sync()
+        return callback
+
+    _probe(run, "NCTrainerCallback driven by Trainer events", ValueError)
+    params = {"vocab": vocab, "d": width, "layers": layers, "batch": rows * tokens, "steps": steps}
+    return Prepared(run, {"train_steps": train}, 0, params)
+
+
 def _probe(run: Callable[[], Any], what: str, *errors: type[Exception]) -> None:
     """Call once; a signature this benchmark does not know (or one of `errors`:
     arguments the library does not take) skips the case."""
@@ -731,6 +859,13 @@ CASES: dict[str, Case] = {
             for classes in ENGINE_CLASSES
         ),
         Case(
+            "update_tokens",
+            f"StreamingClassStats.update of {TOKEN_BATCH}-token batches (labels below "
+            f"{TOKEN_FLOOR_CLASSES:,}) into K = {TOKEN_CLASSES:,} rows, d = {TOKEN_DIM}",
+            "tokens",
+            _update_tokens,
+        ),
+        Case(
             "cdnv",
             "metrics.cdnv(stats) at large K (pairs in row blocks)",
             "classes",
@@ -790,6 +925,13 @@ CASES: dict[str, Case] = {
             "its forward, batches of 128 (torch only)",
             "images",
             _depth_resnet18,
+        ),
+        Case(
+            "hf_callback",
+            "72 training steps of a tiny GPT-2 (vocabulary 32,768, d = 64, 2 layers) with "
+            "NCTrainerCallback observing every step, the report left out (torch only)",
+            "none",
+            _hf_callback,
         ),
         Case(
             "collapsed_gradients",

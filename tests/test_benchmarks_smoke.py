@@ -184,3 +184,13 @@ def test_profile_names_each_case_its_floors_and_its_operations() -> None:
     with pytest.raises(ValueError, match="`rows` must be at least 1; got 0"):
         profile_cases("small", ["report"], rows=0)
     assert main(["--size", "small", "--cases", "nope"]) == 2
+
+
+def test_the_torch_cases_of_language_models_run() -> None:
+    pytest.importorskip("transformers")
+    result = run_benchmarks("torch", "small", repeat=1, cases=["hf_callback", "update_tokens"])
+    assert not result["skipped"], result["skipped"]
+    floors = {entry["case"]: entry["comparisons"][0]["floor"] for entry in result["cases"]}
+    assert floors == {"hf_callback": "train_steps", "update_tokens": "few_classes"}
+    for entry in result["cases"]:
+        _check_time_entry(entry)

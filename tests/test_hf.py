@@ -197,6 +197,46 @@ def test_eval_pass_equals_the_gathered_hidden_states(tmp_path, batch):
     assert trainer.state.log_history[-1]["eval_nc/nc1"] == report.nc1
 
 
+def test_a_llama_decoder_untied_with_rms_norm(tmp_path):
+    # Another architecture: the LM head's input is the output of the final RMSNorm.
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(2)
+    config = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=DIM, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=LENGTH,
+        tie_word_embeddings=False,
+    )  # fmt: skip
+    model, rows = LlamaForCausalLM(config).double(), padded_batch(8)
+    callback = NCTrainerCallback(source="eval")
+    trainer = trainer_for(model, arguments(tmp_path), [callback], evaluation=rows)
+    trainer.evaluate()
+    captured = []
+    handle = model.model.norm.register_forward_hook(
+        lambda module, args, output: captured.append(output.detach().clone())
+    )
+    with torch.no_grad():
+        model(
+            input_ids=torch.stack([r["input_ids"] for r in rows]),
+            attention_mask=torch.stack([r["attention_mask"] for r in rows]),
+        )
+    handle.remove()
+    x, y = reference_pairs(captured[0].numpy(), rows)
+    report = callback.last_report
+    assert callback.last_stats.counts.tolist() == np.bincount(y, minlength=VOCAB).tolist()
+    assert report.nc1 == pytest.approx(numpy_nc1(x, y), rel=1e-8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        direct = nc_report(
+            (torch.from_numpy(x), torch.from_numpy(y)), model.lm_head.weight.detach(),
+            num_classes=VOCAB,
+        )  # fmt: skip
+    for name in ("nc1", "cdnv", "etf_error", "self_duality_error"):
+        assert getattr(report, name) == pytest.approx(getattr(direct, name), rel=1e-10), name
+    saved = json.loads(callback.save(tmp_path / "llama").read_text())
+    assert saved["tied_embeddings"] is False and saved["layer"] == "lm_head"
+
+
 def test_training_stream_of_the_reported_steps(tmp_path):
     model = tiny_model(1)
     rows = [{"input_ids": r, "labels": r} for r in zipf_rows(16, 5)]
@@ -376,7 +416,9 @@ WORLD = 2
 
 
 def _worker(rank: int, port: int, out: str) -> None:
-    """One rank of a 2-process gloo evaluation through the Trainer; writes its report."""
+    """One rank of 2-process gloo runs through the Trainer: an evaluation pass,
+    then 4 training steps (DDP) reported at steps 2 and 4 from each step alone.
+    Writes its reports and the hidden states and next tokens of its last step."""
     import os
     import traceback
     from pathlib import Path
@@ -394,6 +436,25 @@ def _worker(rank: int, port: int, out: str) -> None:
         result = {
             "report": callback.last_report.to_dict(),
             "world": int(torch.distributed.get_world_size()),
+        }
+        model, steps = tiny_model(4), []
+        model.transformer.ln_f.register_forward_hook(
+            lambda module, args, output: steps[-1].__setitem__("hidden", output.detach().clone())
+        )
+        model.register_forward_pre_hook(
+            lambda module, args, kwargs: steps.append({"labels": kwargs["labels"].clone()}),
+            with_kwargs=True,
+        )
+        callback = NCTrainerCallback(every_n_steps=2, window_steps=1)
+        args = arguments(Path(out), max_steps=4, per_device_train_batch_size=2, ddp_backend="gloo")
+        rows = [{"input_ids": r, "labels": r} for r in zipf_rows(16, 6)]
+        trainer_for(model, args, [callback], train=rows).train()
+        last = steps[-1]
+        result["train"] = {
+            "reported": [step for step, _ in callback.history],
+            "report": callback.last_report.to_dict(),
+            "hidden": last["hidden"][:, :-1].reshape(-1, DIM).tolist(),
+            "tokens": last["labels"][:, 1:].reshape(-1).tolist(),
         }
     except Exception:
         result = {"crash": traceback.format_exc()}
@@ -433,6 +494,20 @@ def test_two_gloo_ranks_equal_one_process_on_all_tokens(tmp_path):
         assert got["counts"] == list(want.counts)
         for name in ("nc1", "cdnv", "within_variance", "etf_error", "self_duality_error"):
             assert got[name] == pytest.approx(getattr(want, name), rel=1e-10), name
+    # Training with DDP: each report pools the last step's tokens of both ranks.
+    x = np.concatenate([np.array(r["train"]["hidden"]) for r in results])
+    y = np.concatenate([np.array(r["train"]["tokens"]) for r in results])
+    assert len(y) == WORLD * 2 * (LENGTH - 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = nc_report((torch.from_numpy(x), torch.from_numpy(y)), num_classes=VOCAB)
+    for result in results:
+        train = result["train"]
+        assert train["reported"] == [2, 4]
+        assert train["report"]["counts"] == np.bincount(y, minlength=VOCAB).tolist()
+        assert train["report"]["nc1"] == pytest.approx(numpy_nc1(x, y), rel=1e-8)
+        for name in ("nc1", "cdnv", "within_variance", "etf_error"):
+            assert train["report"][name] == pytest.approx(getattr(want, name), rel=1e-10), name
 
 
 def test_eval_passes_during_training_are_measured_not_the_training_stream(tmp_path):
