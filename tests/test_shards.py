@@ -19,7 +19,7 @@ import pytest
 from gloo import spawn_ranks
 from world import reduce_on_threads, run_on_threads, shard_on_threads
 
-from ncgeom import ClassStats
+from ncgeom import ClassStats, nc_report
 from ncgeom.plugins import (
     ClassShard,
     Collectives,
@@ -27,6 +27,7 @@ from ncgeom.plugins import (
     class_shards,
     reduce_class_stats,
     reduce_scatter_class_stats,
+    shard_metrics,
 )
 from ncgeom.testing.conformance import ConformanceError, check_plugin
 
@@ -286,6 +287,85 @@ def test_sharded_accumulation_checks_its_arguments() -> None:
         sharded.update(np.ones((2, 3)), np.array([0, 1]))
     assert "classes 0:3 on rank 0 of 1" in repr(sharded)
     assert sharded.num_local_classes == 3
+
+
+# ------------------------------------------------------------------------ metrics from shards
+def metric_formulas(
+    features: np.ndarray, labels: np.ndarray, k: int, global_mean: str = "samples"
+) -> dict[str, float]:
+    """NC1, the within variance, the trace ratio and both equinorms by float64
+    formulas over the classes with samples."""
+    want = formulas(features, labels, k)
+    seen = want["counts"] > 0
+    means, n = want["means"][seen], want["counts"][seen]
+    centre = n @ means / n.sum() if global_mean == "samples" else means.mean(axis=0)
+    centred = means - centre
+    sigma_w = want["scatter"] / labels.size
+    sigma_b = centred.T @ centred / seen.sum()
+    norms = np.linalg.norm(centred, axis=1)
+    return {
+        "nc1": float(np.trace(sigma_w @ np.linalg.pinv(sigma_b)) / seen.sum()),
+        "within_variance": float(np.trace(sigma_w)),
+        "nc1_trace_ratio": float(np.trace(sigma_w) / np.mean(norms**2)),
+        "equinorm": float(norms.std() / norms.mean()),
+        "log_equinorm": float(np.log(norms).std()),
+    }
+
+
+def metrics_on_threads(shards: list[ClassShard], global_mean: str = "samples") -> list[Any]:
+    def work(rank: int, group: Collectives) -> Any:
+        return shard_metrics(shards[rank], group, global_mean=global_mean)
+
+    return run_on_threads(len(shards), work)
+
+
+@pytest.mark.parametrize(("world", "k"), [(2, 5), (3, 7), (4, 10), (4, 3)])
+@pytest.mark.parametrize("global_mean", ["samples", "classes"])
+def test_metrics_from_shards_equal_the_formulas_and_the_report(world, k, global_mean) -> None:
+    features, labels = dataset(seed=world * k, k=k, d=6, n=240, centre=2.0, spread=0.3)
+    parts = split(labels, world, seed=world)
+    shards = shard_on_threads(rank_stats(features, labels, k, parts))
+    want = metric_formulas(features, labels, k, global_mean)
+    report = nc_report((features, labels), num_classes=k, global_mean=global_mean)
+    for result in metrics_on_threads(shards, global_mean):
+        assert set(result) == set(want)
+        for name, value in result.items():
+            assert value == pytest.approx(want[name], rel=1e-10), name
+            assert value == pytest.approx(getattr(report, name), rel=1e-10), name
+
+
+@pytest.mark.parametrize("size", [1e-20, 1.0, 1e20])
+def test_metrics_from_accumulated_shards_with_unseen_classes_at_scales(size: float) -> None:
+    k = 7  # classes 4, 5 and 6 have no samples anywhere
+    features, labels = dataset(seed=9, k=4, d=5, n=160, centre=2.0, spread=0.5)
+    features = features * size
+    shards = accumulate_on_threads(features, labels, k, split(labels, 3, seed=3), batches=3)
+    want = metric_formulas(features, labels, k)
+    for result in metrics_on_threads(shards):
+        for name, value in result.items():
+            assert value == pytest.approx(want[name], rel=1e-9), name
+
+
+def test_metrics_from_shards_where_they_are_undefined() -> None:
+    # one class with samples: no between-class spread; no Gram: no NC1
+    features, labels = dataset(seed=2, k=1, d=3, n=20)
+    shards = shard_on_threads(rank_stats(features, labels, 4, split(labels, 2, seed=0)))
+    for result in metrics_on_threads(shards):
+        assert result["within_variance"] == pytest.approx(
+            metric_formulas(features, labels, 4)["within_variance"], rel=1e-10
+        )
+        assert all(np.isnan(result[name]) for name in result if name != "within_variance")
+    features, labels = dataset(seed=2, k=3, d=3, n=30)
+    alone = Collectives(0, 1, lambda x: [x], lambda x: x, lambda x: x)
+    no_gram = reduce_scatter_class_stats(
+        ClassStats.from_features(features, labels, 3, gram=False), alone
+    )
+    values = shard_metrics(no_gram, alone)
+    assert np.isnan(values["nc1"]) and np.isfinite(values["equinorm"])
+    with pytest.raises(ValueError, match=r"`global_mean`.*'median'"):
+        shard_metrics(no_gram, alone, global_mean="median")
+    with pytest.raises(TypeError, match=r"`shard`"):
+        shard_metrics(no_gram.stats, alone)
 
 
 def test_shards_on_every_backend(backend: Any) -> None:

@@ -35,6 +35,7 @@ from ..measure.distributed import (
     reduce_class_stats,
     reduce_scatter_class_stats,
 )
+from ..measure.shard_metrics import shard_metrics
 from ..measure.sharded import ShardedClassStats
 from ..measure.stats import ClassStats
 
@@ -52,6 +53,7 @@ __all__ = [
     "reduce_class_stats",
     "reduce_scatter_class_stats",
     "register_plugin",
+    "shard_metrics",
     "unregister_plugin",
 ]
 

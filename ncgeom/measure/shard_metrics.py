@@ -1,0 +1,172 @@
+"""Metrics computed from class shards: no rank holds the (K, d) table of all classes.
+
+Each metric here is a sum over the classes, so every rank adds up its own
+classes and all-reduces a few numbers, or a (d, d) matrix where NC1 needs one:
+
+* NC1 through (d, d) identities: ``S_W = gram - sum_k n_k o_k o_k^T`` (the
+  pooled Gram about the shifts less each class's offset o_k, summed over the
+  shards) and ``Mc^T Mc = sum_k c_k c_k^T`` (the centred means); then
+  ``nc1 = sum_r w_r v_r^T S_W v_r / N`` over the eigenpairs (v_r, 1 / w_r) of
+  ``Mc^T Mc``, with `ncgeom.metrics.between_basis`'s rule for a zero eigenvalue;
+* the within variance, the trace-ratio NC1, equinorm and log equinorm, from
+  sums over the classes (the spreads in a second all-reduce about the means
+  of the first, so that nothing cancels).
+
+The pair metrics (CDNV, ETF error, ...) and the classifier metrics need
+pairs of classes of different shards and are not computed here yet.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .._lib.backend import to_host, wide_float
+from .._lib.lanes import serial_lapack
+from .._lib.validate import check_choice, check_instance
+from .classes import GLOBAL_MEANS
+from .distributed import ClassShard, Collectives
+
+__all__ = ["SHARD_METRICS", "shard_metrics"]
+
+Array = Any
+
+#: What `shard_metrics` returns, in the vocabulary of `ncgeom.NCReport`.
+SHARD_METRICS = ("nc1", "within_variance", "nc1_trace_ratio", "equinorm", "log_equinorm")
+
+
+def shard_metrics(
+    shard: ClassShard, collectives: Collectives, *, global_mean: str = "samples"
+) -> dict[str, float]:
+    """`SHARD_METRICS` of the classes of every rank's shard; every rank must call it.
+
+    Equal to the same names of ``nc_report`` of the whole table (to rounding:
+    1e-10 relative in float64 in the tests), over the classes with samples.
+
+    Parameters
+    ----------
+    shard : ClassShard
+        This rank's shard (`reduce_scatter_class_stats`,
+        `ShardedClassStats.shard`); NC1 needs its pooled Gram.
+    collectives : Collectives
+        This process's rank, world size, ``all_gather`` and ``all_reduce``.
+    global_mean : {"samples", "classes"}
+        As for `ncgeom.nc_report`.
+
+    Returns
+    -------
+    dict
+        Each name of `SHARD_METRICS` to a float; NaN for a metric the classes
+        leave undefined (fewer than two classes with samples, coinciding
+        means, a mean at the global mean for log equinorm), and NC1 NaN
+        without a Gram.
+
+    Notes
+    -----
+    Four all-reduces: 2 d + 2 numbers (the global mean), 2 d^2 (the two (d, d)
+    sums of NC1; none without a Gram), 3 and 2 scalars (the sums and spreads of
+    the norms). The (d, d) eigenproblem is solved on every rank.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ncgeom import ClassStats, nc_report
+    >>> from ncgeom.plugins import Collectives, reduce_scatter_class_stats
+    >>> from ncgeom.plugins import shard_metrics
+    >>> rng = np.random.default_rng(0)
+    >>> y = rng.integers(0, 4, size=200)
+    >>> x = 3 * np.eye(4)[y] + rng.normal(size=(200, 4))
+    >>> alone = Collectives(0, 1, lambda a: [a], lambda a: a, lambda a: a)
+    >>> shard = reduce_scatter_class_stats(ClassStats.from_features(x, y, 4), alone)
+    >>> values = shard_metrics(shard, alone)
+    >>> bool(abs(values["nc1"] - nc_report((x, y)).nc1) < 1e-12)
+    True
+    """
+    check_instance(shard, ClassShard, "shard")
+    check_instance(collectives, Collectives, "collectives")
+    check_choice(global_mean, "global_mean", GLOBAL_MEANS)
+    stats = shard.stats
+    xp, dtype = stats.xp, stats.dtype
+    wide = wide_float(xp)
+    dim = stats.dim
+    counts = xp.astype(stats.counts, dtype)
+    seen = stats.counts > 0
+    weight = xp.astype(seen, dtype)
+    means = stats.shift + stats.offsets  # in units of the scale; zero where unseen
+    variances = stats.scaled_variances()
+    variances = xp.where(seen, variances, xp.zeros_like(variances))
+    # 1) The global mean, the number of classes with samples, N and the within scatter.
+    first = collectives.all_reduce(
+        xp.concat(
+            [
+                counts @ means,
+                weight @ means,
+                xp.stack([xp.sum(counts), xp.sum(weight), xp.sum(counts * variances)]),
+            ]
+        )
+    )
+    total, classes, within = first[2 * dim], first[2 * dim + 1], first[2 * dim + 2]
+    populated = round(float(to_host(classes)))  # one host read
+    centre = first[:dim] / total if global_mean == "samples" else first[dim : 2 * dim] / classes
+    centred = (means - centre) * weight[:, None]
+    scale = xp.astype(stats.unit_scale, wide)
+    values: dict[str, Array] = {"within_variance": xp.astype(within / total, wide) * scale * scale}
+    # 2) NC1 from the (d, d) sums of the shards.
+    nc1 = xp.asarray(math.nan, dtype=dtype, device=stats.device)
+    if shard.gram is not None:
+        offsets = stats.offsets * weight[:, None]
+        correction = offsets.T @ (counts[:, None] * offsets)
+        sums = collectives.all_reduce(
+            xp.concat([xp.reshape(correction, (-1,)), xp.reshape(centred.T @ centred, (-1,))])
+        )
+        within_scatter = shard.gram - xp.reshape(sums[: dim * dim], (dim, dim))
+        between = xp.reshape(sums[dim * dim :], (dim, dim))
+        nc1 = _nc1(within_scatter, between, total, max(populated, dim), xp)
+    values["nc1"] = nc1
+    # 3) Norms of the centred means: sums, then spreads about their means.
+    norms = xp.linalg.vector_norm(centred, axis=1)
+    alive = seen & (norms > 0)
+    logs = xp.where(
+        alive, xp.log(xp.where(alive, norms, xp.ones_like(norms))), xp.zeros_like(norms)
+    )
+    firsts = collectives.all_reduce(
+        xp.stack([xp.sum(norms), xp.sum(logs), xp.sum(xp.astype(alive, dtype))])
+    )
+    mean_norm, mean_log = firsts[0] / classes, firsts[1] / classes
+    spreads = collectives.all_reduce(
+        xp.stack(
+            [
+                xp.sum(weight * (norms - mean_norm) ** 2),
+                xp.sum(weight * (logs - mean_log) ** 2),
+            ]
+        )
+    )
+    values["equinorm"] = xp.sqrt(spreads[0] / classes) / mean_norm
+    values["log_equinorm"] = xp.sqrt(spreads[1] / classes)
+    between_spread = collectives.all_reduce(xp.reshape(xp.sum(weight * norms * norms), (1,)))
+    values["nc1_trace_ratio"] = (within / total) / (between_spread[0] / classes)
+    values["all_alive"] = firsts[2] == classes
+    host = to_host(
+        xp.stack([xp.astype(values[name], wide) for name in (*SHARD_METRICS, "all_alive")])
+    )
+    result = dict(zip(SHARD_METRICS, (float(v) for v in host[:-1]), strict=True))
+    undefined = set(SHARD_METRICS) - {"within_variance"} if populated < 2 else set()
+    if not host[-1]:
+        undefined.add("log_equinorm")  # a class mean at the global mean has no log norm
+    for name, value in result.items():
+        if name in undefined or not math.isfinite(value):
+            result[name] = math.nan
+    return result
+
+
+def _nc1(within_scatter: Array, between: Array, total: Array, size: int, xp: Any) -> Array:
+    """``sum_r w_r v_r^T S_W v_r / N`` over the eigenpairs of ``Mc^T Mc`` (d, d),
+    with the zero-eigenvalue rule of `ncgeom.metrics.between_basis`."""
+    with serial_lapack(xp, between.shape):
+        lam, vectors = xp.linalg.eigh(between)
+    eps = xp.finfo(between.dtype).eps
+    keep = lam > size * eps * xp.max(lam)
+    safe = xp.where(keep, lam, xp.ones_like(lam))
+    weights = xp.where(keep, 1 / safe, xp.zeros_like(lam))
+    along = xp.sum(vectors * (within_scatter @ vectors), axis=0)
+    return xp.sum(along * weights) / total
