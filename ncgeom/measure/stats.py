@@ -316,6 +316,20 @@ class ClassStats:
         >>> stats.counts.tolist()
         [1, 2]
         """
+        return self._update(features, labels, check_finite=check_finite, chunk_size=chunk_size)
+
+    def _update(
+        self,
+        features: Array,
+        labels: Array,
+        *,
+        check_finite: bool,
+        chunk_size: int | None,
+        in_place: bool = False,
+    ) -> ClassStats:
+        """`update`; with `in_place`, the rows of the batch's classes are
+        written into these very tables where the rows path allows it (the
+        caller owns them: `ncgeom.StreamingClassStats`)."""
         xp = namespace(stats=self.shift, features=features, labels=labels)
         features, labels = check_stream_batch(features, labels, self.num_classes, xp, check_finite)
         if features.shape[1] != self.dim:
@@ -332,7 +346,12 @@ class ClassStats:
             present = batch_classes(labels, self.num_classes, xp)
             if present.shape[0] <= PRESENT_CLASS_FRACTION * self.num_classes:
                 return self._update_present(
-                    features, labels, present, check_finite=check_finite, chunk_size=chunk_size
+                    features,
+                    labels,
+                    present,
+                    check_finite=check_finite,
+                    chunk_size=chunk_size,
+                    in_place=in_place,
                 )
         batch, _ = class_moments(
             features,

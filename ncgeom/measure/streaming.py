@@ -14,13 +14,9 @@ from types import ModuleType
 from typing import Any
 
 from .._lib.backend import (
-    namespace,
-    on_host,
     resolve_namespace,
-    writes_rows_in_place,
 )
-from .._lib.validate import check_instance, check_stream_batch
-from . import stats as _stats
+from .._lib.validate import check_instance
 from .stats import ClassStats
 
 __all__ = ["StreamingClassStats"]
@@ -108,35 +104,8 @@ class StreamingClassStats:
 
         Raises what `ClassStats.update` raises, before anything is changed.
         """
-        stats = self._stats
-        xp = namespace(stats=stats.shift, features=features, labels=labels)
-        if not (on_host(xp, stats.device) and writes_rows_in_place(xp)):
-            self._stats = stats.update(
-                features, labels, check_finite=check_finite, chunk_size=chunk_size
-            )
-            return self
-        features, labels = check_stream_batch(
-            features, labels, stats.num_classes, xp, check_finite
-        )
-        if features.shape[1] != stats.dim:
-            msg = (
-                f"`features` must have {stats.dim} columns like the statistics; "
-                f"got {features.shape[1]}"
-            )
-            raise ValueError(msg)
-        if features.shape[0] == 0:
-            return self
-        present = _stats.batch_classes(labels, stats.num_classes, xp)
-        if present.shape[0] > _stats.PRESENT_CLASS_FRACTION * stats.num_classes:
-            self._stats = stats.update(features, labels, check_finite=False, chunk_size=chunk_size)
-            return self
-        self._stats = stats._update_present(
-            features,
-            labels,
-            present,
-            check_finite=check_finite,
-            chunk_size=chunk_size,
-            in_place=True,
+        self._stats = self._stats._update(
+            features, labels, check_finite=check_finite, chunk_size=chunk_size, in_place=True
         )
         return self
 
