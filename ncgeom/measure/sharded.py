@@ -158,8 +158,9 @@ class ShardedClassStats:
         if longest == 0:
             return self
         pad = longest - rows
-        # Every rank sends the statistics' dtype, whatever its features' dtype.
+        # Every rank sends the statistics' dtype and int64 labels, whatever its own.
         features = xp.astype(features, self._like.dtype)
+        labels = xp.astype(labels, index_dtype(xp))
         if pad:
             features = xp.concat(
                 [features, xp.zeros((pad, self.dim), dtype=features.dtype, device=device)]
