@@ -19,6 +19,7 @@ import pytest
 from gloo import spawn_ranks
 from world import reduce_on_threads, run_on_threads, shard_on_threads
 
+import ncgeom.metrics as metrics_module
 from ncgeom import ClassStats, nc_report
 from ncgeom.plugins import (
     ClassShard,
@@ -28,6 +29,7 @@ from ncgeom.plugins import (
     reduce_class_stats,
     reduce_scatter_class_stats,
     shard_metrics,
+    shard_pair_metrics,
 )
 from ncgeom.testing.conformance import ConformanceError, check_plugin
 
@@ -366,6 +368,67 @@ def test_metrics_from_shards_where_they_are_undefined() -> None:
         shard_metrics(no_gram, alone, global_mean="median")
     with pytest.raises(TypeError, match=r"`shard`"):
         shard_metrics(no_gram.stats, alone)
+
+
+def pairs_on_threads(shards: list[ClassShard], **kwargs: Any) -> list[Any]:
+    def work(rank: int, group: Collectives) -> Any:
+        return shard_pair_metrics(shards[rank], group, **kwargs)
+
+    return run_on_threads(len(shards), work)
+
+
+PAIR_NAMES = (
+    "cdnv", "etf_error", "equiangularity", "orthogonality_error", "equiangularity_std",
+    "interference_mean", "interference_min", "interference_max", "log_energy",
+    "log_energy_variance", "riesz_log_energy", "riesz_log_variance",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(("world", "k", "d"), [(2, 5, 6), (3, 9, 6), (4, 10, 4), (4, 3, 6)])
+@pytest.mark.parametrize("global_mean", ["samples", "classes"])
+def test_pair_metrics_from_shards_equal_the_report(world, k, d, global_mean) -> None:
+    # (4, 10, 4): K > d, the regime of the kernel energies; (4, 3, 6): empty shards
+    features, labels = dataset(seed=world + k, k=k, d=d, n=300, centre=2.0, spread=0.4)
+    parts = split(labels, world, seed=world)
+    shards = shard_on_threads(rank_stats(features, labels, k, parts))
+    report = nc_report((features, labels), num_classes=k, global_mean=global_mean, pairs="exact")
+    for result in pairs_on_threads(shards, global_mean=global_mean):
+        assert set(result) == set(PAIR_NAMES)
+        for name in PAIR_NAMES:
+            assert result[name] == pytest.approx(getattr(report, name), rel=1e-9), name
+
+
+def test_pair_metrics_from_accumulated_shards_with_unseen_classes_and_exponents() -> None:
+    k = 9  # classes 6, 7, 8 have no samples anywhere
+    features, labels = dataset(seed=12, k=6, d=5, n=200, centre=1.0, spread=0.5)
+    for size in (1e-20, 1e20):
+        x = features * size
+        shards = accumulate_on_threads(x, labels, k, split(labels, 3, seed=5), batches=2)
+        stats = ClassStats.from_features(x, labels, k)
+        for exponent in (1.0, 2.0):
+            want = float(metrics_module.cdnv(stats, exponent=exponent))
+            for result in pairs_on_threads(shards, names=("cdnv",), exponent=exponent):
+                assert result["cdnv"] == pytest.approx(want, rel=1e-9)
+        report = nc_report(stats, pairs="exact")
+        for result in pairs_on_threads(shards, names=("etf_error", "riesz_log_energy"), s=3.0):
+            assert result["etf_error"] == pytest.approx(report.etf_error, rel=1e-9)
+            want = float(metrics_module.riesz_log_energy(stats, s=3.0))
+            assert result["riesz_log_energy"] == pytest.approx(want, rel=1e-9)
+
+
+def test_pair_metrics_from_shards_of_degenerate_geometry_are_nan() -> None:
+    # every class at the same mean: no between-class spread
+    rng = np.random.default_rng(3)
+    labels = np.arange(60) % 4
+    features = np.ones((60, 3)) + 1e-3 * rng.normal(size=(60, 3))
+    features -= np.stack([features[labels == c].mean(axis=0) for c in range(4)])[labels]
+    features += 1.0
+    shards = shard_on_threads(rank_stats(features, labels, 4, split(labels, 2, seed=1)))
+    for result in pairs_on_threads(shards, names=("cdnv", "equiangularity")):
+        assert np.isnan(result["cdnv"]) and np.isnan(result["equiangularity"])
+    alone = Collectives(0, 1, lambda x: [x], lambda x: x, lambda x: x)
+    with pytest.raises(ValueError, match=r"`names`.*'nc1'"):
+        shard_pair_metrics(shards[0], alone, ("nc1",))
 
 
 def test_shards_on_every_backend(backend: Any) -> None:

@@ -218,34 +218,56 @@ class _PairPass:
     once at the end, in the widest float.
     """
 
-    def __init__(self, rows: _Rows, names: frozenset[str], s: float, exponent: float) -> None:
+    def __init__(
+        self,
+        rows: _Rows,
+        names: frozenset[str],
+        s: float,
+        exponent: float,
+        *,
+        size: int | None = None,
+        mean_cos: Array | None = None,
+        gram_shift: Array | None = None,
+    ) -> None:
+        """The pass over the pairs of `rows`; or, with `size`, `mean_cos` and
+        `gram_shift` (those of all the rows, `_pair_mean` of their unit and
+        raw vectors), a pass over some of the pairs of `size` rows of which
+        `rows` are a part (`ncgeom.measure.shard_pairs`)."""
         xp = self.xp = rows.xp
         self.names, self.s, self.exponent = names, s, exponent
-        self.size = rows.size
+        self.size = rows.size if size is None else size
         self.dtype = dtype = rows.unit.dtype
         self.wide = wide_float(xp)
         self.device = array_device(rows.unit)
-        self.eps = eps = float(xp.finfo(dtype).eps)
+        self.eps = float(xp.finfo(dtype).eps)
         self.parts: dict[str, list[Array]] = {}
-        self.etf_cosine = 1 / (rows.size - 1)  # -cos of two vertices of a simplex ETF
+        self.etf_cosine = 1 / (self.size - 1)  # -cos of two vertices of a simplex ETF
         # Exact means over pairs (Gram identities), the shifts of the squared deviations.
-        self.mean_cos = _pair_mean(rows.unit, xp) if names & _DIRECTIONS else None
+        self.mean_cos = None
+        if names & _DIRECTIONS:
+            self.mean_cos = _pair_mean(rows.unit, xp) if mean_cos is None else mean_cos
         if "equiangularity_std" in names:
             self.cos_shift = xp.astype(self.mean_cos, dtype)
-        # Per-row numbers the tiles read, (K,) each.
-        self.table: dict[str, Array] = {"norm": rows.norm, "sq": rows.sq}
-        if "etf_error" in names or "cdnv" in names:
-            self.table["minus_2norm"] = -2 * rows.norm
-        shift = 0.0
         if "etf_error" in names:
-            self.gram_shift = xp.astype(_pair_mean(rows.raw, xp), dtype)
-            shift = 2 * self.gram_shift
+            if gram_shift is None:
+                gram_shift = _pair_mean(rows.raw, xp)
+            self.gram_shift = xp.astype(gram_shift, dtype)
+        self.table = self.table_of(rows)
+
+    def table_of(self, rows: _Rows) -> dict[str, Array]:
+        """The per-row numbers that the tiles read, (rows,) each."""
+        names, eps = self.names, self.eps
+        table: dict[str, Array] = {"norm": rows.norm, "sq": rows.sq}
+        if "etf_error" in names or "cdnv" in names:
+            table["minus_2norm"] = -2 * rows.norm
+        shift = 2 * self.gram_shift if "etf_error" in names else 0.0
         if "cdnv" in names:
             # d2 - 8 eps sq_l first, then + 8 eps sq_l: the rule "two means
             # closer than rounding" (d2 <= 8 eps (sq_k + sq_l)) read on the way.
-            self.table["sq_low"] = rows.sq - 8 * eps * rows.sq - shift
-            self.table["sq_eps"] = 8 * eps * rows.sq
-            self.table["variances"] = rows.variances
+            table["sq_low"] = rows.sq - 8 * eps * rows.sq - shift
+            table["sq_eps"] = 8 * eps * rows.sq
+            table["variances"] = rows.variances
+        return table
 
     def _keep(self, key: str, value: Array) -> None:
         self.parts.setdefault(key, []).append(value)
@@ -445,7 +467,13 @@ class _PairPass:
 
 
 def _run_pass(
-    rows: _Rows, names: frozenset[str], block_rows: int | None, s: float, exponent: float
+    rows: _Rows,
+    names: frozenset[str],
+    block_rows: int | None,
+    s: float,
+    exponent: float,
+    *,
+    state: _PairPass | None = None,
 ) -> _PairPass:
     """One blocked pass over the pairs of `rows`, for the metrics `names`.
 
@@ -454,10 +482,13 @@ def _run_pass(
     `DEVICE_PAIR_BLOCK_ELEMENTS` on an accelerator (few, large matrix
     products); the metrics read each product in tiles small enough to stay
     in a CPU core's cache. The square of the block's own pairs is kept aside
-    and read with the other blocks' squares, in batches, under a mask.
+    and read with the other blocks' squares, in batches, under a mask. A
+    given `state` (whose table is that of `rows`) receives the tiles instead
+    of a new one.
     """
     xp, num = rows.xp, rows.size
-    state = _PairPass(rows, names, s, exponent)
+    if state is None:
+        state = _PairPass(rows, names, s, exponent)
     table, unit = state.table, rows.unit
     uncentred = rows.uncentred if "orthogonality_error" in names else None
     device = array_device(unit)
@@ -486,23 +517,72 @@ def _run_pass(
                 if a == lo:  # the product starts with the block's own square
                     squares.add(cos[:, :width], None if ortho is None else ortho[:, :width])
                     first = hi
-                step = max(1, tile // width)
-                for c0 in range(first, b, step):
-                    c1 = min(c0 + step, b)
-
-                    def down(name: str, c0: int = c0, c1: int = c1) -> Array:
-                        return table[name][None, c0:c1]
-
-                    state.add(
-                        cos[:, c0 - a : c1 - a],
-                        across,
-                        down,
-                        width * (c1 - c0),
-                        None,
-                        None if ortho is None else ortho[:, c0 - a : c1 - a],
-                    )
+                _read_columns(state, cos, ortho, across, table, range(first, b), a, tile)
         squares.flush()
     return state
+
+
+def _cross_pass(
+    state: _PairPass, rows: _Rows, table: dict[str, Array], cols: _Rows, block_rows: int | None
+) -> None:
+    """Feed `state` every pair (k of `rows`, l of `cols`) of two disjoint sets
+    of rows, in the blocks and tiles of `_run_pass`; `table` holds the
+    per-row numbers of `rows` (``state.table_of(rows)``)."""
+    xp = state.xp
+    if rows.size == 0 or cols.size == 0:
+        return
+    down_table = state.table_of(cols)
+    ortho = "orthogonality_error" in state.names
+    host = on_host(xp, state.device)
+    elements = PAIR_BLOCK_ELEMENTS if host else DEVICE_PAIR_BLOCK_ELEMENTS
+    tile = _HOST_TILE_ELEMENTS if host else elements
+    block = pair_block_rows(cols.size, block_rows, elements)
+    with quiet_division(), quiet_invalid():
+        for lo in range(0, rows.size, block):
+            hi = min(lo + block, rows.size)
+            span = max(hi - lo, elements // (hi - lo))
+
+            def across(name: str, lo: int = lo, hi: int = hi) -> Array:
+                return table[name][lo:hi, None]
+
+            for a in range(0, cols.size, span):
+                b = min(a + span, cols.size)
+                cos = rows.unit[lo:hi, ...] @ cols.unit[a:b, ...].T
+                products = None
+                if ortho:
+                    products = rows.uncentred[lo:hi, ...] @ cols.uncentred[a:b, ...].T
+                _read_columns(state, cos, products, across, down_table, range(a, b), a, tile)
+
+
+def _read_columns(
+    state: _PairPass,
+    cos: Array,
+    ortho: Array | None,
+    across: Side,
+    table: dict[str, Array],
+    columns: range,
+    start: int,
+    tile: int,
+) -> None:
+    """Feed `state` the tiles of a product `cos` (rows x columns ``start:``)
+    whose `columns` are all pairs, about `tile` entries at a time; `table`
+    holds the per-row numbers of the columns."""
+    width = cos.shape[0]
+    step = max(1, tile // width)
+    for c0 in range(columns.start, columns.stop, step):
+        c1 = min(c0 + step, columns.stop)
+
+        def down(name: str, c0: int = c0, c1: int = c1) -> Array:
+            return table[name][None, c0:c1]
+
+        state.add(
+            cos[:, c0 - start : c1 - start],
+            across,
+            down,
+            width * (c1 - c0),
+            None,
+            None if ortho is None else ortho[:, c0 - start : c1 - start],
+        )
 
 
 class _Squares:

@@ -1,0 +1,266 @@
+"""Pair metrics of the class means from class shards, exact, one block of means at a time.
+
+Rank r holds the means of its own classes. The blocks travel one at a time:
+in step j every rank all-reduces a (ceil(K / P), 2 d + 2) array that only rank
+j fills, which hands rank j's block to all. Rank r reads the pairs of its own
+block (`ncgeom.measure.pairs._run_pass`) and the pairs between its block and
+those of the ranks after it (`_cross_pass`), so that every pair k < l is read
+once, by one rank, with the global constants of the unsharded pass (the exact
+means over pairs come from Gram identities of all-reduced sums). The tiles'
+partial results of every rank are then gathered and merged as one pass merges
+its own, which makes the values those of `ncgeom.nc_report` of the whole table.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .._lib.backend import quiet_division, quiet_invalid, to_host, wide_float
+from .._lib.validate import check_choice, check_instance, check_positive
+from .classes import DEGENERATE_METRICS, GLOBAL_MEANS
+from .distributed import ClassShard, Collectives, class_shards
+from .pairs import (
+    MEANS_PAIR_METRICS,
+    _check_names,
+    _cross_pass,
+    _PairPass,
+    _riesz_s,
+    _Rows,
+    _run_pass,
+)
+
+__all__ = ["shard_pair_metrics"]
+
+Array = Any
+
+#: Every partial result a pass may keep (`_PairPass.parts`), in a fixed order.
+_PART_KEYS = (
+    "abs",
+    "cdnv",
+    "close",
+    "cos_dev",
+    "count",
+    "gram_dev",
+    "log_dev",
+    "log_sum",
+    "max",
+    "min",
+    "orth",
+    "riesz_dev",
+    "riesz_ref",
+    "riesz_sum",
+)
+
+
+def shard_pair_metrics(
+    shard: ClassShard,
+    collectives: Collectives,
+    names: tuple[str, ...] = MEANS_PAIR_METRICS,
+    *,
+    global_mean: str = "samples",
+    s: float | None = None,
+    exponent: float = 1.0,
+) -> dict[str, float]:
+    """The pair metrics of the class means (`MEANS_PAIR_METRICS`) from class
+    shards; every rank must call it, with the same arguments.
+
+    Equal to the same names of ``nc_report`` of the whole table with exact
+    pairs (1e-10 relative in float64 in the tests), over the classes with
+    samples; NaN where the report gives NaN for degenerate geometry.
+
+    Parameters
+    ----------
+    shard : ClassShard
+        This rank's shard (`reduce_scatter_class_stats`, `ShardedClassStats.shard`).
+    collectives : Collectives
+        This process's rank, world size, ``all_gather`` and ``all_reduce``.
+    names : tuple of str
+        Metrics of `MEANS_PAIR_METRICS`.
+    global_mean : {"samples", "classes"}
+    s : float, optional
+        Exponent of the Riesz kernel, ``d - 2`` by default.
+    exponent : float
+        Exponent of the squared distance in CDNV (> 0).
+
+    Notes
+    -----
+    Memory per rank: its own block and one received block, 2 ceil(K / P)
+    (2 d + 2) numbers, and the tiles of the blocked pass. Bytes: P all-reduces
+    of ceil(K / P) (2 d + 2) numbers (the orthogonality error's uncentred means
+    included), about 2 K (2 d + 2) per rank with ring all-reduces, plus a few
+    small all-reduces and all-gathers. Rank r reads the pairs of blocks r..P-1
+    against its own, so the first ranks do more of the work.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ncgeom import ClassStats, nc_report
+    >>> from ncgeom.plugins import Collectives, reduce_scatter_class_stats
+    >>> from ncgeom.plugins import shard_pair_metrics
+    >>> rng = np.random.default_rng(0)
+    >>> y = rng.integers(0, 5, size=300)
+    >>> x = 3 * rng.normal(size=(5, 6))[y] + rng.normal(size=(300, 6))
+    >>> alone = Collectives(0, 1, lambda a: [a], lambda a: a, lambda a: a)
+    >>> shard = reduce_scatter_class_stats(ClassStats.from_features(x, y, 5), alone)
+    >>> values = shard_pair_metrics(shard, alone, ("cdnv", "etf_error"))
+    >>> bool(abs(values["cdnv"] - nc_report((x, y)).cdnv) < 1e-12)
+    True
+    """
+    check_instance(shard, ClassShard, "shard")
+    check_instance(collectives, Collectives, "collectives")
+    check_choice(global_mean, "global_mean", GLOBAL_MEANS)
+    asked = _check_names(names, MEANS_PAIR_METRICS)
+    stats = shard.stats
+    xp, dtype, dim = stats.xp, stats.dtype, stats.dim
+    wide = wide_float(xp)
+    s = _riesz_s(s, dim)
+    exponent = check_positive(exponent, "exponent")
+    world, rank = collectives.world_size, collectives.rank
+    ortho = "orthogonality_error" in asked
+    # 1) The centre and the rows of this rank's classes with samples.
+    counts = xp.astype(stats.counts, dtype)
+    seen = stats.counts > 0
+    weight = xp.astype(seen, dtype)
+    all_means = stats.shift + stats.offsets
+    first = collectives.all_reduce(
+        xp.concat(
+            [counts @ all_means, weight @ all_means, xp.stack([xp.sum(counts), xp.sum(weight)])]
+        )
+    )
+    num = round(float(to_host(first[2 * dim + 1])))
+    if global_mean == "samples":
+        centre = first[:dim] / first[2 * dim]
+    else:
+        centre = first[dim : 2 * dim] / first[2 * dim + 1]
+    own = xp.nonzero(seen)[0]
+    means = xp.take(all_means, own, axis=0)
+    variances = xp.take(stats.scaled_variances(), own, axis=0)
+    rows = _Rows.of(means - centre, xp, variances, means if ortho else None)
+    # 2) The global constants: exact means over all pairs, and the flags' extremes.
+    sums = collectives.all_reduce(
+        xp.concat(
+            [
+                xp.sum(xp.astype(rows.unit, wide), axis=0),
+                xp.sum(xp.astype(rows.raw, wide), axis=0),
+                xp.stack(
+                    [
+                        xp.sum(xp.astype(xp.vecdot(rows.unit, rows.unit), wide)),
+                        xp.sum(xp.astype(rows.sq, wide)),
+                        xp.sum(xp.astype(xp.vecdot(means, means) > 0, wide)),
+                    ]
+                ),
+            ]
+        )
+    )
+    extremes = _gathered_max(
+        collectives,
+        xp.stack([_largest(xp.vecdot(means, means), xp), _largest(rows.sq, xp)]),
+        xp,
+    )
+    if num < 2:
+        return dict.fromkeys(sorted(asked), math.nan)
+    pairs = num * (num - 1)
+    unit_sum, raw_sum = sums[:dim], sums[dim : 2 * dim]
+    mean_cos = (xp.vecdot(unit_sum, unit_sum) - sums[2 * dim]) / pairs
+    gram_shift = (xp.vecdot(raw_sum, raw_sum) - sums[2 * dim + 1]) / pairs
+    state = _PairPass(rows, asked, s, exponent, size=num, mean_cos=mean_cos, gram_shift=gram_shift)
+    # 3) The pairs of this rank's block, then those with the blocks of later ranks.
+    _run_pass(rows, asked, None, s, exponent, state=state)
+    own_table = state.table
+    height = class_shards(shard.num_classes, world)[0][1]
+    pad = height - stats.num_classes
+    packed = xp.concat(
+        [
+            all_means - centre,
+            all_means if ortho else xp.zeros((stats.num_classes, 0), dtype=dtype),
+            xp.stack([stats.scaled_variances(), weight], axis=1),
+        ],
+        axis=1,
+    )
+    packed = xp.where(seen[:, None], packed, xp.zeros_like(packed))
+    packed = xp.concat([packed, xp.zeros((pad, packed.shape[1]), dtype=dtype)])
+    for sender in range(world):
+        block = collectives.all_reduce(packed if sender == rank else xp.zeros_like(packed))
+        if sender <= rank:
+            continue
+        kept = xp.nonzero(block[:, -1] > 0)[0]
+        block = xp.take(block, kept, axis=0)
+        uncentred = block[:, dim : 2 * dim] if ortho else None
+        cols = _Rows.of(block[:, :dim], xp, block[:, -2], uncentred)
+        _cross_pass(state, rows, own_table, cols, None)
+    # 4) Every rank's partial results, merged as one pass merges its tiles.
+    state.parts = _gathered_parts(collectives, state.parts, xp, wide)
+    if "etf_error" in asked:
+        state.table = {"sq": _gathered_rows(collectives, rows.sq, xp)}
+    with quiet_division(), quiet_invalid():  # NaN and Inf of degenerate (flagged) geometry
+        values = state.results()
+        flags = {name: bool(to_host(flag)) for name, flag in state.flags().items()}
+    largest_mean, largest_centred = (float(v) for v in to_host(extremes))
+    eps = float(xp.finfo(dtype).eps)
+    flags["means"] = largest_mean == 0
+    flags["between"] = largest_centred <= (16 * eps) ** 2 * largest_mean
+    flags["alive"] = float(to_host(sums[2 * dim + 2])) < 2
+    flags["zero_direction"] = _gathered_any(
+        collectives, xp.any(rows.sq <= (16 * eps) ** 2 * extremes[0]), xp
+    )
+    result = {}
+    scale = float(to_host(stats.unit_scale))
+    for name in sorted(asked):
+        value = float(to_host(xp.astype(values[name], wide)))
+        if name == "cdnv" and exponent != 1:
+            value *= scale ** (1 - exponent) * scale ** (1 - exponent)
+        if any(flags.get(flag, False) for flag in DEGENERATE_METRICS.get(name, ())):
+            value = math.nan
+        result[name] = value
+    return result
+
+
+def _largest(x: Array, xp: Any) -> Array:
+    """The largest entry of `x` (0 when empty), in the widest float."""
+    wide = wide_float(xp)
+    if x.shape[0] == 0:
+        return xp.zeros((), dtype=wide)
+    return xp.astype(xp.max(x), wide)
+
+
+def _gathered_max(collectives: Collectives, x: Array, xp: Any) -> Array:
+    """The element-wise largest of every rank's `x`."""
+    return xp.max(xp.stack(list(collectives.all_gather(x))), axis=0)
+
+
+def _gathered_any(collectives: Collectives, flag: Array, xp: Any) -> bool:
+    parts = collectives.all_gather(xp.reshape(xp.astype(flag, wide_float(xp)), (1,)))
+    return any(float(to_host(part)[0]) > 0 for part in parts)
+
+
+def _gathered_rows(collectives: Collectives, values: Array, xp: Any) -> Array:
+    """Every rank's 1-D `values`, concatenated in rank order (padded to gather)."""
+    wide = wide_float(xp)
+    sizes = collectives.all_gather(xp.asarray([values.shape[0]]))
+    sizes = [int(to_host(n)[0]) for n in sizes]
+    padded = xp.concat(
+        [xp.astype(values, wide), xp.zeros((max(sizes) - values.shape[0],), dtype=wide)]
+    )
+    parts = collectives.all_gather(padded)
+    return xp.concat([part[:n] for part, n in zip(parts, sizes, strict=True)])
+
+
+def _gathered_parts(
+    collectives: Collectives, parts: dict[str, list[Array]], xp: Any, wide: Any
+) -> dict[str, list[Array]]:
+    """Every rank's tile results, key by key in rank order."""
+    own = {key: [xp.astype(v, wide) for v in parts.get(key, [])] for key in _PART_KEYS}
+    lengths = xp.asarray([len(own[key]) for key in _PART_KEYS])
+    flat = [v for key in _PART_KEYS for v in own[key]]
+    values = xp.stack(flat) if flat else xp.zeros((0,), dtype=wide)
+    tables = [[int(n) for n in to_host(t)] for t in collectives.all_gather(lengths)]
+    longest = max(sum(t) for t in tables)
+    padded = xp.concat([values, xp.zeros((longest - values.shape[0],), dtype=wide)])
+    merged: dict[str, list[Array]] = {key: [] for key in _PART_KEYS}
+    for table, part in zip(tables, collectives.all_gather(padded), strict=True):
+        at = 0
+        for key, n in zip(_PART_KEYS, table, strict=True):
+            merged[key].extend(part[i] for i in range(at, at + n))
+            at += n
+    return {key: entries for key, entries in merged.items() if entries}
