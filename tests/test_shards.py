@@ -696,6 +696,9 @@ def _work(rank: int) -> dict[str, Any]:
         "scale": float(accumulated.stats.unit_scale),
         "is_torch": isinstance(accumulated.stats.shift, torch.Tensor),
     }
+    group = ncgeom_torch.plugin.collectives()
+    results["metrics"] = shard_metrics(shard, group)
+    results["pairs"] = shard_pair_metrics(shard, group)
     results["conformance"] = check_plugin(
         ncgeom_torch.plugin, lambda a: torch.from_numpy(a).clone(), checks=["collectives"]
     )
@@ -753,6 +756,16 @@ def test_two_gloo_processes_accumulate_at_the_owners(gloo_ranks: list[dict[str, 
     assert_gloo_shards([r["accumulated"] for r in gloo_ranks], labels, want)
     for result in gloo_ranks:
         assert result["accumulated"]["offset"] == result["shard"]["offset"]
+
+
+def test_two_gloo_processes_give_the_metrics_of_the_whole_table(
+    gloo_ranks: list[dict[str, Any]],
+) -> None:
+    features, labels, _ = _gloo_data()
+    report = nc_report((features, labels), num_classes=K, pairs="exact")
+    for result in gloo_ranks:
+        for name, value in {**result["metrics"], **result["pairs"]}.items():
+            assert value == pytest.approx(getattr(report, name), rel=1e-9), name
 
 
 def test_two_gloo_processes_pass_the_collectives_check(gloo_ranks: list[dict[str, Any]]) -> None:
