@@ -352,10 +352,9 @@ def test_metrics_from_shards_where_they_are_undefined() -> None:
     # one class with samples: no between-class spread; no Gram: no NC1
     features, labels = dataset(seed=2, k=1, d=3, n=20)
     shards = shard_on_threads(rank_stats(features, labels, 4, split(labels, 2, seed=0)))
+    within = np.trace(formulas(features, labels, 4)["scatter"]) / labels.size
     for result in metrics_on_threads(shards):
-        assert result["within_variance"] == pytest.approx(
-            metric_formulas(features, labels, 4)["within_variance"], rel=1e-10
-        )
+        assert result["within_variance"] == pytest.approx(within, rel=1e-10)
         assert all(np.isnan(result[name]) for name in result if name != "within_variance")
     features, labels = dataset(seed=2, k=3, d=3, n=30)
     alone = Collectives(0, 1, lambda x: [x], lambda x: x, lambda x: x)
@@ -398,6 +397,7 @@ def test_pair_metrics_from_shards_equal_the_report(world, k, d, global_mean) -> 
             assert result[name] == pytest.approx(getattr(report, name), rel=1e-9), name
 
 
+@pytest.mark.filterwarnings("ignore:classes .* have no samples")
 def test_pair_metrics_from_accumulated_shards_with_unseen_classes_and_exponents() -> None:
     k = 9  # classes 6, 7, 8 have no samples anywhere
     features, labels = dataset(seed=12, k=6, d=5, n=200, centre=1.0, spread=0.5)
