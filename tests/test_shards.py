@@ -416,7 +416,8 @@ def test_pair_metrics_from_accumulated_shards_with_unseen_classes_and_exponents(
             assert result["riesz_log_energy"] == pytest.approx(want, rel=1e-9)
 
 
-def test_pair_metrics_from_shards_of_degenerate_geometry_are_nan() -> None:
+@pytest.mark.filterwarnings("ignore:degenerate class geometry")
+def test_metrics_from_shards_of_degenerate_geometry_are_nan() -> None:
     # every class at the same mean: no between-class spread
     rng = np.random.default_rng(3)
     labels = np.arange(60) % 4
@@ -426,6 +427,11 @@ def test_pair_metrics_from_shards_of_degenerate_geometry_are_nan() -> None:
     shards = shard_on_threads(rank_stats(features, labels, 4, split(labels, 2, seed=1)))
     for result in pairs_on_threads(shards, names=("cdnv", "equiangularity")):
         assert np.isnan(result["cdnv"]) and np.isnan(result["equiangularity"])
+    report = nc_report((features, labels))
+    for result in metrics_on_threads(shards):
+        for name in ("nc1", "equinorm", "nc1_trace_ratio", "log_equinorm"):
+            assert np.isnan(result[name]) and np.isnan(getattr(report, name)), name
+        assert result["within_variance"] == pytest.approx(report.within_variance, rel=1e-10)
     alone = Collectives(0, 1, lambda x: [x], lambda x: x, lambda x: x)
     with pytest.raises(ValueError, match=r"`names`.*'nc1'"):
         shard_pair_metrics(shards[0], alone, ("nc1",))

@@ -21,13 +21,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .._lib.backend import to_host, wide_float
+from .._lib.backend import namespace, to_host, wide_float
 from .._lib.lanes import serial_lapack
 from .._lib.validate import check_choice, check_instance
-from .classes import GLOBAL_MEANS
+from .classes import DEGENERATE_METRICS, GLOBAL_MEANS
 from .distributed import ClassShard, Collectives
 
-__all__ = ["SHARD_METRICS", "shard_metrics"]
+__all__ = ["SHARD_METRICS", "shard_metrics", "spread_flags"]
 
 Array = Any
 
@@ -56,10 +56,10 @@ def shard_metrics(
     Returns
     -------
     dict
-        Each name of `SHARD_METRICS` to a float; NaN for a metric the classes
-        leave undefined (fewer than two classes with samples, coinciding
-        means, a mean at the global mean for log equinorm), and NC1 NaN
-        without a Gram.
+        Each name of `SHARD_METRICS` to a float; NaN where `nc_report` gives
+        NaN for degenerate geometry (fewer than two classes with samples,
+        class means that coincide or are all zero, a mean at the global mean
+        for log equinorm), and NC1 NaN without a Gram.
 
     Notes
     -----
@@ -150,13 +150,45 @@ def shard_metrics(
         xp.stack([xp.astype(values[name], wide) for name in (*SHARD_METRICS, "all_alive")])
     )
     result = dict(zip(SHARD_METRICS, (float(v) for v in host[:-1]), strict=True))
-    undefined = set(SHARD_METRICS) - {"within_variance"} if populated < 2 else set()
-    if not host[-1]:
-        undefined.add("log_equinorm")  # a class mean at the global mean has no log norm
-    for name, value in result.items():
-        if name in undefined or not math.isfinite(value):
+    flags = spread_flags(
+        collectives, xp.where(seen[:, None], means, xp.zeros_like(means)), centred
+    )
+    flags["centred_zero"] = not host[-1]  # a class mean at the global mean has no log norm
+    for name in SHARD_METRICS:
+        if populated < 2 and name != "within_variance":
+            result[name] = math.nan
+        if any(flags.get(flag, False) for flag in DEGENERATE_METRICS.get(name, ())):
+            result[name] = math.nan
+        if not math.isfinite(result[name]):
             result[name] = math.nan
     return result
+
+
+def spread_flags(collectives: Collectives, means: Array, centred: Array) -> dict[str, bool]:
+    """The flags ``means`` (every class mean is zero) and ``between`` (the
+    centred means are zero or below rounding) of `ncgeom.metrics.Classes.flags`,
+    over the rows of every rank (`means` and `centred`: this rank's classes
+    with samples, zero rows elsewhere); one all-gather and a host read."""
+    xp = namespace(means=means)
+    wide = wide_float(xp)
+    local = xp.stack(
+        [_largest(xp.vecdot(means, means), xp), _largest(xp.vecdot(centred, centred), xp)]
+    )
+    largest = xp.max(xp.stack([xp.astype(x, wide) for x in collectives.all_gather(local)]), axis=0)
+    largest_mean, largest_centred = (float(v) for v in to_host(largest))
+    eps = float(xp.finfo(means.dtype).eps)
+    return {
+        "means": largest_mean == 0,
+        "between": largest_centred <= (16 * eps) ** 2 * largest_mean,
+    }
+
+
+def _largest(x: Array, xp: Any) -> Array:
+    """The largest entry of `x` (0 when empty), in the widest float."""
+    wide = wide_float(xp)
+    if x.shape[0] == 0:
+        return xp.zeros((), dtype=wide)
+    return xp.astype(xp.max(x), wide)
 
 
 def _nc1(within_scatter: Array, between: Array, total: Array, size: int, xp: Any) -> Array:

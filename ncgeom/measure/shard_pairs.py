@@ -29,6 +29,7 @@ from .pairs import (
     _Rows,
     _run_pass,
 )
+from .shard_metrics import _largest, spread_flags
 
 __all__ = ["shard_pair_metrics"]
 
@@ -153,11 +154,6 @@ def shard_pair_metrics(
             ]
         )
     )
-    extremes = _gathered_max(
-        collectives,
-        xp.stack([_largest(xp.vecdot(means, means), xp), _largest(rows.sq, xp)]),
-        xp,
-    )
     if num < 2:
         return dict.fromkeys(sorted(asked), math.nan)
     pairs = num * (num - 1)
@@ -196,13 +192,12 @@ def shard_pair_metrics(
     with quiet_division(), quiet_invalid():  # NaN and Inf of degenerate (flagged) geometry
         values = state.results()
         flags = {name: bool(to_host(flag)) for name, flag in state.flags().items()}
-    largest_mean, largest_centred = (float(v) for v in to_host(extremes))
-    eps = float(xp.finfo(dtype).eps)
-    flags["means"] = largest_mean == 0
-    flags["between"] = largest_centred <= (16 * eps) ** 2 * largest_mean
+    flags.update(spread_flags(collectives, means, rows.raw))
     flags["alive"] = float(to_host(sums[2 * dim + 2])) < 2
+    eps = float(xp.finfo(dtype).eps)
+    largest = xp.max(xp.stack(list(collectives.all_gather(_largest(xp.vecdot(means, means), xp)))))
     flags["zero_direction"] = _gathered_any(
-        collectives, xp.any(rows.sq <= (16 * eps) ** 2 * extremes[0]), xp
+        collectives, xp.any(rows.sq <= (16 * eps) ** 2 * xp.astype(largest, rows.sq.dtype)), xp
     )
     result = {}
     scale = float(to_host(stats.unit_scale))
@@ -214,19 +209,6 @@ def shard_pair_metrics(
             value = math.nan
         result[name] = value
     return result
-
-
-def _largest(x: Array, xp: Any) -> Array:
-    """The largest entry of `x` (0 when empty), in the widest float."""
-    wide = wide_float(xp)
-    if x.shape[0] == 0:
-        return xp.zeros((), dtype=wide)
-    return xp.astype(xp.max(x), wide)
-
-
-def _gathered_max(collectives: Collectives, x: Array, xp: Any) -> Array:
-    """The element-wise largest of every rank's `x`."""
-    return xp.max(xp.stack(list(collectives.all_gather(x))), axis=0)
 
 
 def _gathered_any(collectives: Collectives, flag: Array, xp: Any) -> bool:
