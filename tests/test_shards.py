@@ -28,6 +28,7 @@ from ncgeom.plugins import (
     class_shards,
     reduce_class_stats,
     reduce_scatter_class_stats,
+    shard_classifier_metrics,
     shard_metrics,
     shard_pair_metrics,
 )
@@ -437,6 +438,63 @@ def test_metrics_from_shards_of_degenerate_geometry_are_nan() -> None:
         shard_pair_metrics(shards[0], alone, ("nc1",))
 
 
+CLASSIFIER_NAMES = (
+    "self_duality_error", "scaled_alignment_error", "classifier_equinorm",
+    "uniform_duality", "uniform_duality_variance", "bias_collapse",
+)  # fmt: skip
+
+
+def classifier_on_threads(shards, w, b, **kwargs) -> list[Any]:
+    def work(rank: int, group: Collectives) -> Any:
+        rows = slice(shards[rank].offset, shards[rank].offset + shards[rank].stats.num_classes)
+        bias = None if b is None else b[rows]
+        return shard_classifier_metrics(shards[rank], group, w[rows], bias, **kwargs)
+
+    return run_on_threads(len(shards), work)
+
+
+@pytest.mark.filterwarnings("ignore:classes .* have no samples")
+@pytest.mark.parametrize(("world", "k"), [(2, 5), (3, 8), (4, 3)])
+@pytest.mark.parametrize("global_mean", ["samples", "classes"])
+@pytest.mark.parametrize("size", [1e-20, 1.0, 1e20])
+def test_classifier_metrics_from_shards_equal_the_report(world, k, global_mean, size) -> None:
+    features, labels = dataset(seed=world + k, k=k, d=5, n=200, centre=2.0, spread=0.4)
+    features = features * size
+    rng = np.random.default_rng(k)
+    centred = formulas(features, labels, k)["means"] - features.mean(axis=0)
+    w = centred / np.abs(centred).max() + 0.3 * rng.normal(size=centred.shape)
+    b = rng.normal(size=k)
+    k_all = k + 2  # two classes nobody saw: their rows are left out
+    w_all, b_all = np.concatenate([w, rng.normal(size=(2, 5))]), np.concatenate([b, [5.0, -5]])
+    shards = shard_on_threads(rank_stats(features, labels, k_all, split(labels, world, seed=1)))
+    stats = ClassStats.from_features(features, labels, k_all)
+    report = nc_report(stats, w_all, b_all, global_mean=global_mean)
+    for result in classifier_on_threads(shards, w_all, b_all, global_mean=global_mean):
+        assert set(result) == set(CLASSIFIER_NAMES)
+        for name in CLASSIFIER_NAMES:
+            assert result[name] == pytest.approx(getattr(report, name), rel=1e-10), name
+    no_bias = nc_report(stats, w_all, global_mean=global_mean).bias_collapse
+    for result in classifier_on_threads(shards, w_all, None, global_mean=global_mean):
+        assert result["bias_collapse"] == pytest.approx(no_bias, rel=1e-10)
+
+
+@pytest.mark.filterwarnings("ignore:degenerate class geometry")
+def test_classifier_metrics_from_shards_of_a_zero_classifier_are_nan() -> None:
+    features, labels = dataset(seed=1, k=4, d=3, n=80, centre=2.0, spread=0.4)
+    shards = shard_on_threads(rank_stats(features, labels, 4, split(labels, 2, seed=2)))
+    report = nc_report((features, labels), np.zeros((4, 3)))
+    for result in classifier_on_threads(shards, np.zeros((4, 3)), None):
+        for name in CLASSIFIER_NAMES:
+            want = getattr(report, name)
+            if np.isnan(want):
+                assert np.isnan(result[name]), name
+            else:
+                assert result[name] == pytest.approx(want, abs=1e-300), name
+    alone = Collectives(0, 1, lambda x: [x], lambda x: x, lambda x: x)
+    with pytest.raises(ValueError, match=r"`classifier` must have shape \(2, 3\).*\(4, 3\)"):
+        shard_classifier_metrics(shards[0], alone, np.zeros((4, 3)))
+
+
 def test_shards_on_every_backend(backend: Any) -> None:
     k = 5
     features, labels = dataset(seed=4, k=k, d=3, n=60, centre=3.0, spread=0.5)
@@ -648,6 +706,11 @@ def _gloo_data() -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     return features, labels, split(labels, WORLD, seed=21)
 
 
+def _gloo_classifier() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(22)
+    return rng.normal(size=(K, D)), rng.normal(size=K)
+
+
 def _work(rank: int) -> dict[str, Any]:
     import torch
 
@@ -705,6 +768,11 @@ def _work(rank: int) -> dict[str, Any]:
     group = ncgeom_torch.plugin.collectives()
     results["metrics"] = shard_metrics(shard, group)
     results["pairs"] = shard_pair_metrics(shard, group)
+    w, b = _gloo_classifier()
+    rows = slice(shard.offset, shard.offset + shard.stats.num_classes)
+    results["classifier"] = shard_classifier_metrics(
+        shard, group, torch.from_numpy(w[rows]), torch.from_numpy(b[rows])
+    )
     results["conformance"] = check_plugin(
         ncgeom_torch.plugin, lambda a: torch.from_numpy(a).clone(), checks=["collectives"]
     )
@@ -768,9 +836,11 @@ def test_two_gloo_processes_give_the_metrics_of_the_whole_table(
     gloo_ranks: list[dict[str, Any]],
 ) -> None:
     features, labels, _ = _gloo_data()
-    report = nc_report((features, labels), num_classes=K, pairs="exact")
+    report = nc_report((features, labels), *_gloo_classifier(), num_classes=K, pairs="exact")
     for result in gloo_ranks:
-        for name, value in {**result["metrics"], **result["pairs"]}.items():
+        values = {**result["metrics"], **result["pairs"], **result["classifier"]}
+        assert len(values) == 23
+        for name, value in values.items():
             assert value == pytest.approx(getattr(report, name), rel=1e-9), name
 
 

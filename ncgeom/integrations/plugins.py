@@ -35,7 +35,7 @@ from ..measure.distributed import (
     reduce_class_stats,
     reduce_scatter_class_stats,
 )
-from ..measure.shard_metrics import shard_metrics
+from ..measure.shard_metrics import shard_classifier_metrics, shard_metrics
 from ..measure.shard_pairs import shard_pair_metrics
 from ..measure.sharded import ShardedClassStats
 from ..measure.stats import ClassStats
@@ -54,6 +54,7 @@ __all__ = [
     "reduce_class_stats",
     "reduce_scatter_class_stats",
     "register_plugin",
+    "shard_classifier_metrics",
     "shard_metrics",
     "shard_pair_metrics",
     "unregister_plugin",
