@@ -29,6 +29,7 @@ from ncgeom.plugins import (
     reduce_class_stats,
     reduce_scatter_class_stats,
     shard_classifier_metrics,
+    shard_classifier_pair_metrics,
     shard_metrics,
     shard_pair_metrics,
 )
@@ -473,6 +474,15 @@ def test_classifier_metrics_from_shards_equal_the_report(world, k, global_mean, 
         assert set(result) == set(CLASSIFIER_NAMES)
         for name in CLASSIFIER_NAMES:
             assert result[name] == pytest.approx(getattr(report, name), rel=1e-10), name
+    exact = nc_report(stats, w_all, pairs="exact")
+
+    def pairs(rank: int, group: Collectives) -> Any:
+        rows = slice(shards[rank].offset, shards[rank].offset + shards[rank].stats.num_classes)
+        return shard_classifier_pair_metrics(shards[rank], group, w_all[rows])
+
+    for result in run_on_threads(len(shards), pairs):
+        for name in ("classifier_equiangularity", "classifier_etf_error"):
+            assert result[name] == pytest.approx(getattr(exact, name), rel=1e-10), name
     no_bias = nc_report(stats, w_all, global_mean=global_mean).bias_collapse
     for result in classifier_on_threads(shards, w_all, None, global_mean=global_mean):
         assert result["bias_collapse"] == pytest.approx(no_bias, rel=1e-10)
@@ -490,6 +500,14 @@ def test_classifier_metrics_from_shards_of_a_zero_classifier_are_nan() -> None:
                 assert np.isnan(result[name]), name
             else:
                 assert result[name] == pytest.approx(want, abs=1e-300), name
+
+    def pairs(rank: int, group: Collectives) -> Any:
+        zero = np.zeros((shards[rank].stats.num_classes, 3))
+        return shard_classifier_pair_metrics(shards[rank], group, zero)
+
+    for result in run_on_threads(2, pairs):
+        assert np.isnan(report.classifier_etf_error) and np.isnan(result["classifier_etf_error"])
+        assert np.isnan(result["classifier_equiangularity"])
     alone = Collectives(0, 1, lambda x: [x], lambda x: x, lambda x: x)
     with pytest.raises(ValueError, match=r"`classifier` must have shape \(2, 3\).*\(4, 3\)"):
         shard_classifier_metrics(shards[0], alone, np.zeros((4, 3)))
@@ -773,6 +791,9 @@ def _work(rank: int) -> dict[str, Any]:
     results["classifier"] = shard_classifier_metrics(
         shard, group, torch.from_numpy(w[rows]), torch.from_numpy(b[rows])
     )
+    results["classifier_pairs"] = shard_classifier_pair_metrics(
+        shard, group, torch.from_numpy(w[rows])
+    )
     results["conformance"] = check_plugin(
         ncgeom_torch.plugin, lambda a: torch.from_numpy(a).clone(), checks=["collectives"]
     )
@@ -838,8 +859,13 @@ def test_two_gloo_processes_give_the_metrics_of_the_whole_table(
     features, labels, _ = _gloo_data()
     report = nc_report((features, labels), *_gloo_classifier(), num_classes=K, pairs="exact")
     for result in gloo_ranks:
-        values = {**result["metrics"], **result["pairs"], **result["classifier"]}
-        assert len(values) == 23
+        values = {
+            **result["metrics"],
+            **result["pairs"],
+            **result["classifier"],
+            **result["classifier_pairs"],
+        }
+        assert len(values) == 25
         for name, value in values.items():
             assert value == pytest.approx(getattr(report, name), rel=1e-9), name
 

@@ -36,7 +36,7 @@ from ..measure.distributed import (
     reduce_scatter_class_stats,
 )
 from ..measure.shard_metrics import shard_classifier_metrics, shard_metrics
-from ..measure.shard_pairs import shard_pair_metrics
+from ..measure.shard_pairs import shard_classifier_pair_metrics, shard_pair_metrics
 from ..measure.sharded import ShardedClassStats
 from ..measure.stats import ClassStats
 
@@ -55,6 +55,7 @@ __all__ = [
     "reduce_scatter_class_stats",
     "register_plugin",
     "shard_classifier_metrics",
+    "shard_classifier_pair_metrics",
     "shard_metrics",
     "shard_pair_metrics",
     "unregister_plugin",

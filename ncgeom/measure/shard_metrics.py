@@ -31,6 +31,7 @@ __all__ = [
     "SHARD_CLASSIFIER_METRICS",
     "SHARD_METRICS",
     "shard_classifier_metrics",
+    "check_shard_classifier",
     "shard_metrics",
     "spread_flags",
 ]
@@ -276,11 +277,7 @@ def shard_classifier_metrics(
     xp, dtype, dim = stats.xp, stats.dtype, stats.dim
     wide = wide_float(xp)
     rows = stats.num_classes
-    namespace(stats=stats.shift, classifier=classifier, bias=bias)  # one library
-    if tuple(classifier.shape) != (rows, dim):
-        shape = tuple(classifier.shape)
-        msg = f"`classifier` must have shape ({rows}, {dim}) (this shard's rows); got {shape}"
-        raise ValueError(msg)
+    check_shard_classifier(shard, classifier, bias)
     if bias is not None and tuple(bias.shape) != (rows,):
         msg = f"`bias` must have shape ({rows},) (this shard's rows); got {tuple(bias.shape)}"
         raise ValueError(msg)
@@ -397,6 +394,22 @@ def shard_classifier_metrics(
         if undefined or any(flags.get(f, False) for f in DEGENERATE_METRICS.get(name, ())):
             result[name] = math.nan
     return result
+
+
+def check_shard_classifier(
+    shard: ClassShard, classifier: Array, bias: Array | None = None
+) -> None:
+    """`classifier` must be (K_r, d), the rows of the shard's classes, of the
+    statistics' library (and `bias`, if given, too)."""
+    stats = shard.stats
+    namespace(stats=stats.shift, classifier=classifier, bias=bias)  # one library
+    if tuple(classifier.shape) != (stats.num_classes, stats.dim):
+        shape = tuple(classifier.shape)
+        msg = (
+            f"`classifier` must have shape ({stats.num_classes}, {stats.dim}) (this shard's "
+            f"rows); got {shape}"
+        )
+        raise ValueError(msg)
 
 
 def _sq_distance(a: Array, norm_a: Array, b: Array, norm_b: Array, xp: Any) -> Array:

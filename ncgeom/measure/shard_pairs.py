@@ -29,9 +29,9 @@ from .pairs import (
     _Rows,
     _run_pass,
 )
-from .shard_metrics import _largest, spread_flags
+from .shard_metrics import _largest, check_shard_classifier, spread_flags
 
-__all__ = ["shard_pair_metrics"]
+__all__ = ["ring_pass", "shard_classifier_pair_metrics", "shard_pair_metrics"]
 
 Array = Any
 
@@ -117,7 +117,6 @@ def shard_pair_metrics(
     wide = wide_float(xp)
     s = _riesz_s(s, dim)
     exponent = check_positive(exponent, "exponent")
-    world, rank = collectives.world_size, collectives.rank
     ortho = "orthogonality_error" in asked
     # 1) The centre and the rows of this rank's classes with samples.
     counts = xp.astype(stats.counts, dtype)
@@ -129,7 +128,6 @@ def shard_pair_metrics(
             [counts @ all_means, weight @ all_means, xp.stack([xp.sum(counts), xp.sum(weight)])]
         )
     )
-    num = round(float(to_host(first[2 * dim + 1])))
     if global_mean == "samples":
         centre = first[:dim] / first[2 * dim]
     else:
@@ -138,62 +136,18 @@ def shard_pair_metrics(
     means = xp.take(all_means, own, axis=0)
     variances = xp.take(stats.scaled_variances(), own, axis=0)
     rows = _Rows.of(means - centre, xp, variances, means if ortho else None)
-    # 2) The global constants: exact means over all pairs, and the flags' extremes.
-    sums = collectives.all_reduce(
-        xp.concat(
-            [
-                xp.sum(xp.astype(rows.unit, wide), axis=0),
-                xp.sum(xp.astype(rows.raw, wide), axis=0),
-                xp.stack(
-                    [
-                        xp.sum(xp.astype(xp.vecdot(rows.unit, rows.unit), wide)),
-                        xp.sum(xp.astype(rows.sq, wide)),
-                        xp.sum(xp.astype(xp.vecdot(means, means) > 0, wide)),
-                    ]
-                ),
-            ]
-        )
+    height = class_shards(shard.num_classes, collectives.world_size)[0][1]
+    state = ring_pass(collectives, rows, asked, height, s=s, exponent=exponent)
+    alive = collectives.all_reduce(
+        xp.reshape(xp.sum(xp.astype(xp.vecdot(means, means) > 0, wide)), (1,))
     )
-    if num < 2:
+    if state is None:
         return dict.fromkeys(sorted(asked), math.nan)
-    pairs = num * (num - 1)
-    unit_sum, raw_sum = sums[:dim], sums[dim : 2 * dim]
-    mean_cos = (xp.vecdot(unit_sum, unit_sum) - sums[2 * dim]) / pairs
-    gram_shift = (xp.vecdot(raw_sum, raw_sum) - sums[2 * dim + 1]) / pairs
-    state = _PairPass(rows, asked, s, exponent, size=num, mean_cos=mean_cos, gram_shift=gram_shift)
-    # 3) The pairs of this rank's block, then those with the blocks of later ranks.
-    _run_pass(rows, asked, None, s, exponent, state=state)
-    own_table = state.table
-    height = class_shards(shard.num_classes, world)[0][1]
-    pad = height - stats.num_classes
-    packed = xp.concat(
-        [
-            all_means - centre,
-            all_means if ortho else xp.zeros((stats.num_classes, 0), dtype=dtype),
-            xp.stack([stats.scaled_variances(), weight], axis=1),
-        ],
-        axis=1,
-    )
-    packed = xp.where(seen[:, None], packed, xp.zeros_like(packed))
-    packed = xp.concat([packed, xp.zeros((pad, packed.shape[1]), dtype=dtype)])
-    for sender in range(world):
-        block = collectives.all_reduce(packed if sender == rank else xp.zeros_like(packed))
-        if sender <= rank:
-            continue
-        kept = xp.nonzero(block[:, -1] > 0)[0]
-        block = xp.take(block, kept, axis=0)
-        uncentred = block[:, dim : 2 * dim] if ortho else None
-        cols = _Rows.of(block[:, :dim], xp, block[:, -2], uncentred)
-        _cross_pass(state, rows, own_table, cols, None)
-    # 4) Every rank's partial results, merged as one pass merges its tiles.
-    state.parts = _gathered_parts(collectives, state.parts, xp, wide)
-    if "etf_error" in asked:
-        state.table = {"sq": _gathered_rows(collectives, rows.sq, xp)}
     with quiet_division(), quiet_invalid():  # NaN and Inf of degenerate (flagged) geometry
         values = state.results()
         flags = {name: bool(to_host(flag)) for name, flag in state.flags().items()}
     flags.update(spread_flags(collectives, means, rows.raw))
-    flags["alive"] = float(to_host(sums[2 * dim + 2])) < 2
+    flags["alive"] = float(to_host(alive[0])) < 2
     eps = float(xp.finfo(dtype).eps)
     largest = xp.max(xp.stack(list(collectives.all_gather(_largest(xp.vecdot(means, means), xp)))))
     flags["zero_direction"] = _gathered_any(
@@ -209,6 +163,73 @@ def shard_pair_metrics(
             value = math.nan
         result[name] = value
     return result
+
+
+def ring_pass(
+    collectives: Collectives,
+    rows: _Rows,
+    names: frozenset[str],
+    height: int,
+    *,
+    s: float = 0.0,
+    exponent: float = 1.0,
+) -> _PairPass | None:
+    """The pass over every pair of the rows of all ranks (this rank's: `rows`,
+    at most `height` of them), merged on every rank; None for fewer than two
+    rows in all. Every rank must call it."""
+    xp = rows.xp
+    dtype, dim = rows.unit.dtype, rows.unit.shape[1]
+    wide = wide_float(xp)
+    world, rank = collectives.world_size, collectives.rank
+    # The global constants: the number of rows and the exact means over all pairs.
+    sums = collectives.all_reduce(
+        xp.concat(
+            [
+                xp.sum(xp.astype(rows.unit, wide), axis=0),
+                xp.sum(xp.astype(rows.raw, wide), axis=0),
+                xp.stack(
+                    [
+                        xp.sum(xp.astype(xp.vecdot(rows.unit, rows.unit), wide)),
+                        xp.sum(xp.astype(rows.sq, wide)),
+                        xp.asarray(float(rows.size), dtype=wide),
+                    ]
+                ),
+            ]
+        )
+    )
+    num = round(float(to_host(sums[2 * dim + 2])))
+    if num < 2:
+        return None
+    pairs = num * (num - 1)
+    unit_sum, raw_sum = sums[:dim], sums[dim : 2 * dim]
+    mean_cos = (xp.vecdot(unit_sum, unit_sum) - sums[2 * dim]) / pairs
+    gram_shift = (xp.vecdot(raw_sum, raw_sum) - sums[2 * dim + 1]) / pairs
+    state = _PairPass(rows, names, s, exponent, size=num, mean_cos=mean_cos, gram_shift=gram_shift)
+    # The pairs of this rank's rows, then those with the rows of later ranks,
+    # whose blocks arrive one at a time (an all-reduce that one rank fills).
+    _run_pass(rows, names, None, s, exponent, state=state)
+    own_table = state.table
+    columns = [rows.raw]
+    if rows.uncentred is not None:
+        columns.append(rows.uncentred)
+    flag = xp.ones((rows.size, 1), dtype=dtype)
+    extra = rows.variances if rows.variances is not None else xp.zeros((rows.size,), dtype=dtype)
+    packed = xp.concat([*columns, extra[:, None], flag], axis=1)
+    packed = xp.concat([packed, xp.zeros((height - rows.size, packed.shape[1]), dtype=dtype)])
+    for sender in range(world):
+        block = collectives.all_reduce(packed if sender == rank else xp.zeros_like(packed))
+        if sender <= rank:
+            continue
+        block = xp.take(block, xp.nonzero(block[:, -1] > 0)[0], axis=0)
+        uncentred = block[:, dim : 2 * dim] if rows.uncentred is not None else None
+        variances = block[:, -2] if rows.variances is not None else None
+        cols = _Rows.of(block[:, :dim], xp, variances, uncentred)
+        _cross_pass(state, rows, own_table, cols, None)
+    # Every rank's partial results, merged as one pass merges its tiles.
+    state.parts = _gathered_parts(collectives, state.parts, xp, wide)
+    if "etf_error" in names:
+        state.table = {"sq": _gathered_rows(collectives, rows.sq, xp)}
+    return state
 
 
 def _gathered_any(collectives: Collectives, flag: Array, xp: Any) -> bool:
@@ -246,3 +267,60 @@ def _gathered_parts(
             merged[key].extend(part[i] for i in range(at, at + n))
             at += n
     return {key: entries for key, entries in merged.items() if entries}
+
+
+def shard_classifier_pair_metrics(
+    shard: ClassShard, collectives: Collectives, classifier: Array
+) -> dict[str, float]:
+    """`classifier_equiangularity` and `classifier_etf_error` of the classifier's
+    rows of the classes with samples, from each rank's rows; every rank must
+    call it. Equal to those of ``nc_report(stats, W)`` with exact pairs.
+
+    Parameters
+    ----------
+    shard : ClassShard
+    collectives : Collectives
+    classifier : array, shape (K_r, d)
+        The rows of W of this rank's classes, as for `shard_classifier_metrics`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ncgeom import ClassStats, nc_report
+    >>> from ncgeom.plugins import Collectives, reduce_scatter_class_stats
+    >>> from ncgeom.plugins import shard_classifier_pair_metrics
+    >>> rng = np.random.default_rng(0)
+    >>> y = rng.integers(0, 4, size=200)
+    >>> x, w = rng.normal(size=(200, 5)), rng.normal(size=(4, 5))
+    >>> alone = Collectives(0, 1, lambda a: [a], lambda a: a, lambda a: a)
+    >>> shard = reduce_scatter_class_stats(ClassStats.from_features(x, y, 4), alone)
+    >>> value = shard_classifier_pair_metrics(shard, alone, w)["classifier_etf_error"]
+    >>> bool(abs(value - nc_report((x, y), w).classifier_etf_error) < 1e-12)
+    True
+    """
+    check_instance(shard, ClassShard, "shard")
+    check_instance(collectives, Collectives, "collectives")
+    stats = shard.stats
+    xp, dtype = stats.xp, stats.dtype
+    check_shard_classifier(shard, classifier)
+    w = xp.take(xp.astype(classifier, dtype), xp.nonzero(stats.counts > 0)[0], axis=0)
+    local = xp.reshape(_largest(xp.reshape(xp.abs(w), (-1,)), xp), (1,))
+    largest = xp.max(xp.concat(list(collectives.all_gather(local))))
+    scale = xp.astype(xp.where(largest > 0, largest, xp.ones_like(largest)), dtype)
+    rows = _Rows.of(w / scale, xp)
+    names = frozenset(("equiangularity", "etf_error"))
+    height = class_shards(shard.num_classes, collectives.world_size)[0][1]
+    state = ring_pass(collectives, rows, names, height)
+    zero_row = _gathered_any(collectives, xp.any(rows.sq == 0), xp)
+    if state is None:
+        return {"classifier_equiangularity": math.nan, "classifier_etf_error": math.nan}
+    with quiet_division(), quiet_invalid():  # NaN of zero rows (flagged)
+        values = state.results()
+    flags = {"classifier": float(to_host(largest)) == 0, "classifier_row": zero_row}
+    result = {}
+    for name, value in values.items():
+        key = f"classifier_{name}"
+        result[key] = float(to_host(xp.astype(value, wide_float(xp))))
+        if any(flags.get(flag, False) for flag in DEGENERATE_METRICS.get(key, ())):
+            result[key] = math.nan
+    return result
