@@ -316,9 +316,18 @@ def metric_formulas(
     }
 
 
-def metrics_on_threads(shards: list[ClassShard], global_mean: str = "samples") -> list[Any]:
+def want_means(features: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """The unit vectors of the class means of the classes with samples."""
+    means = formulas(features, labels, k)["means"]
+    means = means[~np.isnan(means[:, 0])]
+    return means / np.linalg.norm(means, axis=1, keepdims=True)
+
+
+def metrics_on_threads(
+    shards: list[ClassShard], global_mean: str = "samples", ood: Any = None
+) -> list[Any]:
     def work(rank: int, group: Collectives) -> Any:
-        return shard_metrics(shards[rank], group, global_mean=global_mean)
+        return shard_metrics(shards[rank], group, global_mean=global_mean, ood_mean=ood)
 
     return run_on_threads(len(shards), work)
 
@@ -330,8 +339,12 @@ def test_metrics_from_shards_equal_the_formulas_and_the_report(world, k, global_
     parts = split(labels, world, seed=world)
     shards = shard_on_threads(rank_stats(features, labels, k, parts))
     want = metric_formulas(features, labels, k, global_mean)
-    report = nc_report((features, labels), num_classes=k, global_mean=global_mean)
-    for result in metrics_on_threads(shards, global_mean):
+    ood = np.linspace(-1.0, 2.0, 6)
+    report = nc_report((features, labels), num_classes=k, global_mean=global_mean, ood_mean=ood)
+    want["ood_deviation"] = float(
+        np.mean(np.abs(want_means(features, labels, k) @ ood) / np.linalg.norm(ood))
+    )
+    for result in metrics_on_threads(shards, global_mean, ood):
         assert set(result) == set(want)
         for name, value in result.items():
             assert value == pytest.approx(want[name], rel=1e-10), name

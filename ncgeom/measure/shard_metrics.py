@@ -26,6 +26,7 @@ from .._lib.lanes import serial_lapack
 from .._lib.validate import check_choice, check_instance
 from .classes import DEGENERATE_METRICS, GLOBAL_MEANS
 from .distributed import ClassShard, Collectives
+from .variants import _unit_rows, check_ood_vector
 
 __all__ = [
     "SHARD_CLASSIFIER_METRICS",
@@ -43,7 +44,11 @@ SHARD_METRICS = ("nc1", "within_variance", "nc1_trace_ratio", "equinorm", "log_e
 
 
 def shard_metrics(
-    shard: ClassShard, collectives: Collectives, *, global_mean: str = "samples"
+    shard: ClassShard,
+    collectives: Collectives,
+    *,
+    global_mean: str = "samples",
+    ood_mean: Array | None = None,
 ) -> dict[str, float]:
     """`SHARD_METRICS` of the classes of every rank's shard; every rank must call it.
 
@@ -59,12 +64,15 @@ def shard_metrics(
         This process's rank, world size, ``all_gather`` and ``all_reduce``.
     global_mean : {"samples", "classes"}
         As for `ncgeom.nc_report`.
+    ood_mean : array, shape (d,), optional
+        The mean of out-of-distribution features: adds ``ood_deviation``
+        (NC5, as `ncgeom.metrics.ood_deviation`).
 
     Returns
     -------
     dict
-        Each name of `SHARD_METRICS` to a float; NaN where `nc_report` gives
-        NaN for degenerate geometry (fewer than two classes with samples,
+        Each name of `SHARD_METRICS` (and ``ood_deviation``) to a float; NaN
+        where `nc_report` gives NaN for degenerate geometry (fewer than two classes with samples,
         class means that coincide or are all zero, a mean at the global mean
         for log equinorm), and NC1 NaN without a Gram.
 
@@ -161,7 +169,11 @@ def shard_metrics(
         collectives, xp.where(seen[:, None], means, xp.zeros_like(means)), centred
     )
     flags["centred_zero"] = not host[-1]  # a class mean at the global mean has no log norm
-    for name in SHARD_METRICS:
+    names = SHARD_METRICS
+    if ood_mean is not None:
+        names = (*SHARD_METRICS, "ood_deviation")
+        result["ood_deviation"] = _ood_deviation(collectives, means, seen, ood_mean) / populated
+    for name in names:
         if populated < 2 and name != "within_variance":
             result[name] = math.nan
         if any(flags.get(flag, False) for flag in DEGENERATE_METRICS.get(name, ())):
@@ -169,6 +181,18 @@ def shard_metrics(
         if not math.isfinite(result[name]):
             result[name] = math.nan
     return result
+
+
+def _ood_deviation(collectives: Collectives, means: Array, seen: Array, ood_mean: Array) -> float:
+    """``sum_k |cos(mu_k, ood_mean)|`` over the classes with samples of every rank."""
+    xp = namespace(means=means)
+    ood = check_ood_vector(ood_mean, means.shape[1], like=means)
+    dtype = xp.result_type(means.dtype, ood.dtype)
+    units, _ = _unit_rows(xp.astype(means, dtype), xp)
+    direction, _ = _unit_rows(xp.astype(ood, dtype)[None, :], xp)
+    cosines = xp.astype(xp.abs(units @ direction[0, :]), wide_float(xp))
+    local = xp.sum(xp.where(seen, cosines, xp.zeros_like(cosines)))
+    return float(to_host(collectives.all_reduce(xp.reshape(local, (1,)))[0]))
 
 
 def spread_flags(collectives: Collectives, means: Array, centred: Array) -> dict[str, bool]:
