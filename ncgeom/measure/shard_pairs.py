@@ -253,6 +253,10 @@ def _gathered_parts(
     collectives: Collectives, parts: dict[str, list[Array]], xp: Any, wide: Any
 ) -> dict[str, list[Array]]:
     """Every rank's tile results, key by key in rank order."""
+    unknown = set(parts) - set(_PART_KEYS)
+    if unknown:  # a new kind of partial result of `_PairPass`: list it in _PART_KEYS
+        msg = f"partial results {sorted(unknown)} have no place in the exchange"
+        raise RuntimeError(msg)
     own = {key: [xp.astype(v, wide) for v in parts.get(key, [])] for key in _PART_KEYS}
     lengths = xp.asarray([len(own[key]) for key in _PART_KEYS])
     flat = [v for key in _PART_KEYS for v in own[key]]
