@@ -227,9 +227,10 @@ class NCTrainerCallback(TrainerCallback):
     too. In a distributed run the statistics of all ranks are combined
     exactly (`NCTracker`), every rank must measure the same steps.
 
-    *Cost.* Adding rows to the statistics costs O(K d) whatever their
-    number, so the kept rows of the observed micro-batches are held (in the
-    hidden states' dtype) until they reach K rows, then added as one batch:
+    *Cost.* Adding rows to the statistics costs O(K d) on a GPU whatever
+    their number (on the host, a copy of K d numbers), so the kept rows of the
+    observed micro-batches are held (in the hidden states' dtype) until they
+    reach K rows, then added as one batch:
     the cost per token is O(d^2) (the Gram) and O(d) (the class sums), and the
     rows held (fewer than K, plus the micro-batch that completes them) take
     about as much memory as the class table of the statistics. Each
