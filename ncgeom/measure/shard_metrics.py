@@ -19,7 +19,7 @@ pairs of classes of different shards and are not computed here yet.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 from .._lib.backend import namespace, to_host, wide_float
 from .._lib.lanes import serial_lapack
@@ -104,25 +104,18 @@ def shard_metrics(
     xp, dtype = stats.xp, stats.dtype
     wide = wide_float(xp)
     dim = stats.dim
-    counts = xp.astype(stats.counts, dtype)
-    seen = stats.counts > 0
-    weight = xp.astype(seen, dtype)
-    means = stats.shift + stats.offsets  # in units of the scale; zero where unseen
     variances = stats.scaled_variances()
-    variances = xp.where(seen, variances, xp.zeros_like(variances))
+    variances = xp.where(stats.counts > 0, variances, xp.zeros_like(variances))
     # 1) The global mean, the number of classes with samples, N and the within scatter.
-    first = collectives.all_reduce(
-        xp.concat(
-            [
-                counts @ means,
-                weight @ means,
-                xp.stack([xp.sum(counts), xp.sum(weight), xp.sum(counts * variances)]),
-            ]
-        )
+    own = _classes(
+        shard,
+        collectives,
+        global_mean,
+        (xp.reshape(xp.astype(stats.counts, dtype) @ variances, (1,)),),
     )
-    total, classes, within = first[2 * dim], first[2 * dim + 1], first[2 * dim + 2]
+    seen, weight, counts, means = own.seen, own.weight, own.counts, own.means
+    centre, total, classes, within = own.centre, own.total, own.classes, own.extra[0][0]
     populated = round(float(to_host(classes)))  # one host read
-    centre = first[:dim] / total if global_mean == "samples" else first[dim : 2 * dim] / classes
     centred = (means - centre) * weight[:, None]
     scale = xp.astype(stats.unit_scale, wide)
     values: dict[str, Array] = {"within_variance": xp.astype(within / total, wide) * scale * scale}
@@ -193,6 +186,48 @@ def _ood_deviation(collectives: Collectives, means: Array, seen: Array, ood_mean
     cosines = xp.astype(xp.abs(units @ direction[0, :]), wide_float(xp))
     local = xp.sum(xp.where(seen, cosines, xp.zeros_like(cosines)))
     return float(to_host(collectives.all_reduce(xp.reshape(local, (1,)))[0]))
+
+
+class _Classes(NamedTuple):
+    """This rank's classes and the centre of every rank's (`_classes`)."""
+
+    seen: Array  # (K_r,) bool: classes with samples
+    weight: Array  # the same as 0/1 in the statistics' dtype
+    counts: Array  # (K_r,) in the statistics' dtype
+    means: Array  # (K_r, d) in units of the scale, zero where unseen
+    centre: Array  # (d,) the centre of the between-class spread
+    total: Array  # N, all ranks
+    classes: Array  # the classes with samples, all ranks
+    extra: list[Array]  # the all-reduced `extra` sums, in order
+
+
+def _classes(
+    shard: ClassShard, collectives: Collectives, global_mean: str, extra: tuple[Array, ...] = ()
+) -> _Classes:
+    """This rank's classes with samples and the centre of all ranks' classes
+    (the mean of all samples, or of the class means), with the 1-D sums
+    `extra` all-reduced in the same call."""
+    stats = shard.stats
+    xp, dtype, dim = stats.xp, stats.dtype, stats.dim
+    seen = stats.counts > 0
+    weight = xp.astype(seen, dtype)
+    counts = xp.astype(stats.counts, dtype)
+    means = xp.where(seen[:, None], stats.shift + stats.offsets, xp.zeros_like(stats.shift))
+    sizes = [int(x.shape[0]) for x in extra]
+    reduced = collectives.all_reduce(
+        xp.concat(
+            [counts @ means, weight @ means, xp.stack([xp.sum(counts), xp.sum(weight)]), *extra]
+        )
+    )
+    total, classes = reduced[2 * dim], reduced[2 * dim + 1]
+    centre = (
+        reduced[:dim] / total if global_mean == "samples" else reduced[dim : 2 * dim] / classes
+    )
+    parts, at = [], 2 * dim + 2
+    for size in sizes:
+        parts.append(reduced[at : at + size])
+        at += size
+    return _Classes(seen, weight, counts, means, centre, total, classes, parts)
 
 
 def spread_flags(collectives: Collectives, means: Array, centred: Array) -> dict[str, bool]:
@@ -298,35 +333,24 @@ def shard_classifier_metrics(
     check_instance(collectives, Collectives, "collectives")
     check_choice(global_mean, "global_mean", GLOBAL_MEANS)
     stats = shard.stats
-    xp, dtype, dim = stats.xp, stats.dtype, stats.dim
+    xp, dtype = stats.xp, stats.dtype
     wide = wide_float(xp)
     rows = stats.num_classes
     check_shard_classifier(shard, classifier, bias)
     if bias is not None and tuple(bias.shape) != (rows,):
         msg = f"`bias` must have shape ({rows},) (this shard's rows); got {tuple(bias.shape)}"
         raise ValueError(msg)
-    seen = stats.counts > 0
-    weight = xp.astype(seen, dtype)
-    counts = xp.astype(stats.counts, dtype)
-    means = xp.where(seen[:, None], stats.shift + stats.offsets, xp.zeros_like(stats.shift))
+    roots = xp.sqrt(xp.astype(stats.counts, dtype))
+    known = stats.counts[:, None] > 0
+    means = xp.where(known, stats.shift + stats.offsets, xp.zeros_like(stats.shift))
+    own = _classes(shard, collectives, global_mean, (roots @ means,))
+    seen, weight = own.seen, own.weight
+    centre, classes, root_sum = own.centre, own.classes, own.extra[0]
     w = xp.where(seen[:, None], xp.astype(classifier, dtype), xp.zeros_like(stats.shift))
-    roots = xp.sqrt(counts)
-    first = collectives.all_reduce(
-        xp.concat(
-            [
-                counts @ means,
-                weight @ means,
-                roots @ means,
-                xp.stack([xp.sum(counts), xp.sum(weight)]),
-            ]
-        )
-    )
-    total, classes = first[3 * dim], first[3 * dim + 1]
-    centre = first[:dim] / total if global_mean == "samples" else first[dim : 2 * dim] / classes
     centred = (means - centre) * weight[:, None]
-    target = (classes * roots[:, None] * means - first[2 * dim : 3 * dim]) * weight[:, None]
+    target = (classes * roots[:, None] * means - root_sum) * weight[:, None]
     scaled = roots[:, None] * means
-    scaled_centred = (scaled - first[2 * dim : 3 * dim] / classes) * weight[:, None]
+    scaled_centred = (scaled - root_sum / classes) * weight[:, None]
     # 1) The largest entries: of W, of the centred means, of the target, and row norms of W.
     w_top = xp.max(xp.abs(w), axis=1)
     w_rest = xp.linalg.vector_norm(w / xp.where(w_top > 0, w_top, 1.0)[:, None], axis=1)

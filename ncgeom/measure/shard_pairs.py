@@ -29,7 +29,7 @@ from .pairs import (
     _Rows,
     _run_pass,
 )
-from .shard_metrics import _largest, check_shard_classifier, spread_flags
+from .shard_metrics import _classes, _largest, check_shard_classifier, spread_flags
 
 __all__ = ["ring_pass", "shard_classifier_pair_metrics", "shard_pair_metrics"]
 
@@ -119,21 +119,10 @@ def shard_pair_metrics(
     exponent = check_positive(exponent, "exponent")
     ortho = "orthogonality_error" in asked
     # 1) The centre and the rows of this rank's classes with samples.
-    counts = xp.astype(stats.counts, dtype)
-    seen = stats.counts > 0
-    weight = xp.astype(seen, dtype)
-    all_means = stats.shift + stats.offsets
-    first = collectives.all_reduce(
-        xp.concat(
-            [counts @ all_means, weight @ all_means, xp.stack([xp.sum(counts), xp.sum(weight)])]
-        )
-    )
-    if global_mean == "samples":
-        centre = first[:dim] / first[2 * dim]
-    else:
-        centre = first[dim : 2 * dim] / first[2 * dim + 1]
-    own = xp.nonzero(seen)[0]
-    means = xp.take(all_means, own, axis=0)
+    classes = _classes(shard, collectives, global_mean)
+    own = xp.nonzero(classes.seen)[0]
+    means = xp.take(classes.means, own, axis=0)
+    centre = classes.centre
     variances = xp.take(stats.scaled_variances(), own, axis=0)
     rows = _Rows.of(means - centre, xp, variances, means if ortho else None)
     height = class_shards(shard.num_classes, collectives.world_size)[0][1]
