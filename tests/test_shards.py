@@ -894,3 +894,28 @@ def test_collectives_with_reduce_scatter_still_pass_as_keywords() -> None:
     for group in (ALONE, ALONE._replace(reduce_scatter=lambda x: x)):
         reduced = reduce_class_stats(stats, **group._asdict())
         np.testing.assert_allclose(reduced.means, formulas(features, labels, 3)["means"])
+
+
+def test_float32_shards_at_user_size_equal_float64_metrics() -> None:
+    # 4 ranks stream 3,000 classes of 40 samples each (120,000 rows) in float32, shuffled,
+    # batches of 4,096: collapsed features far from the origin (spread 2% of the means).
+    k, d, world = 3000, 16, 4
+    rng = np.random.default_rng(30)
+    labels = rng.permutation(np.repeat(np.arange(k), 40))
+    centres = 5.0 + rng.normal(size=(k, d))
+    features = (centres[labels] + 0.1 * rng.normal(size=(labels.size, d))).astype(np.float32)
+    parts = np.array_split(np.arange(labels.size), world)
+
+    def work(rank: int, group: Collectives) -> Any:
+        sharded = ShardedClassStats(k, d, group, dtype=np.float32)
+        for rows in np.array_split(parts[rank], 8):
+            sharded.update(features[rows], labels[rows])
+        shard = sharded.shard()
+        names = ("cdnv", "etf_error", "equiangularity", "log_energy")
+        return {**shard_metrics(shard, group), **shard_pair_metrics(shard, group, names)}
+
+    want = nc_report((features.astype(np.float64), labels), num_classes=k, pairs="exact")
+    for result in run_on_threads(world, work):
+        assert len(result) == 9
+        for name, value in result.items():
+            assert value == pytest.approx(getattr(want, name), rel=2e-4), name

@@ -169,12 +169,13 @@ class ShardedClassStats:
         gathered_x = comm.all_gather(features)
         gathered_y = comm.all_gather(labels)
         start, stop = self.offset, self.offset + self.num_local_classes
-        for (n, _), x, y in zip(table, gathered_x, gathered_y, strict=True):
-            y = y[:n]
-            mine = (y >= start) & (y < stop)
-            if not bool(xp.any(mine)):
-                continue
-            self._running.update(x[:n, ...][mine, ...], y[mine] - start, check_finite=False)
+        # Every rank's rows without their padding, then this rank's classes: one update.
+        rows_x = xp.concat([x[:n, ...] for (n, _), x in zip(table, gathered_x, strict=True)])
+        rows_y = xp.concat([y[:n] for (n, _), y in zip(table, gathered_y, strict=True)])
+        mine = xp.nonzero((rows_y >= start) & (rows_y < stop))[0]
+        self._running.update(
+            xp.take(rows_x, mine, axis=0), xp.take(rows_y, mine) - start, check_finite=False
+        )
         return self
 
     def shard(self) -> ClassShard:
