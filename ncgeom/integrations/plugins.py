@@ -36,7 +36,10 @@ from ..measure.distributed import (
     reduce_scatter_class_stats,
 )
 from ..measure.shard_metrics import shard_classifier_metrics, shard_metrics
+from ..measure.shard_nearest import ShardValues, shard_nearest_metrics
 from ..measure.shard_pairs import shard_classifier_pair_metrics, shard_pair_metrics
+from ..measure.shard_report import shard_counts, shard_report
+from ..measure.shard_theory import ShardTheory, shard_theory_metrics
 from ..measure.sharded import ShardedClassStats
 from ..measure.stats import ClassStats
 
@@ -46,6 +49,8 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "FrameworkPlugin",
     "LoadedEntryPoint",
+    "ShardTheory",
+    "ShardValues",
     "ShardedClassStats",
     "available_plugins",
     "class_shards",
@@ -56,8 +61,12 @@ __all__ = [
     "register_plugin",
     "shard_classifier_metrics",
     "shard_classifier_pair_metrics",
+    "shard_counts",
     "shard_metrics",
+    "shard_nearest_metrics",
     "shard_pair_metrics",
+    "shard_report",
+    "shard_theory_metrics",
     "unregister_plugin",
 ]
 

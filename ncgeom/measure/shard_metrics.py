@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-from .._lib.backend import namespace, to_host, wide_float
+from .._lib.backend import namespace, quiet_division, to_host, wide_float
 from .._lib.lanes import serial_lapack
 from .._lib.validate import check_choice, check_instance
 from .classes import DEGENERATE_METRICS, GLOBAL_MEANS
@@ -97,6 +97,13 @@ def shard_metrics(
     >>> bool(abs(values["nc1"] - nc_report((x, y)).nc1) < 1e-12)
     True
     """
+    return _shard_metrics(shard, collectives, global_mean, ood_mean)[0]
+
+
+def _shard_metrics(
+    shard: ClassShard, collectives: Collectives, global_mean: str, ood_mean: Array | None
+) -> tuple[dict[str, float], dict[str, bool]]:
+    """`shard_metrics` and the flags of degenerate geometry it read."""
     check_instance(shard, ClassShard, "shard")
     check_instance(collectives, Collectives, "collectives")
     check_choice(global_mean, "global_mean", GLOBAL_MEANS)
@@ -149,10 +156,11 @@ def shard_metrics(
             ]
         )
     )
-    values["equinorm"] = xp.sqrt(spreads[0] / classes) / mean_norm
-    values["log_equinorm"] = xp.sqrt(spreads[1] / classes)
     between_spread = collectives.all_reduce(xp.reshape(xp.sum(weight * norms * norms), (1,)))
-    values["nc1_trace_ratio"] = (within / total) / (between_spread[0] / classes)
+    with quiet_division():  # 0 / 0 of degenerate geometry: NaN, flagged below
+        values["equinorm"] = xp.sqrt(spreads[0] / classes) / mean_norm
+        values["log_equinorm"] = xp.sqrt(spreads[1] / classes)
+        values["nc1_trace_ratio"] = (within / total) / (between_spread[0] / classes)
     values["all_alive"] = firsts[2] == classes
     host = to_host(
         xp.stack([xp.astype(values[name], wide) for name in (*SHARD_METRICS, "all_alive")])
@@ -173,7 +181,7 @@ def shard_metrics(
             result[name] = math.nan
         if not math.isfinite(result[name]):
             result[name] = math.nan
-    return result
+    return result, flags
 
 
 def _ood_deviation(collectives: Collectives, means: Array, seen: Array, ood_mean: Array) -> float:
@@ -329,6 +337,17 @@ def shard_classifier_metrics(
     >>> bool(abs(value - nc_report((x, y), w).self_duality_error) < 1e-12)
     True
     """
+    return _shard_classifier_metrics(shard, collectives, classifier, bias, global_mean)[0]
+
+
+def _shard_classifier_metrics(
+    shard: ClassShard,
+    collectives: Collectives,
+    classifier: Array,
+    bias: Array | None,
+    global_mean: str,
+) -> tuple[dict[str, float], dict[str, bool]]:
+    """`shard_classifier_metrics` and the flags of degenerate geometry it read."""
     check_instance(shard, ClassShard, "shard")
     check_instance(collectives, Collectives, "collectives")
     check_choice(global_mean, "global_mean", GLOBAL_MEANS)
@@ -441,7 +460,7 @@ def shard_classifier_metrics(
             undefined = undefined or zero
         if undefined or any(flags.get(f, False) for f in DEGENERATE_METRICS.get(name, ())):
             result[name] = math.nan
-    return result
+    return result, flags
 
 
 def check_shard_classifier(

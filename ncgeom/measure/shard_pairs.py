@@ -108,6 +108,18 @@ def shard_pair_metrics(
     >>> bool(abs(values["cdnv"] - nc_report((x, y)).cdnv) < 1e-12)
     True
     """
+    return _shard_pair_metrics(shard, collectives, names, global_mean, s, exponent)[0]
+
+
+def _shard_pair_metrics(
+    shard: ClassShard,
+    collectives: Collectives,
+    names: tuple[str, ...],
+    global_mean: str,
+    s: float | None,
+    exponent: float,
+) -> tuple[dict[str, float], dict[str, bool]]:
+    """`shard_pair_metrics` and the flags of degenerate geometry it read."""
     check_instance(shard, ClassShard, "shard")
     check_instance(collectives, Collectives, "collectives")
     check_choice(global_mean, "global_mean", GLOBAL_MEANS)
@@ -131,7 +143,7 @@ def shard_pair_metrics(
         xp.reshape(xp.sum(xp.astype(xp.vecdot(means, means) > 0, wide)), (1,))
     )
     if state is None:
-        return dict.fromkeys(sorted(asked), math.nan)
+        return dict.fromkeys(sorted(asked), math.nan), {"between": True}
     with quiet_division(), quiet_invalid():  # NaN and Inf of degenerate (flagged) geometry
         values = state.results()
         flags = {name: bool(to_host(flag)) for name, flag in state.flags().items()}
@@ -151,7 +163,7 @@ def shard_pair_metrics(
         if any(flags.get(flag, False) for flag in DEGENERATE_METRICS.get(name, ())):
             value = math.nan
         result[name] = value
-    return result
+    return result, flags
 
 
 def ring_pass(
@@ -291,6 +303,13 @@ def shard_classifier_pair_metrics(
     >>> bool(abs(value - nc_report((x, y), w).classifier_etf_error) < 1e-12)
     True
     """
+    return _shard_classifier_pair_metrics(shard, collectives, classifier)[0]
+
+
+def _shard_classifier_pair_metrics(
+    shard: ClassShard, collectives: Collectives, classifier: Array
+) -> tuple[dict[str, float], dict[str, bool]]:
+    """`shard_classifier_pair_metrics` and the flags of degenerate geometry it read."""
     check_instance(shard, ClassShard, "shard")
     check_instance(collectives, Collectives, "collectives")
     stats = shard.stats
@@ -306,7 +325,8 @@ def shard_classifier_pair_metrics(
     state = ring_pass(collectives, rows, names, height)
     zero_row = _gathered_any(collectives, xp.any(rows.sq == 0), xp)
     if state is None:
-        return {"classifier_equiangularity": math.nan, "classifier_etf_error": math.nan}
+        nan = {"classifier_equiangularity": math.nan, "classifier_etf_error": math.nan}
+        return nan, {}
     with quiet_division(), quiet_invalid():  # NaN of zero rows (flagged)
         values = state.results()
     flags = {"classifier": float(to_host(largest)) == 0, "classifier_row": zero_row}
@@ -316,4 +336,4 @@ def shard_classifier_pair_metrics(
         result[key] = float(to_host(xp.astype(value, wide_float(xp))))
         if any(flags.get(flag, False) for flag in DEGENERATE_METRICS.get(key, ())):
             result[key] = math.nan
-    return result
+    return result, flags
