@@ -27,7 +27,7 @@ from transformers import (  # noqa: E402
     TrainingArguments,
 )
 
-from ncgeom import nc_report  # noqa: E402
+from ncgeom import NCReport, nc_report  # noqa: E402
 from ncgeom_torch.hf import NCTrainerCallback, next_token_targets  # noqa: E402
 
 VOCAB, DIM, LENGTH = 64, 16, 24
@@ -311,6 +311,40 @@ def test_min_count_leaves_out_and_counts(tmp_path):
     assert "eval_nc/cdnv" in metrics
 
 
+def _same_report(got: dict, want: dict, rel: float = 1e-10) -> None:
+    """Two reports' metrics, counts and reasons (ncc_agreement aside)."""
+    assert got["counts"] == want["counts"] and got["excluded"] == want["excluded"]
+    assert got["num_samples"] == want["num_samples"]
+    for name in (*NCReport.METRICS, *NCReport.PER_CLASS):
+        a, b = got[name], want[name]
+        if b is None or (isinstance(b, float) and np.isnan(b)):
+            assert a is None or np.isnan(a), name
+        else:
+            np.testing.assert_allclose(a, b, rtol=rel, atol=1e-13, err_msg=name)
+    why = {k: v for k, v in want["unavailable"].items() if k != "ncc_agreement"}
+    assert {k: v for k, v in got["unavailable"].items() if k != "ncc_agreement"} == why
+
+
+@pytest.mark.parametrize("source", ["eval", "train"])
+def test_class_shards_give_the_report_of_the_whole_table(tmp_path, source):
+    # One process owns the one shard; the rows are handed over at every step.
+    rows = padded_batch(7)
+    kwargs = {"source": "eval"} if source == "eval" else {"every_n_steps": 2}
+    plain = NCTrainerCallback(min_count=2, **kwargs)
+    sharded = NCTrainerCallback(min_count=2, shard_classes=True, **kwargs)
+    if source == "eval":
+        args = arguments(tmp_path, per_device_eval_batch_size=2)
+        trainer_for(tiny_model(), args, [plain, sharded], evaluation=rows).evaluate()
+    else:
+        train = [{"input_ids": r, "labels": r} for r in zipf_rows(16, 5)]
+        args = arguments(tmp_path, max_steps=4, per_device_train_batch_size=2)
+        trainer_for(tiny_model(1), args, [plain, sharded], train=train).train()
+    assert [s for s, _ in sharded.history] == [s for s, _ in plain.history]
+    assert sharded.last_stats is None
+    _same_report(sharded.last_report.to_dict(), plain.last_report.to_dict())
+    assert sharded.last_report.excluded and sharded.last_report.cdnv > 0
+
+
 class Recorder(TrainerCallback):
     """Stands for a reporting integration: keeps what each on_log receives."""
 
@@ -397,6 +431,7 @@ def test_untied_head_and_the_embeddings_as_classifier(tmp_path):
         ({"prefix": 1}, TypeError, "`prefix` must be a str"),
         ({"ignore_index": 1.5}, TypeError, "`ignore_index` must be an int"),
         ({"num_classes": 0}, ValueError, "num_classes"),
+        ({"shard_classes": True, "pairs": 1000}, ValueError, "with shard_classes=True"),
     ],
 )
 def test_bad_arguments(kwargs, error, text):
@@ -430,11 +465,13 @@ def _worker(rank: int, port: int, out: str) -> None:
     try:
         torch.set_num_threads(1)
         callback = NCTrainerCallback(source="eval")
+        sharded = NCTrainerCallback(source="eval", shard_classes=True)
         args = arguments(Path(out), per_device_eval_batch_size=2, ddp_backend="gloo")
-        trainer = trainer_for(tiny_model(), args, [callback], evaluation=padded_batch(3))
+        trainer = trainer_for(tiny_model(), args, [callback, sharded], evaluation=padded_batch(3))
         trainer.evaluate()
         result = {
             "report": callback.last_report.to_dict(),
+            "sharded": sharded.last_report.to_dict(),
             "world": int(torch.distributed.get_world_size()),
         }
         model, steps = tiny_model(4), []
@@ -494,6 +531,8 @@ def test_two_gloo_ranks_equal_one_process_on_all_tokens(tmp_path):
         assert got["counts"] == list(want.counts)
         for name in ("nc1", "cdnv", "within_variance", "etf_error", "self_duality_error"):
             assert got[name] == pytest.approx(getattr(want, name), rel=1e-10), name
+        # each rank held half of the token classes: the same report
+        _same_report(result["sharded"], got)
     # Training with DDP: each report pools the last step's tokens of both ranks.
     x = np.concatenate([np.array(r["train"]["hidden"]) for r in results])
     y = np.concatenate([np.array(r["train"]["tokens"]) for r in results])

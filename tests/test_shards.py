@@ -32,6 +32,7 @@ from ncgeom.plugins import (
     shard_classifier_pair_metrics,
     shard_metrics,
     shard_pair_metrics,
+    shard_report,
 )
 from ncgeom.testing.conformance import ConformanceError, check_plugin
 
@@ -807,6 +808,17 @@ def _work(rank: int) -> dict[str, Any]:
     results["classifier_pairs"] = shard_classifier_pair_metrics(
         shard, group, torch.from_numpy(w[rows])
     )
+    results["report"] = shard_report(
+        shard, group, torch.from_numpy(w[rows]), torch.from_numpy(b[rows])
+    ).to_dict()
+    tracker = ncgeom_torch.NCTracker(K, shard_classes=True)
+    for part in np.array_split(parts[rank], 3):
+        tracker.observe(torch.from_numpy(features[part]), torch.from_numpy(labels[part]))
+    layer = torch.nn.Linear(D, K).double()
+    with torch.no_grad():
+        layer.weight.copy_(torch.from_numpy(w))
+        layer.bias.copy_(torch.from_numpy(b))
+    results["tracker"] = tracker.report(layer).to_dict()
     results["conformance"] = check_plugin(
         ncgeom_torch.plugin, lambda a: torch.from_numpy(a).clone(), checks=["collectives"]
     )
@@ -881,6 +893,21 @@ def test_two_gloo_processes_give_the_metrics_of_the_whole_table(
         assert len(values) == 25
         for name, value in values.items():
             assert value == pytest.approx(getattr(report, name), rel=1e-9), name
+
+
+def test_two_gloo_processes_report_from_shards(gloo_ranks: list[dict[str, Any]]) -> None:
+    features, labels, _ = _gloo_data()
+    want = nc_report((features, labels), *_gloo_classifier(), num_classes=K, pairs="exact")
+    for result in gloo_ranks:
+        for got in (result["report"], result["tracker"]):
+            assert got["counts"] == list(want.counts)
+            assert got["num_samples"] == want.num_samples
+            for name in want.METRICS:
+                if name in ("ncc_agreement", "objective") or getattr(want, name) is None:
+                    continue
+                assert got[name] == pytest.approx(getattr(want, name), rel=1e-9), name
+            np.testing.assert_allclose(got["distance_norms"], want.distance_norms, rtol=1e-9)
+        assert "shard_classes=True" in result["tracker"]["unavailable"]["ncc_agreement"]
 
 
 def test_two_gloo_processes_pass_the_collectives_check(gloo_ranks: list[dict[str, Any]]) -> None:

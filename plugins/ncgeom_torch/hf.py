@@ -29,6 +29,8 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from ncgeom import ClassStats, NCReport, nc_report
 from ncgeom.checks import check_num_classes, check_positive_int
+from ncgeom.metrics import SAMPLED_PAIRS_FROM
+from ncgeom.plugins import shard_report
 from ncgeom.utils import jsonable
 
 from .tap import FeatureTap, resolve_layer, unwrap_model
@@ -193,6 +195,18 @@ class NCTrainerCallback(TrainerCallback):
         The label left out of the loss (default -100).
     pairs : "auto", "exact" or int
         How pair metrics are computed (see `ncgeom.nc_report`).
+    shard_classes : bool
+        Each rank keeps only its contiguous slice of the token classes
+        (``NCTracker(shard_classes=True)``) and the report is made from the
+        shards (`ncgeom.plugins.shard_report`), for vocabularies whose class
+        table would not fit every rank. The held rows are then handed to their
+        owners at the end of every observed optimizer step (``source="train"``)
+        or evaluation step (``"eval"``), a collective of all ranks. The pair
+        metrics are exact (``pairs="auto"`` leaves them out above
+        `ncgeom.metrics.SAMPLED_PAIRS_FROM` classes instead of sampling; an int
+        is refused), `last_stats` stays None, and the tapped layer must have a
+        (K, d) weight (it gives d to a rank that has no row to send). Default
+        False.
 
     Attributes
     ----------
@@ -200,7 +214,8 @@ class NCTrainerCallback(TrainerCallback):
         ``(global_step, NCReport.to_dict())`` for each report.
     last_report : NCReport or None
     last_stats : ClassStats or None
-        The statistics (of all ranks) of the last report.
+        The statistics (of all ranks) of the last report (None with
+        `shard_classes`).
     report_path : Path or None
         Where the JSON report was written.
 
@@ -279,6 +294,7 @@ class NCTrainerCallback(TrainerCallback):
         gram: bool = True,
         ignore_index: int = IGNORE_INDEX,
         pairs: str | int = "auto",
+        shard_classes: bool = False,
     ) -> None:
         self.num_classes = None if num_classes is None else check_num_classes(num_classes)
         if source not in _SOURCES:
@@ -348,6 +364,13 @@ class NCTrainerCallback(TrainerCallback):
             raise TypeError(msg)
         self.ignore_index = ignore_index
         self.pairs = pairs
+        self.shard_classes = bool(shard_classes)
+        if self.shard_classes and not isinstance(pairs, str):
+            msg = (
+                "with shard_classes=True the pair metrics are exact or left out: "
+                f'pass pairs="auto" or "exact"; got pairs={pairs!r}'
+            )
+            raise ValueError(msg)
         self.history: list[tuple[int, dict[str, Any]]] = []
         self.last_report: NCReport | None = None
         self.last_stats: ClassStats | None = None
@@ -408,8 +431,17 @@ class NCTrainerCallback(TrainerCallback):
                 )
                 raise ValueError(msg)
             self.num_classes = int(weight.shape[0])
+        weight = getattr(layer, "weight", None)
+        if self.shard_classes and (not isinstance(weight, torch.Tensor) or weight.ndim != 2):
+            msg = (
+                "shard_classes=True needs a tapped layer with a (K, d) weight (its d is sent by "
+                f"ranks without rows); got {type(layer).__name__}"
+            )
+            raise ValueError(msg)
         self.model, self.layer = model, layer
-        self._tracker = NCTracker(self.num_classes, gram=self.gram, dtype=self.dtype)
+        self._tracker = NCTracker(
+            self.num_classes, gram=self.gram, dtype=self.dtype, shard_classes=self.shard_classes
+        )
         self._tap = FeatureTap(model, layer).__enter__()
         self._handles = [
             model.register_forward_pre_hook(self._read_batch, with_kwargs=True),
@@ -480,12 +512,21 @@ class NCTrainerCallback(TrainerCallback):
             return
         self._rows.append((features, targets))
         self._num_rows += int(features.shape[0])
-        if self._num_rows >= self.num_classes:
+        if self._num_rows >= self.num_classes and not self.shard_classes:
             self._flush()
 
     def _flush(self) -> None:
-        """Add the held rows to the statistics, as one batch."""
+        """Add the held rows to the statistics, as one batch (with `shard_classes`,
+        a collective: every rank sends its rows, maybe none)."""
         rows, self._rows, self._num_rows = self._rows, [], 0
+        if not rows and self.shard_classes:
+            weight = self.layer.weight
+            rows = [
+                (
+                    torch.zeros((0, weight.shape[1]), dtype=self.dtype, device=weight.device),
+                    torch.zeros((0,), dtype=torch.int64, device=weight.device),
+                )
+            ]
         if not rows:
             return
         features = torch.cat([x for x, _ in rows])
@@ -535,6 +576,8 @@ class NCTrainerCallback(TrainerCallback):
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
+        if self.shard_classes and self.source == "train" and self._active:
+            self._flush()  # every rank at every observed step
         if self.source != "train" or self.every_n_steps is None:
             return
         if state.global_step % self.every_n_steps == 0:
@@ -569,6 +612,12 @@ class NCTrainerCallback(TrainerCallback):
             state.log_history.append({**self._pending, "step": state.global_step})
         self._pending = {}
 
+    def on_prediction_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if self.shard_classes and self.source == "eval" and self._tracker is not None:
+            self._flush()  # every rank at every evaluation step
+
     def on_predict(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
@@ -589,6 +638,8 @@ class NCTrainerCallback(TrainerCallback):
         if tracker is None:
             return False
         self._flush()
+        if self.shard_classes:
+            return self._finish_shards(state)
         if not tracker._distributed() and tracker.num_batches == 0:
             return False
         try:
@@ -615,6 +666,49 @@ class NCTrainerCallback(TrainerCallback):
             warnings.filterwarnings("ignore", message=r".*have no samples and are left out.*")
             report = nc_report(stats, weight, bias, min_count=self.min_count, pairs=self.pairs)
         self.last_report, self.last_stats = report, stats
+        self._log(report, state)
+        return True
+
+    def _finish_shards(self, state: TrainerState) -> bool:
+        """`_finish` from the shards of the token classes (``shard_classes``)."""
+        tracker = self._tracker
+        if tracker.num_batches == 0:
+            return False
+        shard, group = tracker.shard(), tracker._sharded.collectives
+        tracker.reset()
+        if shard.num_samples == 0:
+            return False
+        stats = shard.stats
+        rows = slice(shard.offset, shard.offset + stats.num_classes)
+        weight = self._classifier_weight(self.model, self.layer)
+        bias = getattr(self.layer, "bias", None) if self.classifier == "lm_head" else None
+        if weight is not None and weight.shape[1] != stats.dim:
+            weight = None
+        if weight is not None:
+            weight = weight.detach()[rows].to(device=stats.device, dtype=stats.dtype)
+        if weight is None or not isinstance(bias, torch.Tensor):
+            bias = None
+        else:
+            bias = bias.detach()[rows].to(device=stats.device, dtype=stats.dtype)
+        pairs = "exact"
+        if self.pairs == "auto" and shard.num_classes > SAMPLED_PAIRS_FROM:
+            pairs = "none"
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*have no samples and are left out.*")
+            report = shard_report(
+                shard,
+                group,
+                weight,
+                bias,
+                min_count=self.min_count,
+                pairs=pairs,
+            )
+        self.last_report, self.last_stats = report, None
+        self._log(report, state)
+        return True
+
+    def _log(self, report: NCReport, state: TrainerState) -> None:
+        """Record `report` and queue its values for the next log."""
         self.history.append((int(state.global_step), report.to_dict()))
         values = {
             f"{self.prefix}{name}": float(getattr(report, name))
@@ -625,7 +719,6 @@ class NCTrainerCallback(TrainerCallback):
         values[f"{self.prefix}classes_excluded"] = float(len(report.excluded))
         values[f"{self.prefix}tokens"] = float(report.num_samples)
         self._pending.update(values)
-        return True
 
     def save(self, folder: str | Path) -> Path:
         """Write ``neural_collapse.json`` (every report) and ``neural_collapse.md`` (the last)

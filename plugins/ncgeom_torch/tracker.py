@@ -27,12 +27,19 @@ from ncgeom.checks import (
 )
 from ncgeom.layers import LAYOUTS, REDUCE_MODES, SecondPass, layer_features
 from ncgeom.metrics import ncc_agreement
+from ncgeom.plugins import (
+    ClassShard,
+    Collectives,
+    ShardedClassStats,
+    shard_counts,
+    shard_report,
+)
 from ncgeom.report import NCReport, nc_report
 from ncgeom.stats import ClassStats, class_moments
 from ncgeom.theory import UFMOptimum, ufm_relu_optimum
 from ncgeom.utils import jsonable, to_host
 
-from ._plugin import all_reduce_stats
+from ._plugin import all_reduce_stats, collectives
 from .regularizer import classifier_weight, layer_bias
 from .tap import FeatureTap, LayerSpec, resolve_layer, unwrap_model
 
@@ -84,6 +91,15 @@ class NCTracker:
         rank's samples only.
     group : ProcessGroup, optional
         Process group to combine over (default: the world).
+    shard_classes : bool
+        Keep on each rank only its contiguous slice of the classes
+        (`ncgeom.plugins.ShardedClassStats`), for vocabulary-sized K: every
+        `observe` then hands the batch to the owners of its classes, so it is
+        a collective (every rank of the group calls it the same number of
+        times; an empty (0, d) batch is allowed), `report` is computed from
+        the shards (`ncgeom.plugins.shard_report`, equal to the report of the
+        whole table), and `stats`, `combined_stats` and statistics per layer
+        are unavailable (`shard` gives this rank's classes). Default False.
 
     Notes
     -----
@@ -132,6 +148,7 @@ class NCTracker:
         check_finite: bool = True,
         sync: bool = True,
         group: Any = None,
+        shard_classes: bool = False,
     ) -> None:
         self.num_classes = check_num_classes(num_classes)
         self.reduce = _checked_reduce(reduce)
@@ -144,8 +161,10 @@ class NCTracker:
         self.check_finite = bool(check_finite)
         self.sync = bool(sync)
         self.group = group
+        self.shard_classes = bool(shard_classes)
         self.history: list[tuple[int, dict[str, Any]]] = []
         self._stats: ClassStats | None = None
+        self._sharded: ShardedClassStats | None = None
         self._layer_stats: dict[str, ClassStats] = {}
         self._layer_names: tuple[str, ...] | None = None
         self._num_batches = 0
@@ -158,6 +177,8 @@ class NCTracker:
     @property
     def stats(self) -> ClassStats:
         """This rank's statistics (not combined across ranks)."""
+        if self.shard_classes:
+            raise RuntimeError(_SHARDED)
         if self._stats is None:
             if self._layer_names is not None:
                 msg = "this tracker holds statistics per layer: read `layer_stats`"
@@ -200,6 +221,7 @@ class NCTracker:
         """Forget the accumulated statistics (the history is kept)."""
         with self._lock:
             self._stats = None
+            self._sharded = None
             self._layer_stats = {}
             self._layer_names = None
             self._num_batches = 0
@@ -256,6 +278,9 @@ class NCTracker:
     def _observe(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         if self._layer_names is not None:
             raise ValueError(_MIXED)
+        if self.shard_classes:
+            self._observe_shard(features, labels)
+            return
         if self._stats is None:
             stats = ClassStats.empty(
                 self.num_classes,
@@ -276,8 +301,57 @@ class NCTracker:
         self._stats = stats.update(features, labels, check_finite=self.check_finite)
         self._num_batches += 1
 
+    def _observe_shard(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """Every rank's batch into this rank's classes (a collective)."""
+        if self._sharded is None:
+            self._sharded = ShardedClassStats(
+                self.num_classes,
+                int(features.shape[1]),
+                self._collectives(),
+                gram=self.gram,
+                xp=torch_xp,
+                device=features.device,
+                dtype=self.dtype,
+            )
+        elif features.device != self._sharded._device:
+            msg = (
+                f"`features` must be on {self._sharded._device} like the earlier batches; "
+                f"got {features.device}"
+            )
+            raise ValueError(msg)
+        self._sharded.update(features, labels, check_finite=self.check_finite)
+        self._num_batches += 1
+
+    def shard(self) -> ClassShard:
+        """This rank's classes over the samples of all ranks (``shard_classes=True``);
+        every rank of the group must call it.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from ncgeom_torch import NCTracker
+        >>> tracker = NCTracker(3, shard_classes=True)  # one process: one shard of all classes
+        >>> tracker.observe(torch.eye(3), torch.tensor([0, 1, 1]))
+        >>> shard = tracker.shard()
+        >>> shard.offset, shard.stats.counts.tolist()
+        (0, [1, 2, 0])
+        """
+        if not self.shard_classes:
+            msg = "`shard` needs NCTracker(..., shard_classes=True); read `stats` instead"
+            raise RuntimeError(msg)
+        with self._lock:
+            if self._sharded is None:
+                raise RuntimeError(self._nothing_observed())
+            return self._sharded.shard()
+
     def _observe_layers(self, batch: Mapping[str, Any], labels: Any) -> None:
         """``observe({name: features}, labels)``: one `ClassStats` per layer, one host read."""
+        if self.shard_classes:
+            msg = (
+                "statistics per layer are not sharded: with shard_classes=True observe one "
+                "(batch, dim) tensor of features"
+            )
+            raise ValueError(msg)
         if not isinstance(labels, torch.Tensor):
             msg = f"`labels` must be a torch.Tensor; got {type(labels).__name__}"
             raise TypeError(msg)
@@ -501,6 +575,9 @@ class NCTracker:
         (True, True)
         """
         if layers is not None:
+            if self.shard_classes:
+                msg = "`layers` needs statistics per layer, which shard_classes=True does not keep"
+                raise ValueError(msg)
             return self._evaluate_layers(
                 model,
                 loader,
@@ -539,7 +616,12 @@ class NCTracker:
                     classifier = self._classifier_of(tap.layer)
                     if classifier is not None and with_theory:
                         sums.append(_objective_sums(tap.features, labels, tap.layer))
-                replay = ncc and classifier is not None and iter(loader) is not loader
+                replay = (
+                    ncc
+                    and classifier is not None
+                    and not self.shard_classes
+                    and iter(loader) is not loader
+                )
                 if replay:
                     means = self.combined_stats().means
                     agreement = None
@@ -570,6 +652,8 @@ class NCTracker:
             why_ncc = "no classifier: `layer` has no (K, d) weight"
         elif not ncc:
             why_ncc = "skipped: evaluate(..., ncc=False)"
+        elif self.shard_classes:
+            why_ncc = _NCC_SHARDED
         elif not replay:
             why_ncc = (
                 "`loader` is a one-shot iterator: the second pass that NCC needs is impossible"
@@ -766,6 +850,8 @@ class NCTracker:
         In a distributed job every rank of the group must call it (as with
         `report`), also ranks that observed no batch.
         """
+        if self.shard_classes:
+            raise RuntimeError(_SHARDED)
         with self._lock:
             if self._layer_names is not None:
                 msg = "this tracker holds statistics per layer: use combined_layer_stats()"
@@ -951,6 +1037,13 @@ class NCTracker:
         if classifier is not None:
             weight = classifier_weight(classifier, warn=with_theory).detach()
             bias = layer_bias(classifier)
+        if self.shard_classes:
+            report = self._shard_report(
+                weight, bias, (lambda_w, lambda_h), counts, objective, ood_mean
+            )
+            if weight is not None:
+                report = _with_metric(report, "ncc_agreement", None, _NCC_SHARDED)
+            return report
         with self._lock:
             stats = self.combined_stats()
             theory = None
@@ -964,6 +1057,63 @@ class NCTracker:
         if weight is not None:
             report = _with_metric(report, "ncc_agreement", None, _NCC_FROM_STATISTICS)
         return report
+
+    def _shard_report(
+        self,
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        lambdas: tuple[float | None, float | None],
+        counts: Any,
+        objective: float | None,
+        ood_mean: torch.Tensor | None,
+    ) -> NCReport:
+        """`shard_report` of every rank's shard, with this rank's rows of W and b."""
+        lambda_w, lambda_h = lambdas
+        with self._lock:
+            shard = self.shard()
+            stats = shard.stats
+            if int(shard.num_samples) == 0:
+                raise RuntimeError(self._nothing_observed() + " (on any rank)")
+            rows = slice(shard.offset, shard.offset + stats.num_classes)
+            if weight is not None:
+                if weight.shape[0] != self.num_classes:
+                    msg = (
+                        f"`classifier` must have {self.num_classes} rows (one per class); "
+                        f"got shape {tuple(weight.shape)}"
+                    )
+                    raise ValueError(msg)
+                weight = weight[rows].to(device=stats.device, dtype=stats.dtype)
+            if bias is not None:
+                bias = bias.detach()[rows].to(device=stats.device, dtype=stats.dtype)
+            theory = None
+            if lambda_w is not None:
+                observed = torch.as_tensor(shard_counts(shard, self._sharded.collectives))
+                theory = _optimum(
+                    observed,
+                    counts,
+                    lambda_w,
+                    lambda_h,
+                    self.num_classes,
+                    stats.device,
+                    stats.dtype,
+                )
+            if isinstance(ood_mean, torch.Tensor):
+                ood_mean = ood_mean.to(device=stats.device, dtype=stats.dtype)
+            return shard_report(
+                shard,
+                self._sharded.collectives,
+                weight,
+                bias,
+                theory=theory,
+                objective=objective,
+                ood_mean=ood_mean,
+            )
+
+    def _collectives(self) -> Collectives:
+        """The group's collectives, or those of a world of one without `sync`."""
+        if self._distributed():
+            return collectives(group=self.group)
+        return Collectives(0, 1, lambda x: [x], lambda x: x, lambda x: x)
 
     def _record(
         self, report: NCReport, step: int | None, lambda_w: float | None, lambda_h: float | None
@@ -1051,6 +1201,16 @@ _COMBINE_FAILED = (
     "group needs a timeout (init_process_group(timeout=...)) so that a missing rank raises"
 )
 
+_SHARDED = (
+    "this tracker keeps a shard of the classes (shard_classes=True): read `shard()`, "
+    "or call `report()`"
+)
+
+_NCC_SHARDED = (
+    "the nearest class centre needs the means of every class, and this tracker keeps a "
+    "shard of them (shard_classes=True)"
+)
+
 _NCC_FROM_STATISTICS = (
     "statistics alone cannot give it (the nearest centre needs the final means): "
     "NCTracker.evaluate measures it with a second pass"
@@ -1112,10 +1272,25 @@ def optimum_for(
     """The UFM+ optimum for `counts` (default: the counts of `stats`) and the
     lambdas, on the statistics' device and dtype; None, with a warning, when
     a class was not observed and no counts were given."""
+    return _optimum(
+        stats.counts, counts, lambda_w, lambda_h, stats.num_classes, stats.device, stats.dtype
+    )
+
+
+def _optimum(
+    observed: torch.Tensor,
+    counts: Any,
+    lambda_w: float,
+    lambda_h: float,
+    num_classes: int,
+    device: Any,
+    dtype: torch.dtype,
+) -> UFMOptimum | None:
+    """`optimum_for` of the observed counts (K,) of all classes."""
     if counts is not None:
-        counts = checked_counts(counts, stats.num_classes)
+        counts = checked_counts(counts, num_classes)
     else:
-        counts = stats.counts.cpu()
+        counts = observed.cpu()
         if bool((counts == 0).any()):
             missing = torch.nonzero(counts == 0).flatten().tolist()
             warnings.warn(
@@ -1126,9 +1301,7 @@ def optimum_for(
             )
             return None
         counts = counts.tolist()
-    return ufm_relu_optimum(
-        counts, lambda_w, lambda_h, xp=torch_xp, device=stats.device, dtype=stats.dtype
-    )
+    return ufm_relu_optimum(counts, lambda_w, lambda_h, xp=torch_xp, device=device, dtype=dtype)
 
 
 def _last_classifier(model: nn.Module, num_classes: int) -> nn.Module | None:
