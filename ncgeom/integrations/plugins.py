@@ -36,6 +36,7 @@ from ..measure.distributed import (
     reduce_scatter_class_stats,
 )
 from ..measure.shard_metrics import shard_classifier_metrics, shard_metrics
+from ..measure.shard_ncc import shard_ncc_agreement
 from ..measure.shard_nearest import ShardValues, shard_nearest_metrics
 from ..measure.shard_pairs import shard_classifier_pair_metrics, shard_pair_metrics
 from ..measure.shard_report import shard_counts, shard_report
@@ -63,6 +64,7 @@ __all__ = [
     "shard_classifier_pair_metrics",
     "shard_counts",
     "shard_metrics",
+    "shard_ncc_agreement",
     "shard_nearest_metrics",
     "shard_pair_metrics",
     "shard_report",

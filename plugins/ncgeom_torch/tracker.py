@@ -26,12 +26,13 @@ from ncgeom.checks import (
     check_positive,
 )
 from ncgeom.layers import LAYOUTS, REDUCE_MODES, SecondPass, layer_features
-from ncgeom.metrics import ncc_agreement
+from ncgeom.metrics import NCCAgreement, ncc_agreement
 from ncgeom.plugins import (
     ClassShard,
     Collectives,
     ShardedClassStats,
     shard_counts,
+    shard_ncc_agreement,
     shard_report,
 )
 from ncgeom.report import NCReport, nc_report
@@ -98,8 +99,10 @@ class NCTracker:
         a collective (every rank of the group calls it the same number of
         times; an empty (0, d) batch is allowed), `report` is computed from
         the shards (`ncgeom.plugins.shard_report`, equal to the report of the
-        whole table), and `stats`, `combined_stats` and statistics per layer
-        are unavailable (`shard` gives this rank's classes). Default False.
+        whole table), `evaluate`'s second pass scores each batch against the
+        shards (`ncgeom.plugins.shard_ncc_agreement`), and `stats`,
+        `combined_stats` and statistics per layer are unavailable (`shard`
+        gives this rank's classes). Default False.
 
     Notes
     -----
@@ -616,13 +619,10 @@ class NCTracker:
                     classifier = self._classifier_of(tap.layer)
                     if classifier is not None and with_theory:
                         sums.append(_objective_sums(tap.features, labels, tap.layer))
-                replay = (
-                    ncc
-                    and classifier is not None
-                    and not self.shard_classes
-                    and iter(loader) is not loader
-                )
-                if replay:
+                replay = ncc and classifier is not None and iter(loader) is not loader
+                if replay and self.shard_classes:
+                    agreement = self._shard_agreement(model, loader, tap, device)
+                elif replay:
                     means = self.combined_stats().means
                     agreement = None
                     for batch in loader:
@@ -652,8 +652,6 @@ class NCTracker:
             why_ncc = "no classifier: `layer` has no (K, d) weight"
         elif not ncc:
             why_ncc = "skipped: evaluate(..., ncc=False)"
-        elif self.shard_classes:
-            why_ncc = _NCC_SHARDED
         elif not replay:
             why_ncc = (
                 "`loader` is a one-shot iterator: the second pass that NCC needs is impossible"
@@ -661,7 +659,9 @@ class NCTracker:
         with self._lock:
             report = self._report(classifier, lambda_w, lambda_h, None, objective, ood_mean)
             if why_ncc is None:
-                pair = self._all_sum(torch.stack([agreement.matches, agreement.total]).double())
+                pair = torch.stack([agreement.matches, agreement.total]).double()
+                if not self.shard_classes:  # those of the shards count every rank's rows
+                    pair = self._all_sum(pair)
                 matches, total = (float(v) for v in pair.cpu())
                 report = _with_metric(report, "ncc_agreement", matches / total, None)
             else:
@@ -1042,7 +1042,7 @@ class NCTracker:
                 weight, bias, (lambda_w, lambda_h), counts, objective, ood_mean
             )
             if weight is not None:
-                report = _with_metric(report, "ncc_agreement", None, _NCC_SHARDED)
+                report = _with_metric(report, "ncc_agreement", None, _NCC_FROM_STATISTICS)
             return report
         with self._lock:
             stats = self.combined_stats()
@@ -1108,6 +1108,30 @@ class NCTracker:
                 objective=objective,
                 ood_mean=ood_mean,
             )
+
+    def _shard_agreement(
+        self, model: nn.Module, loader: Iterable[Any], tap: FeatureTap, device: Any
+    ) -> NCCAgreement:
+        """The NCC agreement of a second pass over `loader`, against the shards
+        (`shard_ncc_agreement`, a collective per batch)."""
+        shard = self.shard()
+        stats = shard.stats
+        rows = slice(shard.offset, shard.offset + stats.num_classes)
+        weight = tap.layer.weight.detach()[rows].to(device=stats.device, dtype=stats.dtype)
+        bias = getattr(tap.layer, "bias", None)
+        if bias is not None:
+            bias = bias.detach()[rows].to(device=stats.device, dtype=stats.dtype)
+        group = self._sharded.collectives
+        agreement = None
+        for batch in loader:
+            inputs, _ = _split_batch(batch)
+            if isinstance(inputs, torch.Tensor):
+                inputs = inputs.to(device, non_blocking=True)
+            model(inputs)
+            features = tap.features.to(device=stats.device, dtype=stats.dtype)
+            found = shard_ncc_agreement(features, shard, group, weight, bias)
+            agreement = found if agreement is None else agreement.merge(found)
+        return agreement
 
     def _collectives(self) -> Collectives:
         """The group's collectives, or those of a world of one without `sync`."""
@@ -1204,11 +1228,6 @@ _COMBINE_FAILED = (
 _SHARDED = (
     "this tracker keeps a shard of the classes (shard_classes=True): read `shard()`, "
     "or call `report()`"
-)
-
-_NCC_SHARDED = (
-    "the nearest class centre needs the means of every class, and this tracker keeps a "
-    "shard of them (shard_classes=True)"
 )
 
 _NCC_FROM_STATISTICS = (
