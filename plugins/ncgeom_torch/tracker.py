@@ -620,20 +620,8 @@ class NCTracker:
                     if classifier is not None and with_theory:
                         sums.append(_objective_sums(tap.features, labels, tap.layer))
                 replay = ncc and classifier is not None and iter(loader) is not loader
-                if replay and self.shard_classes:
-                    agreement = self._shard_agreement(model, loader, tap, device)
-                elif replay:
-                    means = self.combined_stats().means
-                    agreement = None
-                    for batch in loader:
-                        inputs, labels = _split_batch(batch)
-                        if isinstance(inputs, torch.Tensor):
-                            inputs = inputs.to(device, non_blocking=True)
-                        model(inputs)
-                        found = ncc_agreement(
-                            tap.features, tap.layer.weight, means, getattr(tap.layer, "bias", None)
-                        )
-                        agreement = found if agreement is None else agreement.merge(found)
+                if replay:
+                    agreement = self._agreement(model, loader, tap, device)
         finally:
             for module, training in modes:
                 module.training = training
@@ -1109,27 +1097,38 @@ class NCTracker:
                 ood_mean=ood_mean,
             )
 
-    def _shard_agreement(
+    def _agreement(
         self, model: nn.Module, loader: Iterable[Any], tap: FeatureTap, device: Any
     ) -> NCCAgreement:
-        """The NCC agreement of a second pass over `loader`, against the shards
-        (`shard_ncc_agreement`, a collective per batch)."""
-        shard = self.shard()
-        stats = shard.stats
-        rows = slice(shard.offset, shard.offset + stats.num_classes)
-        weight = tap.layer.weight.detach()[rows].to(device=stats.device, dtype=stats.dtype)
-        bias = getattr(tap.layer, "bias", None)
-        if bias is not None:
-            bias = bias.detach()[rows].to(device=stats.device, dtype=stats.dtype)
-        group = self._sharded.collectives
+        """The NCC agreement of a second pass over `loader`: of this rank's rows
+        against the combined means, or with `shard_classes` of every rank's rows
+        against the shards (`shard_ncc_agreement`, a collective per batch)."""
+        layer = tap.layer
+        if self.shard_classes:
+            shard = self.shard()
+            stats, group = shard.stats, self._sharded.collectives
+            rows = slice(shard.offset, shard.offset + stats.num_classes)
+            like = {"device": stats.device, "dtype": stats.dtype}
+            weight = layer.weight.detach()[rows].to(**like)
+            bias = getattr(layer, "bias", None)
+            bias = None if bias is None else bias.detach()[rows].to(**like)
+
+            def score(features: torch.Tensor) -> NCCAgreement:
+                return shard_ncc_agreement(features.to(**like), shard, group, weight, bias)
+
+        else:
+            means = self.combined_stats().means
+
+            def score(features: torch.Tensor) -> NCCAgreement:
+                return ncc_agreement(features, layer.weight, means, getattr(layer, "bias", None))
+
         agreement = None
         for batch in loader:
             inputs, _ = _split_batch(batch)
             if isinstance(inputs, torch.Tensor):
                 inputs = inputs.to(device, non_blocking=True)
             model(inputs)
-            features = tap.features.to(device=stats.device, dtype=stats.dtype)
-            found = shard_ncc_agreement(features, shard, group, weight, bias)
+            found = score(tap.features)
             agreement = found if agreement is None else agreement.merge(found)
         return agreement
 
