@@ -22,7 +22,7 @@ from typing import Any
 
 from .backends import BackendUnavailable, BenchBackend, make_backend
 from .cases import CASES, FLOORS, SIZES, CaseSkipped, Context
-from .runner import chunk_budget
+from .runner import chunk_budget, settle
 
 __all__ = ["main", "profile_cases"]
 
@@ -32,6 +32,7 @@ DEFAULT_CASES = ("report", "report_classifier", "update_gram", "class_sums")
 
 def _wall(run: Callable[[], Any], bench: BenchBackend) -> float:
     bench.sync()
+    settle()  # as in the timed benchmarks: no worker threads left spinning
     start = time.perf_counter()
     run()
     bench.sync()

@@ -4,6 +4,11 @@ Each case is warmed up, then timed in `repeat` rounds; every round also times
 the case's floors right after it, so a machine whose load changes during the
 run moves case and floor together. On GPU backends the device is synchronised
 before the clock is read at both ends of every call.
+
+Every timed call starts once the process's own threads are idle (`settle`):
+OpenBLAS keeps the workers of a multi-threaded product spinning for about
+0.13 s after it returns, so a call timed right after the floor ``X @ V`` would
+share the cores with them and pay for the call before it.
 """
 
 from __future__ import annotations
@@ -31,10 +36,45 @@ from .cases import (
 )
 from .machine import load_average, machine_info
 
-__all__ = ["SCHEMA_VERSION", "chunk_budget", "format_table", "run_benchmarks", "time_rounds"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "chunk_budget",
+    "format_table",
+    "run_benchmarks",
+    "settle",
+    "time_rounds",
+]
 
 #: Version of the layout of the result dictionary (and the JSON file).
 SCHEMA_VERSION = 1
+
+#: Longest wait (s) of `settle` for this process's threads to go idle.
+SETTLE_LIMIT = 0.5
+#: `settle` checks the process's CPU time over windows of this length (s): the
+#: kernel adds the time of threads running on other cores at its ticks (every 4
+#: or 10 ms), so a shorter window can miss them ...
+SETTLE_WINDOW = 0.01
+#: ... and stops at the first in which its threads used less than this fraction
+#: of one core.
+SETTLE_BUSY = 0.1
+
+
+def settle(limit: float = SETTLE_LIMIT) -> float:
+    """Wait until this process's threads are idle; returns the seconds waited.
+
+    Idle: less than `SETTLE_BUSY` of one core used over `SETTLE_WINDOW`
+    (the CPU time of every thread of the process, so other processes do not
+    count). Threads that a library keeps spinning after a call (OpenBLAS's
+    workers spin for about 0.13 s) would otherwise take cores from the next
+    timed call. Gives up after `limit` seconds (a thread that never idles).
+    """
+    start = time.perf_counter()
+    while time.perf_counter() - start < limit:
+        cpu = time.process_time()
+        time.sleep(SETTLE_WINDOW)
+        if time.process_time() - cpu < SETTLE_BUSY * SETTLE_WINDOW:
+            break
+    return time.perf_counter() - start
 
 
 def time_rounds(
@@ -46,7 +86,7 @@ def time_rounds(
     ----------
     calls : dict
         Name to a call without arguments; all are timed once per round, in
-        order, so that they see the same machine state.
+        order, so that they see the same machine state, each after `settle`.
     sync : callable
         Waits for the device; called before the clock is read at both ends.
     repeat : int
@@ -68,6 +108,7 @@ def time_rounds(
         gc.collect()
         for name, call in calls.items():
             sync()
+            settle()
             start = time.perf_counter()
             call()
             sync()

@@ -143,13 +143,17 @@ def run_lanes(work: Callable[[int, int], T], num_rows: int, lanes: int) -> list[
 
 @contextlib.contextmanager
 def serial_lapack(xp: Any, shape: tuple[int, ...]) -> Iterator[None]:
-    """Hold NumPy's BLAS to one thread for the factorisation of a small matrix.
+    """Hold NumPy's BLAS to one thread for the factorisation of a small matrix,
+    or for products of about its size.
 
     OpenBLAS spreads the LAPACK factorisations (SVD, eigh) of small matrices
     over its threads at a loss: on a 2-core Xeon the thin SVD of a (100, 512)
-    matrix takes 2.9 ms on one thread and 8-15 ms on two. Matrices with
-    ``m * n * min(m, n)`` above `SERIAL_LAPACK_WORK`, and every library but
-    NumPy, are left as they are.
+    matrix takes 2.9 ms on one thread and 8-15 ms on two. Its products of such
+    matrices gain nothing from a second thread either, and after every
+    multi-threaded call OpenBLAS keeps its workers spinning for about 0.13 s:
+    lanes started in that time share the cores with them (a third slower on 2
+    cores). Matrices with ``m * n * min(m, n)`` above `SERIAL_LAPACK_WORK`, and
+    every library but NumPy, are left as they are.
 
     Examples
     --------

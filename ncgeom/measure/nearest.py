@@ -357,6 +357,12 @@ def _polar(b: Array, xp: ModuleType) -> tuple[Array, Array]:
 
 def _etf(rows: Array, unit: Array | None) -> NearestFrame:
     xp = namespace(rows=rows)
+    # Every product of a small fit on one BLAS thread (`serial_lapack`).
+    with serial_lapack(xp, rows.shape):
+        return _etf_fit(rows, unit, xp)
+
+
+def _etf_fit(rows: Array, unit: Array | None, xp: ModuleType) -> NearestFrame:
     a, largest = _scale_free(rows, xp)
     num, dim = a.shape
     dtype, device = a.dtype, array_device(a)
@@ -377,6 +383,13 @@ def _etf(rows: Array, unit: Array | None) -> NearestFrame:
 
 def _frame(rows: Array, weights: np.ndarray, longest: float, unit: Array | None) -> NearestFrame:
     xp = namespace(rows=rows)
+    with serial_lapack(xp, rows.shape):
+        return _frame_fit(rows, weights, longest, unit, xp)
+
+
+def _frame_fit(
+    rows: Array, weights: np.ndarray, longest: float, unit: Array | None, xp: ModuleType
+) -> NearestFrame:
     a, largest = _scale_free(rows, xp)
     dtype, device = a.dtype, array_device(a)
     positive = np.flatnonzero(weights > 0)

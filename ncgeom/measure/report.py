@@ -22,6 +22,7 @@ from .._lib.backend import (
     to_host,
     wide_float,
 )
+from .._lib.lanes import serial_lapack
 from .._lib.validate import (
     check_bias_vector,
     check_choice,
@@ -377,38 +378,40 @@ def nc_report(
     xp = view.xp
     vectors: dict[str, Array] = {}
     half_widths: dict[str, Array] = {}
-    flags = _means_metrics(
-        view, stats, values, unavailable, _sampled_pairs(pairs, view.size), half_widths
-    )
-    values.update({_HALF_WIDTH + name: half for name, half in half_widths.items()})
-    if classifier is not None:
-        sampled = _sampled_pairs(pairs, view.size)
-        flags.update(_classifier_metrics(view, classifier, bias, values, vectors, sampled))
-        if sampled is not None:
-            for name in m.CLASSIFIER_PAIR_METRICS:
-                unavailable[name] = _not_sampled_reason(name, view.size, sampled)
-    else:
-        for name in (*_CLASSIFIER_METRICS, "ncc_agreement"):
-            unavailable.setdefault(name, "no classifier given")
-    if ood_mean is not None:
-        if isinstance(source, ClassStats):
-            ood_mean = m.check_ood_mean(ood_mean, stats)
-        values["ood_deviation"] = m.ood_deviation_of(view, ood_mean)
-    else:
-        unavailable["ood_deviation"] = "no ood_mean given (mean of out-of-distribution features)"
-    if theory is None:
-        for name in (
-            "gof_error",
-            "classifier_gram_error",
-            "logit_structure_error",
-            "optimum_frame_distance",
-        ):
-            unavailable[name] = "no theory given"
-
-    if theory is not None:
-        _theory_values(
-            stats, view, classifier, theory, context, values, vectors, unavailable, bounds
+    # The small products and factorisations of the metrics on one BLAS thread.
+    with serial_lapack(xp, (stats.num_classes, stats.dim)):
+        flags = _means_metrics(
+            view, stats, values, unavailable, _sampled_pairs(pairs, view.size), half_widths
         )
+        values.update({_HALF_WIDTH + name: half for name, half in half_widths.items()})
+        if classifier is not None:
+            sampled = _sampled_pairs(pairs, view.size)
+            flags.update(_classifier_metrics(view, classifier, bias, values, vectors, sampled))
+            if sampled is not None:
+                for name in m.CLASSIFIER_PAIR_METRICS:
+                    unavailable[name] = _not_sampled_reason(name, view.size, sampled)
+        else:
+            for name in (*_CLASSIFIER_METRICS, "ncc_agreement"):
+                unavailable.setdefault(name, "no classifier given")
+        if ood_mean is not None:
+            if isinstance(source, ClassStats):
+                ood_mean = m.check_ood_mean(ood_mean, stats)
+            values["ood_deviation"] = m.ood_deviation_of(view, ood_mean)
+        else:
+            unavailable["ood_deviation"] = _NO_OOD_MEAN
+        if theory is None:
+            for name in (
+                "gof_error",
+                "classifier_gram_error",
+                "logit_structure_error",
+                "optimum_frame_distance",
+            ):
+                unavailable[name] = "no theory given"
+
+        if theory is not None:
+            _theory_values(
+                stats, view, classifier, theory, context, values, vectors, unavailable, bounds
+            )
     if ce_sum is not None:
         values["objective"] = _objective(ce_sum, stats, classifier, context)
     elif objective is None and context is not None:
@@ -453,6 +456,9 @@ def nc_report(
         **floats,
     )
 
+
+#: Why `ood_deviation` is missing from a report.
+_NO_OOD_MEAN = "no ood_mean given (mean of out-of-distribution features)"
 
 #: The metrics of the classifier against the statistics (the NCC agreement
 #: needs the samples too).
@@ -801,8 +807,8 @@ def _scan_features(
             dev_along = dev @ basis
             # Squares summed in float64: one far sample (an outlier) would
             # otherwise make every other row's square round at its size.
-            wide = xp.astype(dev_along, wide_float(xp))
-            squares = wide * wide
+            squares = xp.astype(dev_along, wide_float(xp))  # a new array: squared in place
+            squares *= squares
             # Weighted by each row's squared norm: what the rounding of the
             # row's projection can move, for NC1's rounding estimate. Both
             # sums over the rows in one product.
@@ -810,7 +816,7 @@ def _scan_features(
             keep = None
             if kept_rows is not None:
                 keep = gather_rows(kept_rows, y, xp)
-                squares = squares * keep[:, None]
+                squares *= keep[:, None]
             both = xp.stack([xp.ones_like(norms), norms]) @ squares
             sums = (both[0, ...], both[1, ...])
             if weight is None:

@@ -22,7 +22,13 @@ from ..theory.optimum import UFMOptimum
 from .classes import DEGENERATE_REASONS, GLOBAL_MEANS, CountFilter
 from .distributed import ClassShard, Collectives
 from .pairs import MEANS_PAIR_METRICS
-from .report import NCReport, _checked_objective, _mark_degenerate, theory_context
+from .report import (
+    _NO_OOD_MEAN,
+    NCReport,
+    _checked_objective,
+    _mark_degenerate,
+    theory_context,
+)
 from .shard_metrics import (
     _classes,
     _shard_classifier_metrics,
@@ -166,7 +172,7 @@ def shard_report(
         unavailable["nc1"] = "statistics without Gram"
     unavailable["ncc_agreement"] = "needs features, not statistics"
     if ood_mean is None:
-        unavailable["ood_deviation"] = "no ood_mean given (mean of out-of-distribution features)"
+        unavailable["ood_deviation"] = _NO_OOD_MEAN
     if pairs == "exact":
         found, raised = _shard_pair_metrics(
             shard, collectives, MEANS_PAIR_METRICS, global_mean, None, 1.0

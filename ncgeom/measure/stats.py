@@ -78,7 +78,8 @@ __all__ = [
 Array = Any
 #: ``visit(features_chunk, deviations_chunk, labels_chunk, squared_norms_chunk)``:
 #: more sums taken from a chunk while it is in cache (see `class_moments`); the
-#: last argument holds each row's ``||deviation||^2``.
+#: last argument holds each row's ``||deviation||^2``. The deviations' array may be
+#: written over by the next chunk: a visit keeps no reference to it.
 Visit = Callable[[Array, Array, Array, Array], tuple[Array, ...]]
 
 #: Bytes of shifted features materialised at once on a GPU (rows are processed
@@ -974,7 +975,10 @@ def _moments_about(
     num_classes = counts.shape[0]
     if check_finite and borrowed and host and not bool(xp.all(xp.isfinite(shift))):
         _raise_unrepresentable(features, labels, num_classes, xp, "class means")
-    visit = None if visitor is None else visitor(counts, shift)
+    visit = None
+    if visitor is not None:
+        with lanes.serial_lapack(xp, shift.shape):
+            visit = visitor(counts, shift)
     rows = rows_per_chunk(num, dim, dtype, xp, chunk_size, device, gram=gram)
     if chunk_size is None and not adds_in_place(xp):
         # Each chunk's class sums make a (K, d) table to add up: at least K rows
@@ -1206,7 +1210,9 @@ def _deviation_moments(
     of ``||dev||^2`` (K,), the
     pooled Gram ``dev^T dev`` (d, d) if `gram`, and the chunk-wise sum of
     ``visit(features_chunk, dev_chunk, labels_chunk, dev_sq_chunk)`` if `visit`
-    is given (``dev_sq_chunk``: each row's ``||dev||^2``, shared with the sums).
+    is given (``dev_sq_chunk``: each row's ``||dev||^2``, shared with the sums;
+    ``dev_chunk`` is overwritten by the next chunk, so `visit` keeps no
+    reference to it).
     """
     num_classes, dim = shift.shape
     dtype = shift.dtype
@@ -1226,10 +1232,14 @@ def _deviation_moments(
         sqnorms = xp.zeros(num_classes, dtype=wide, device=device)
         gram_sum = xp.zeros((dim, dim), dtype=dtype, device=device) if gram else None
         extra = None
+        # NumPy: every chunk's deviations are written into one buffer of the lane.
+        buffer = np.empty((step, dim), dtype=dtype) if is_numpy(xp) else None
         for part_rows in row_chunks(stop, step, start=start):
             y = labels[part_rows]
             x = xp.astype(features[part_rows, ...], dtype, copy=False)
-            dev = subtract_rows(x if inverse_scale is None else x * inverse_scale, shift, y, xp)
+            dev = _deviations(
+                x if inverse_scale is None else x * inverse_scale, shift, y, xp, buffer
+            )
             if class_sums:
                 sums = segment_sum(dev, y, num_classes, xp, into=sums)
             row_sq = xp.vecdot(dev, dev)
@@ -1250,6 +1260,20 @@ def _deviation_moments(
         gram_sum = None if gram_sum is None else gram_sum + other[2]
         extra = extra if other[3] is None else _add_parts(extra, other[3])
     return sums, xp.astype(sqnorms, dtype, copy=False), gram_sum, extra
+
+
+def _deviations(
+    x: Array, shift: Array, labels: Array, xp: ModuleType, buffer: Array | None
+) -> Array:
+    """``x - shift[labels]``: a new array, or on NumPy the leading rows of `buffer`
+    (rows of the shift gathered there, then subtracted from `x` in place)."""
+    if buffer is None:
+        return subtract_rows(x, shift, labels, xp)
+    out = buffer[: x.shape[0], ...]
+    # Labels are checked to lie in range: "clip" gathers without a bounds pass
+    # ("raise" would gather into a temporary first).
+    np.take(shift, labels, axis=0, out=out, mode="clip")
+    return np.subtract(x, out, out=out)
 
 
 def _add_parts(total: tuple[Array, ...] | None, part: tuple[Array, ...]) -> tuple[Array, ...]:
