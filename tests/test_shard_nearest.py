@@ -400,7 +400,11 @@ def test_arguments_are_checked() -> None:
     finite = r"^`lengths` must be finite and >= 0; got "
     real = r"^`lengths` must be an array of real numbers; got "
     bad = [
-        (np.ones(4), ValueError, r"^`lengths` must have shape \(3,\) \(this shard's classes\); "),
+        (
+            np.ones(4),
+            ValueError,
+            r"^`lengths` must be an array of shape \(3,\) \(this shard's classes\); ",
+        ),
         (np.array([1.0, -2.0, 1.0]), ValueError, finite + r"-2\.0 at \[1\] \(1 of 3 entries\)$"),
         (
             np.array([np.nan, 1.0, np.inf]),

@@ -295,26 +295,22 @@ def _check_frame_dim(weights: np.ndarray, dim: int) -> None:
         raise ValueError(msg)
 
 
-def _checked_lengths(lengths: Any, num: int, view: Classes | None) -> tuple[np.ndarray, float]:
-    """Lengths of the rows (of the view's classes) on the host divided by the
-    largest (float64 in [0, 1]; "equal" gives ones), and the largest."""
-    rows = num if view is None else view.size
-    if isinstance(lengths, str):
-        if lengths != "equal":
-            msg = f'`lengths` must be "equal" or an array of shape ({num},); got {lengths!r}'
-            raise ValueError(msg)
-        return np.ones(rows), 1.0
-    check_container(lengths, "lengths")
+def host_lengths(lengths: Any, num: int, alternative: str = "", rows: str = "") -> np.ndarray:
+    """`lengths` on the host as float64: shape (num,), finite and >= 0 (the
+    messages offer `alternative` before "an array" and name the `rows`)."""
     try:
         host = np.asarray(lengths if isinstance(lengths, (list, tuple)) else to_host(lengths))
     except (TypeError, ValueError, RuntimeError):
         host = None
     if host is None or host.dtype.kind not in "iuf":
         kind = type(lengths).__name__ if host is None else f"dtype {host.dtype}"
-        msg = f'`lengths` must be "equal" or an array of real numbers; got {kind}'
+        msg = f"`lengths` must be {alternative}an array of real numbers; got {kind}"
         raise TypeError(msg)
     if host.shape != (num,):
-        msg = f'`lengths` must be "equal" or an array of shape ({num},); got shape {host.shape}'
+        msg = (
+            f"`lengths` must be {alternative}an array of shape ({num},){rows}; "
+            f"got shape {host.shape}"
+        )
         raise ValueError(msg)
     host = host.astype(np.float64)
     bad = ~(np.isfinite(host) & (host >= 0))
@@ -325,6 +321,20 @@ def _checked_lengths(lengths: Any, num: int, view: Classes | None) -> tuple[np.n
             f"({int(bad.sum())} of {num} entries)"
         )
         raise ValueError(msg)
+    return host
+
+
+def _checked_lengths(lengths: Any, num: int, view: Classes | None) -> tuple[np.ndarray, float]:
+    """Lengths of the rows (of the view's classes) on the host divided by the
+    largest (float64 in [0, 1]; "equal" gives ones), and the largest."""
+    rows = num if view is None else view.size
+    if isinstance(lengths, str):
+        if lengths != "equal":
+            msg = f'`lengths` must be "equal" or an array of shape ({num},); got {lengths!r}'
+            raise ValueError(msg)
+        return np.ones(rows), 1.0
+    check_container(lengths, "lengths")
+    host = host_lengths(lengths, num, '"equal" or ')
     if view is not None:
         host = host[list(view.index)]
     largest = host.max()

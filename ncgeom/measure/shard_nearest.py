@@ -49,6 +49,7 @@ from .._lib.lanes import serial_lapack
 from .._lib.validate import check_choice, check_instance
 from .classes import DEGENERATE_METRICS, DEGENERATE_REASONS, GLOBAL_MEANS
 from .distributed import ClassShard, Collectives
+from .nearest import host_lengths
 from .shard_metrics import spread_flags
 
 __all__ = ["SHARD_NEAREST_METRICS", "ShardValues", "shard_nearest_metrics"]
@@ -422,27 +423,7 @@ def _diag(values: Array, xp: Any) -> Array:
 
 def _checked_lengths(lengths: Any, num: int) -> np.ndarray:
     """This rank's `lengths` on the host, float64: shape (num,), finite and >= 0."""
-    try:
-        host = np.asarray(lengths if isinstance(lengths, (list, tuple)) else to_host(lengths))
-    except (TypeError, ValueError, RuntimeError):
-        host = None
-    if host is None or host.dtype.kind not in "iuf":
-        kind = type(lengths).__name__ if host is None else f"dtype {host.dtype}"
-        msg = f"`lengths` must be an array of real numbers; got {kind}"
-        raise TypeError(msg)
-    if host.shape != (num,):
-        msg = f"`lengths` must have shape ({num},) (this shard's classes); got shape {host.shape}"
-        raise ValueError(msg)
-    host = host.astype(np.float64)
-    bad = ~(np.isfinite(host) & (host >= 0))
-    if bad.any():
-        first = int(np.argmax(bad))
-        msg = (
-            f"`lengths` must be finite and >= 0; got {float(host[first])!r} at [{first}] "
-            f"({int(bad.sum())} of {num} entries)"
-        )
-        raise ValueError(msg)
-    return host
+    return host_lengths(lengths, num, rows=" (this shard's classes)")
 
 
 def _largest_length(collectives: Collectives, lengths: np.ndarray, xp: Any, device: Any) -> float:
