@@ -400,12 +400,7 @@ def nc_report(
         else:
             unavailable["ood_deviation"] = _NO_OOD_MEAN
         if theory is None:
-            for name in (
-                "gof_error",
-                "classifier_gram_error",
-                "logit_structure_error",
-                "optimum_frame_distance",
-            ):
+            for name in _THEORY_METRICS:
                 unavailable[name] = "no theory given"
 
         if theory is not None:
@@ -456,6 +451,14 @@ def nc_report(
         **floats,
     )
 
+
+#: The comparisons with the optimum (with `_THEORY_PER_CLASS`, per class).
+_THEORY_METRICS = (
+    "gof_error",
+    "classifier_gram_error",
+    "logit_structure_error",
+    "optimum_frame_distance",
+)
 
 #: Why `ood_deviation` is missing from a report.
 _NO_OOD_MEAN = "no ood_mean given (mean of out-of-distribution features)"

@@ -23,7 +23,10 @@ from .classes import DEGENERATE_REASONS, GLOBAL_MEANS, CountFilter
 from .distributed import ClassShard, Collectives
 from .pairs import MEANS_PAIR_METRICS
 from .report import (
+    _CLASSIFIER_METRICS,
     _NO_OOD_MEAN,
+    _THEORY_METRICS,
+    _THEORY_PER_CLASS,
     NCReport,
     _checked_objective,
     _mark_degenerate,
@@ -205,34 +208,13 @@ def shard_report(
                 unavailable[name] = 'left out: shard_report(..., pairs="none")'
         vectors["distance_norms"] = _distance_norms(shard, collectives, classifier, global_mean)
     else:
-        for name in (
-            "self_duality_error",
-            "scaled_alignment_error",
-            "classifier_equinorm",
-            "classifier_equiangularity",
-            "classifier_etf_error",
-            "uniform_duality",
-            "uniform_duality_variance",
-            "bias_collapse",
-            "ncc_agreement",
-        ):
+        for name in (*_CLASSIFIER_METRICS, "ncc_agreement"):
             unavailable.setdefault(name, "no classifier given")
     if theory is None:
-        for name in (
-            "gof_error",
-            "classifier_gram_error",
-            "logit_structure_error",
-            "optimum_frame_distance",
-        ):
+        for name in _THEORY_METRICS:
             unavailable[name] = "no theory given"
     elif filtered:
-        for name in (
-            "gof_error",
-            "classifier_gram_error",
-            "logit_structure_error",
-            "optimum_frame_distance",
-            *NCReport.PER_CLASS[1:],
-        ):
+        for name in (*_THEORY_METRICS, *_THEORY_PER_CLASS):
             unavailable[name] = (
                 f"the theory covers every class, and {bounds.describe()} left some out"
             )
