@@ -267,3 +267,42 @@ def test_wrong_types():
         shard_report(ClassStats.from_features(np.eye(2), np.arange(2), 2), ALONE)
     with pytest.raises(TypeError, match="`collectives`"):
         shard_report(_one_shard(), (0, 1))
+
+
+# ----------------------------------------------------------------------------- user size
+def test_float32_shards_at_user_size_equal_the_float64_report():
+    # 3 ranks stream 2,000 classes of 20-60 samples in shuffled float32 batches, far
+    # from the origin; the report of the shards against float64 nc_report of the rows.
+    k, d, world = 2000, 48, 3
+    rng = np.random.default_rng(11)
+    counts = rng.integers(20, 61, size=k)
+    y = rng.permutation(np.repeat(np.arange(k), counts))
+    centres = 50.0 + 4 * rng.normal(size=(k, d))
+    x = (centres[y] + rng.normal(size=(y.size, d))).astype(np.float32)
+    w = rng.normal(size=(k, d)).astype(np.float32)
+
+    def work(rank: int, group: Collectives) -> Any:
+        sharded = ShardedClassStats(k, d, group, dtype=np.float32)
+        rows = np.arange(rank, y.size, world)
+        for part in np.array_split(rows, 37):
+            sharded.update(x[part], y[part])
+        start, stop = class_shards(k, world)[rank]
+        return shard_report(sharded.shard(), group, w[start:stop])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reports = run_on_threads(world, work)
+        stats = ClassStats.from_features(x.astype(np.float64), y, k, gram=True)
+        want = nc_report(stats, w.astype(np.float64), pairs="exact")
+    assert reports[0].dtype == "float32" and reports[0].counts == tuple(counts.tolist())
+    checked = 0
+    for name in want.METRICS:
+        value = getattr(want, name)
+        if value is None or math.isnan(value):
+            assert getattr(reports[0], name) is None or math.isnan(getattr(reports[0], name))
+            continue
+        for report in reports:
+            assert getattr(report, name) == pytest.approx(value, rel=1e-4), name
+        checked += 1
+    assert checked == 25  # all but NC5, the NCC agreement, the nearest frames and the theory
+    np.testing.assert_allclose(reports[2].distance_norms, want.distance_norms, rtol=1e-5)
