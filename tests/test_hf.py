@@ -431,7 +431,6 @@ def test_untied_head_and_the_embeddings_as_classifier(tmp_path):
         ({"prefix": 1}, TypeError, "`prefix` must be a str"),
         ({"ignore_index": 1.5}, TypeError, "`ignore_index` must be an int"),
         ({"num_classes": 0}, ValueError, "num_classes"),
-        ({"shard_classes": True, "pairs": 1000}, ValueError, "with shard_classes=True"),
     ],
 )
 def test_bad_arguments(kwargs, error, text):

@@ -222,6 +222,39 @@ def test_pairs_none_leaves_the_pair_metrics_out():
     assert report.nc1 == pytest.approx(whole_report(x, y, 5).nc1, rel=1e-9)
 
 
+@pytest.mark.parametrize("world", [1, 3])
+def test_sampled_pairs_equal_those_of_the_whole_table(world):
+    # The same seed draws the same pairs: the same estimates and intervals.
+    k, d = 300, 8
+    x, y, w, b = data(12, k, d, 1500, unseen=(7, 200))
+    want = whole_report(x, y, k, w, b)  # exact, for the interval check below
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sampled = nc_report(ClassStats.from_features(x, y, k, gram=True), w, b, pairs=4000)
+    for report in on_ranks(world, x, y, k, classifier=w, bias=b, pairs=4000):
+        assert_same_report(report.to_dict(), sampled.to_dict())
+    half = dict(report.estimated)
+    assert set(half) == {"cdnv", "equiangularity", "orthogonality_error", "log_energy"}
+    for name, width in half.items():
+        assert abs(getattr(report, name) - getattr(want, name)) < 3 * width, name
+    assert "sampled pairs" in dict(report.unavailable)["classifier_etf_error"]
+
+
+def test_auto_samples_above_the_threshold_as_the_report_does(monkeypatch):
+    import ncgeom.measure.metrics as metrics_module
+    import ncgeom.measure.report as report_module
+
+    monkeypatch.setattr(metrics_module, "SAMPLED_PAIRS_FROM", 50)
+    monkeypatch.setattr(report_module, "SAMPLED_PAIRS", 3000)
+    x, y, w, _ = data(13, 80, 6, 600)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = nc_report(ClassStats.from_features(x, y, 80, gram=True), w)
+    assert want.estimated
+    (report, _) = on_ranks(2, x, y, 80, classifier=w)
+    assert_same_report(report.to_dict(), want.to_dict())
+
+
 def test_shard_counts_in_class_order():
     x, y, _, _ = data(6, 9, 3, 50, unseen=(4,))
     got = run_on_threads(
@@ -246,7 +279,9 @@ def _one_shard() -> Any:
     [
         ({"bias": np.zeros(3)}, ValueError, "`bias` needs a `classifier`"),
         ({"classifier": np.zeros((2, 4))}, ValueError, r"`classifier` must have shape \(3, 4\)"),
-        ({"pairs": "auto"}, ValueError, "`pairs`"),
+        ({"pairs": "some"}, ValueError, "`pairs`"),
+        ({"pairs": 1}, ValueError, "`pairs`"),
+        ({"pairs": 2.5}, TypeError, "`pairs`"),
         ({"global_mean": "median"}, ValueError, "`global_mean`"),
         ({"min_count": 0}, ValueError, "`min_count`"),
         ({"objective": math.inf}, ValueError, "`objective`"),

@@ -35,11 +35,12 @@ from ..measure.distributed import (
     reduce_class_stats,
     reduce_scatter_class_stats,
 )
-from ..measure.shard_metrics import shard_classifier_metrics, shard_metrics
+from ..measure.shard_metrics import shard_classifier_metrics, shard_counts, shard_metrics
 from ..measure.shard_ncc import shard_ncc_agreement
 from ..measure.shard_nearest import ShardValues, shard_nearest_metrics
 from ..measure.shard_pairs import shard_classifier_pair_metrics, shard_pair_metrics
-from ..measure.shard_report import shard_counts, shard_report
+from ..measure.shard_report import shard_report
+from ..measure.shard_sampled import shard_sampled_pair_metrics
 from ..measure.shard_theory import ShardTheory, shard_theory_metrics
 from ..measure.sharded import ShardedClassStats
 from ..measure.stats import ClassStats
@@ -68,6 +69,7 @@ __all__ = [
     "shard_nearest_metrics",
     "shard_pair_metrics",
     "shard_report",
+    "shard_sampled_pair_metrics",
     "shard_theory_metrics",
     "unregister_plugin",
 ]

@@ -1332,46 +1332,72 @@ def _sampled_terms(
     about `PAIR_BLOCK_ELEMENTS` gathered entries; the Riesz terms as
     ``exp(t - max t)``, with ``max t`` returned beside them."""
     xp = view.xp
-    wide = wide_float(xp)
-    total = int(index["first"].shape[0])
-    step = max(1, PAIR_BLOCK_ELEMENTS // max(int(rows.unit.shape[1]), 1))
-    parts: dict[str, list[Array]] = {name: [] for name in asked - {"interference_mean"}}
-    for lo in range(0, total, step):
-        hi = min(lo + step, total)
-        first, second = index["first"][lo:hi], index["second"][lo:hi]
-
-        def pair(table: Array, first: Array = first, second: Array = second):
-            return gather_rows(table, first, xp), gather_rows(table, second, xp)
-
-        if asked & {"equiangularity", "log_energy", "riesz_log_energy"}:
-            a, b = pair(rows.unit)
-            if "equiangularity" in asked:
-                cos = xp.astype(xp.vecdot(a, b), wide)
-                parts["equiangularity"].append(xp.abs(cos + 1 / (rows.size - 1)))
-            gap = a - b
-            logs = xp.log(xp.astype(xp.vecdot(gap, gap), wide))  # log ||u_k - u_l||^2
-            for name in ("log_energy", "riesz_log_energy"):
-                if name in asked:
-                    parts[name].append(logs)
-        if "cdnv" in asked:
-            a, b = pair(view.means)
-            gap = a - b
-            own, other = pair(view.variances)
-            spread = xp.astype(own + other, wide)
-            parts["cdnv"].append(spread / (2 * xp.astype(xp.vecdot(gap, gap), wide)))
-        if "orthogonality_error" in asked:
-            a, b = pair(rows.uncentred)
-            parts["orthogonality_error"].append(xp.abs(xp.astype(xp.vecdot(a, b), wide)))
-    terms = {name: xp.concat(values) for name, values in parts.items()}
+    terms = pair_terms(
+        (rows, view.means), (rows, view.means), index["first"], index["second"], asked, rows.size
+    )
     shift = None
-    if "log_energy" in terms:
-        terms["log_energy"] = -terms["log_energy"] / 2
     if "riesz_log_energy" in terms:
         kernel = -s / 2 * terms["riesz_log_energy"]  # log ||u_k - u_l||^-s
         shift = xp.max(kernel)
         shift = xp.where(xp.isfinite(shift), shift, xp.zeros_like(shift))
         terms["riesz_log_energy"] = xp.exp(kernel - shift)
     return terms, shift
+
+
+def pair_terms(
+    firsts: tuple[_Rows, Array],
+    seconds: tuple[_Rows, Array],
+    first: Array,
+    second: Array,
+    asked: frozenset[str],
+    size: int,
+) -> dict[str, Array]:
+    """The terms of the pairs (``first[i]`` of `firsts`, ``second[i]`` of
+    `seconds`), each a (rows, uncentred means) pair, in the widest float, in
+    chunks of about `PAIR_BLOCK_ELEMENTS` gathered entries; `size` classes in
+    all. ``log_energy`` is ``-log ||u_k - u_l||``, ``riesz_log_energy``
+    ``log ||u_k - u_l||^2``."""
+    (rows_a, means_a), (rows_b, means_b) = firsts, seconds
+    xp = rows_a.xp
+    wide = wide_float(xp)
+    total = int(first.shape[0])
+    step = max(1, PAIR_BLOCK_ELEMENTS // max(int(rows_a.unit.shape[1]), 1))
+    parts: dict[str, list[Array]] = {name: [] for name in asked - {"interference_mean"}}
+    for lo in range(0, total, step):
+        hi = min(lo + step, total)
+        one, two = first[lo:hi], second[lo:hi]
+
+        def pair(table_a: Array, table_b: Array, one: Array = one, two: Array = two):
+            return gather_rows(table_a, one, xp), gather_rows(table_b, two, xp)
+
+        if asked & {"equiangularity", "log_energy", "riesz_log_energy"}:
+            a, b = pair(rows_a.unit, rows_b.unit)
+            if "equiangularity" in asked:
+                cos = xp.astype(xp.vecdot(a, b), wide)
+                parts["equiangularity"].append(xp.abs(cos + 1 / (size - 1)))
+            gap = a - b
+            logs = xp.log(xp.astype(xp.vecdot(gap, gap), wide))  # log ||u_k - u_l||^2
+            for name in ("log_energy", "riesz_log_energy"):
+                if name in asked:
+                    parts[name].append(logs)
+        if "cdnv" in asked:
+            a, b = pair(means_a, means_b)
+            gap = a - b
+            own, other = pair(rows_a.variances, rows_b.variances)
+            spread = xp.astype(own + other, wide)
+            parts["cdnv"].append(spread / (2 * xp.astype(xp.vecdot(gap, gap), wide)))
+        if "orthogonality_error" in asked:
+            a, b = pair(rows_a.uncentred, rows_b.uncentred)
+            parts["orthogonality_error"].append(xp.abs(xp.astype(xp.vecdot(a, b), wide)))
+    terms = {
+        name: xp.concat(values)
+        if values
+        else xp.zeros((0,), dtype=wide, device=array_device(rows_a.unit))
+        for name, values in parts.items()
+    }
+    if "log_energy" in terms:
+        terms["log_energy"] = -terms["log_energy"] / 2
+    return terms
 
 
 # ----------------------------------------------------------------------------- classifier

@@ -21,6 +21,8 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from .._lib.backend import namespace, quiet_division, to_host, wide_float
 from .._lib.lanes import serial_lapack
 from .._lib.validate import check_choice, check_instance
@@ -31,8 +33,9 @@ from .variants import _unit_rows, check_ood_vector
 __all__ = [
     "SHARD_CLASSIFIER_METRICS",
     "SHARD_METRICS",
-    "shard_classifier_metrics",
     "check_shard_classifier",
+    "shard_classifier_metrics",
+    "shard_counts",
     "shard_metrics",
     "spread_flags",
 ]
@@ -255,6 +258,39 @@ def spread_flags(collectives: Collectives, means: Array, centred: Array) -> dict
         "means": largest_mean == 0,
         "between": largest_centred <= (16 * eps) ** 2 * largest_mean,
     }
+
+
+def shard_counts(shard: ClassShard, collectives: Collectives) -> np.ndarray:
+    """The samples of each of the K classes of every rank's shard, in class
+    order, as int64 on the host (one all-gather); every rank must call it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ncgeom import ClassStats
+    >>> from ncgeom.plugins import Collectives, reduce_scatter_class_stats, shard_counts
+    >>> alone = Collectives(0, 1, lambda a: [a], lambda a: a, lambda a: a)
+    >>> stats = ClassStats.from_features(np.eye(3), np.array([0, 2, 2]), 3)
+    >>> shard_counts(reduce_scatter_class_stats(stats, alone), alone).tolist()
+    [1, 0, 2]
+    """
+    check_instance(shard, ClassShard, "shard")
+    check_instance(collectives, Collectives, "collectives")
+    xp = shard.stats.xp
+    counts = _gathered_rows(collectives, xp.astype(shard.stats.counts, wide_float(xp)), xp)
+    return np.rint(np.asarray(to_host(counts), dtype=np.float64)).astype(np.int64)
+
+
+def _gathered_rows(collectives: Collectives, values: Array, xp: Any) -> Array:
+    """Every rank's 1-D `values`, concatenated in rank order (padded to gather)."""
+    wide = wide_float(xp)
+    sizes = collectives.all_gather(xp.asarray([values.shape[0]]))
+    sizes = [int(to_host(n)[0]) for n in sizes]
+    padded = xp.concat(
+        [xp.astype(values, wide), xp.zeros((max(sizes) - values.shape[0],), dtype=wide)]
+    )
+    parts = collectives.all_gather(padded)
+    return xp.concat([part[:n] for part, n in zip(parts, sizes, strict=True)])
 
 
 def _largest(x: Array, xp: Any) -> Array:

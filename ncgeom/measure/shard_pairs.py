@@ -29,7 +29,13 @@ from .pairs import (
     _Rows,
     _run_pass,
 )
-from .shard_metrics import _classes, _largest, check_shard_classifier, spread_flags
+from .shard_metrics import (
+    _classes,
+    _gathered_rows,
+    _largest,
+    check_shard_classifier,
+    spread_flags,
+)
 
 __all__ = ["ring_pass", "shard_classifier_pair_metrics", "shard_pair_metrics"]
 
@@ -236,18 +242,6 @@ def ring_pass(
 def _gathered_any(collectives: Collectives, flag: Array, xp: Any) -> bool:
     parts = collectives.all_gather(xp.reshape(xp.astype(flag, wide_float(xp)), (1,)))
     return any(float(to_host(part)[0]) > 0 for part in parts)
-
-
-def _gathered_rows(collectives: Collectives, values: Array, xp: Any) -> Array:
-    """Every rank's 1-D `values`, concatenated in rank order (padded to gather)."""
-    wide = wide_float(xp)
-    sizes = collectives.all_gather(xp.asarray([values.shape[0]]))
-    sizes = [int(to_host(n)[0]) for n in sizes]
-    padded = xp.concat(
-        [xp.astype(values, wide), xp.zeros((max(sizes) - values.shape[0],), dtype=wide)]
-    )
-    parts = collectives.all_gather(padded)
-    return xp.concat([part[:n] for part, n in zip(parts, sizes, strict=True)])
 
 
 def _gathered_parts(

@@ -21,35 +21,42 @@ from .._lib.validate import check_choice, check_class_count, check_instance
 from ..theory.optimum import UFMOptimum
 from .classes import DEGENERATE_REASONS, GLOBAL_MEANS, CountFilter
 from .distributed import ClassShard, Collectives
-from .pairs import MEANS_PAIR_METRICS
+from .pairs import CLASSIFIER_PAIR_METRICS, MEANS_PAIR_METRICS, SAMPLED_PAIR_METRICS
 from .report import (
     _CLASSIFIER_METRICS,
     _NO_OOD_MEAN,
+    _SAMPLED_IN_REPORT,
     _THEORY_METRICS,
     _THEORY_PER_CLASS,
     NCReport,
+    _check_pairs,
     _checked_objective,
     _mark_degenerate,
+    _not_sampled_reason,
+    _sampled_pairs,
     theory_context,
 )
 from .shard_metrics import (
     _classes,
+    _gathered_rows,
     _shard_classifier_metrics,
     _shard_metrics,
     check_shard_classifier,
+    shard_counts,
 )
 from .shard_nearest import shard_nearest_metrics
-from .shard_pairs import _gathered_rows, _shard_classifier_pair_metrics, _shard_pair_metrics
+from .shard_pairs import _shard_classifier_pair_metrics, _shard_pair_metrics
+from .shard_sampled import _estimates
 from .shard_theory import shard_theory_metrics
 from .stats import ClassStats
 from .variants import _unit_rows
 
-__all__ = ["shard_counts", "shard_report"]
+__all__ = ["shard_report"]
 
 Array = Any
 
-#: What `shard_report` can do with the pairs of classes.
-SHARD_PAIRS = ("exact", "none")
+#: Why the pair metrics are missing with ``pairs="none"``.
+_LEFT_OUT = 'left out: shard_report(..., pairs="none")'
 
 
 def shard_report(
@@ -63,14 +70,14 @@ def shard_report(
     ood_mean: Array | None = None,
     min_count: int | None = None,
     max_count: int | None = None,
-    pairs: str = "exact",
+    pairs: str | int = "auto",
     global_mean: str = "samples",
 ) -> NCReport:
     """`ncgeom.nc_report` of the statistics of every rank's shard; every rank
     must call it, with the same arguments but its own shard and rows of W.
 
     Each rank gets the same report, equal to ``nc_report(stats, W, b,
-    theory=..., pairs="exact")`` of the whole table (1e-10 relative in float64
+    theory=..., pairs=...)`` of the whole table (1e-10 relative in float64
     in the tests), with the same NaN and reasons for degenerate geometry.
     No rank forms a (K, d) table of every class or a (K, K) array.
 
@@ -97,11 +104,16 @@ def shard_report(
         Keep only the classes with ``min_count <= n_k <= max_count`` samples
         (both inclusive), as for `ncgeom.nc_report` of statistics: NC1 and
         the comparisons with the theory are then unavailable.
-    pairs : {"exact", "none"}
-        "exact": every pair metric through the exchange of mean blocks
-        (`shard_pair_metrics`), P all-reduces of a block of ceil(K / P) means;
-        "none": leave them out (unavailable, with the reason), e.g. where
-        their K^2 d work is too much.
+    pairs : "auto", "exact", "none" or int
+        As for `ncgeom.nc_report`: "exact", every pair metric through the
+        exchange of mean blocks (`shard_pair_metrics`, P all-reduces of a
+        block of ceil(K / P) means); an int, the estimates of the pair means
+        from that many sampled pairs with their intervals
+        (`shard_sampled_pair_metrics`: the pairs, estimates and intervals of
+        the unsharded report), the other pair metrics unavailable with the
+        reason; "auto" (default), exact up to
+        `ncgeom.metrics.SAMPLED_PAIRS_FROM` classes with samples and
+        `SAMPLED_PAIRS` sampled pairs above. "none" leaves them all out.
     global_mean : {"samples", "classes"}
         Centre of the between-class spread.
 
@@ -138,7 +150,10 @@ def shard_report(
     check_instance(shard, ClassShard, "shard")
     check_instance(collectives, Collectives, "collectives")
     check_choice(global_mean, "global_mean", GLOBAL_MEANS)
-    check_choice(pairs, "pairs", SHARD_PAIRS)
+    if isinstance(pairs, str):
+        check_choice(pairs, "pairs", ("auto", "exact", "none"))
+    else:
+        _check_pairs(pairs)
     bounds = CountFilter.of(min_count, max_count)
     if bias is not None and classifier is None:
         msg = (
@@ -176,16 +191,30 @@ def shard_report(
     unavailable["ncc_agreement"] = "needs features, not statistics"
     if ood_mean is None:
         unavailable["ood_deviation"] = _NO_OOD_MEAN
-    if pairs == "exact":
+    counts = tuple(int(n) for n in shard_counts(full, collectives))
+    kept = sum(1 for n in counts if bounds.keeps(n))
+    sampled = None if pairs == "none" else _sampled_pairs(pairs, kept)
+    estimated: dict[str, float] = {}
+    if pairs == "none":
+        for name in MEANS_PAIR_METRICS:
+            unavailable[name] = _LEFT_OUT
+    elif sampled is None:
         found, raised = _shard_pair_metrics(
             shard, collectives, MEANS_PAIR_METRICS, global_mean, None, 1.0
         )
         values.update(found)
         _merge(flags, raised)
     else:
+        names = tuple(name for name in SAMPLED_PAIR_METRICS if name in _SAMPLED_IN_REPORT)
+        found, halves, raised = _estimates(
+            shard, collectives, names, sampled, global_mean, 0, 0.95, None
+        )
+        values.update(found)
+        _merge(flags, raised)
+        estimated = {name: half for name, half in halves.items() if name != "interference_mean"}
         for name in MEANS_PAIR_METRICS:
-            unavailable[name] = 'left out: shard_report(..., pairs="none")'
-    counts = tuple(int(n) for n in shard_counts(full, collectives))
+            if name not in found:
+                unavailable[name] = _not_sampled_reason(name, kept, sampled)
     unseen = 0 in counts
     lengths = None
     if theory is not None and not filtered and not unseen:  # the optimum's frame too
@@ -199,13 +228,16 @@ def shard_report(
         )
         values.update(found)
         _merge(flags, raised)
-        if pairs == "exact":
+        if pairs == "none":
+            for name in CLASSIFIER_PAIR_METRICS:
+                unavailable[name] = _LEFT_OUT
+        elif sampled is None:
             found, raised = _shard_classifier_pair_metrics(shard, collectives, classifier)
             values.update(found)
             _merge(flags, raised)
         else:
-            for name in ("classifier_equiangularity", "classifier_etf_error"):
-                unavailable[name] = 'left out: shard_report(..., pairs="none")'
+            for name in CLASSIFIER_PAIR_METRICS:
+                unavailable[name] = _not_sampled_reason(name, kept, sampled)
         vectors["distance_norms"] = _distance_norms(shard, collectives, classifier, global_mean)
     else:
         for name in (*_CLASSIFIER_METRICS, "ncc_agreement"):
@@ -254,30 +286,10 @@ def shard_report(
         backend=backend_name(xp),
         dtype=str(stats.dtype).rsplit(".", maxsplit=1)[-1],
         unavailable=tuple(unavailable.items()),
+        estimated=tuple((name, half) for name, half in estimated.items() if name in floats),
         theory=context,
         **floats,
     )
-
-
-def shard_counts(shard: ClassShard, collectives: Collectives) -> np.ndarray:
-    """The samples of each of the K classes of every rank's shard, in class
-    order, as int64 on the host (one all-gather); every rank must call it.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from ncgeom import ClassStats
-    >>> from ncgeom.plugins import Collectives, reduce_scatter_class_stats, shard_counts
-    >>> alone = Collectives(0, 1, lambda a: [a], lambda a: a, lambda a: a)
-    >>> stats = ClassStats.from_features(np.eye(3), np.array([0, 2, 2]), 3)
-    >>> shard_counts(reduce_scatter_class_stats(stats, alone), alone).tolist()
-    [1, 0, 2]
-    """
-    check_instance(shard, ClassShard, "shard")
-    check_instance(collectives, Collectives, "collectives")
-    xp = shard.stats.xp
-    counts = _gathered_rows(collectives, xp.astype(shard.stats.counts, wide_float(xp)), xp)
-    return np.rint(np.asarray(to_host(counts), dtype=np.float64)).astype(np.int64)
 
 
 def _kept(

@@ -29,7 +29,6 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from ncgeom import ClassStats, NCReport, nc_report
 from ncgeom.checks import check_num_classes, check_positive_int
-from ncgeom.metrics import SAMPLED_PAIRS_FROM
 from ncgeom.plugins import shard_report
 from ncgeom.utils import jsonable
 
@@ -201,12 +200,10 @@ class NCTrainerCallback(TrainerCallback):
         shards (`ncgeom.plugins.shard_report`), for vocabularies whose class
         table would not fit every rank. The held rows are then handed to their
         owners at the end of every observed optimizer step (``source="train"``)
-        or evaluation step (``"eval"``), a collective of all ranks. The pair
-        metrics are exact (``pairs="auto"`` leaves them out above
-        `ncgeom.metrics.SAMPLED_PAIRS_FROM` classes instead of sampling; an int
-        is refused), `last_stats` stays None, and the tapped layer must have a
-        (K, d) weight (it gives d to a rank that has no row to send). Default
-        False.
+        or evaluation step (``"eval"``), a collective of all ranks. `pairs`
+        works as without shards (the same sampled pairs and intervals),
+        `last_stats` stays None, and the tapped layer must have a (K, d)
+        weight (it gives d to a rank that has no row to send). Default False.
 
     Attributes
     ----------
@@ -365,12 +362,6 @@ class NCTrainerCallback(TrainerCallback):
         self.ignore_index = ignore_index
         self.pairs = pairs
         self.shard_classes = bool(shard_classes)
-        if self.shard_classes and not isinstance(pairs, str):
-            msg = (
-                "with shard_classes=True the pair metrics are exact or left out: "
-                f'pass pairs="auto" or "exact"; got pairs={pairs!r}'
-            )
-            raise ValueError(msg)
         self.history: list[tuple[int, dict[str, Any]]] = []
         self.last_report: NCReport | None = None
         self.last_stats: ClassStats | None = None
@@ -690,9 +681,6 @@ class NCTrainerCallback(TrainerCallback):
             bias = None
         else:
             bias = bias.detach()[rows].to(device=stats.device, dtype=stats.dtype)
-        pairs = "exact"
-        if self.pairs == "auto" and shard.num_classes > SAMPLED_PAIRS_FROM:
-            pairs = "none"
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*have no samples and are left out.*")
             report = shard_report(
@@ -701,7 +689,7 @@ class NCTrainerCallback(TrainerCallback):
                 weight,
                 bias,
                 min_count=self.min_count,
-                pairs=pairs,
+                pairs=self.pairs,
             )
         self.last_report, self.last_stats = report, None
         self._log(report, state)
