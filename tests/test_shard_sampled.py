@@ -76,5 +76,9 @@ def test_fewer_than_two_classes_and_bad_arguments():
         shard_sampled_pair_metrics(shard, alone, ("cdnv",), 1)
     with pytest.raises(ValueError, match="`confidence`"):
         shard_sampled_pair_metrics(shard, alone, ("cdnv",), 10, confidence=1.0)
+    with pytest.raises(TypeError, match="every rank draws the same pairs"):
+        shard_sampled_pair_metrics(shard, alone, ("cdnv",), 10, seed=None)
+    with pytest.raises(ValueError, match="`seed`"):
+        shard_sampled_pair_metrics(shard, alone, ("cdnv",), 10, seed=-1)
     with pytest.raises(ValueError, match="etf_error"):
         shard_sampled_pair_metrics(shard, alone, ("etf_error",), 10)

@@ -26,7 +26,13 @@ from .._lib.backend import (
     to_host,
     wide_float,
 )
-from .._lib.validate import check_choice, check_instance, check_int_at_least, check_real
+from .._lib.validate import (
+    check_choice,
+    check_instance,
+    check_int_at_least,
+    check_real,
+    check_seed,
+)
 from .classes import GLOBAL_MEANS
 from .distributed import ClassShard, Collectives, class_shards
 from .pairs import SAMPLED_PAIR_METRICS, _check_names, _riesz_s, _Rows, pair_terms
@@ -66,6 +72,7 @@ def shard_sampled_pair_metrics(
         Pairs drawn (>= 2).
     global_mean : {"samples", "classes"}
     seed : int
+        The same on every rank (>= 0).
     confidence : float
         Coverage of the intervals, in (0, 1).
     s : float, optional
@@ -120,6 +127,10 @@ def _estimates(
     check_choice(global_mean, "global_mean", GLOBAL_MEANS)
     asked = _check_names(names, SAMPLED_PAIR_METRICS)
     num_pairs = check_int_at_least(num_pairs, "num_pairs", 2)
+    if seed is None or isinstance(seed, np.random.Generator):
+        msg = f"`seed` must be an int >= 0 (every rank draws the same pairs); got {seed!r}"
+        raise TypeError(msg)
+    seed = check_seed(seed)
     confidence = check_real(confidence, "confidence")
     if not 0 < confidence < 1:
         msg = f"`confidence` must be in (0, 1); got {confidence!r}"
