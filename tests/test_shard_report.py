@@ -297,6 +297,48 @@ def test_bad_arguments_are_named(kwargs, error, text):
         shard_report(_one_shard(), ALONE, **kwargs)
 
 
+@pytest.mark.parametrize(
+    ("change", "error", "text"),
+    [
+        ({"classifier": np.nan}, ValueError, "`classifier` must be finite"),
+        ({"classifier": np.inf}, ValueError, "`classifier` must be finite"),
+        ({"bias": np.nan}, ValueError, "`bias` must be finite"),
+        ({"classifier": "int"}, TypeError, "`classifier` must have a real floating dtype"),
+        ({"classifier": None}, ValueError, "given on every rank or on none"),
+    ],
+)
+def test_a_classifier_refused_on_one_rank_raises_on_every_rank(change, error, text):
+    # Nothing is computed from it: no NaN metric, and no rank left in a collective.
+    k, d, world = 6, 4, 3
+    x, y, w, b = data(4, k, d, 90)
+
+    def work(rank: int, group: Collectives) -> Any:
+        local = ClassStats.from_features(x[rank::world], y[rank::world], k, gram=True)
+        shard = reduce_scatter_class_stats(local, group)
+        start, stop = class_shards(k, world)[rank]
+        rows, bias = w[start:stop].copy(), b[start:stop].copy()
+        if rank == 1:
+            name, value = next(iter(change.items()))
+            if value is None:
+                rows = bias = None
+            elif value == "int":
+                rows = rows.astype(np.int64)
+            elif name == "classifier":
+                rows[0, 0] = value
+            else:
+                bias[0] = value
+        return shard_report(shard, group, rows, bias)
+
+    results = run_on_threads(world, work)
+    if change.get("classifier", 0) is None:
+        assert all(isinstance(r, ValueError) and text in str(r) for r in results)
+        return
+    assert isinstance(results[1], error) and text in str(results[1])
+    for rank in (0, 2):
+        assert isinstance(results[rank], ValueError)
+        assert "rank 1's `classifier` or `bias` was refused there" in str(results[rank])
+
+
 def test_wrong_types():
     with pytest.raises(TypeError, match="`shard`"):
         shard_report(ClassStats.from_features(np.eye(2), np.arange(2), 2), ALONE)

@@ -23,9 +23,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .._lib.backend import namespace, quiet_division, to_host, wide_float
+from .._lib.backend import detach, namespace, quiet_division, to_host, wide_float
 from .._lib.lanes import serial_lapack
-from .._lib.validate import check_choice, check_instance
+from .._lib.validate import check_bias_vector, check_choice, check_classifier, check_instance
 from .classes import DEGENERATE_METRICS, GLOBAL_MEANS
 from .distributed import ClassShard, Collectives
 from .variants import _unit_rows, check_ood_vector
@@ -33,6 +33,7 @@ from .variants import _unit_rows, check_ood_vector
 __all__ = [
     "SHARD_CLASSIFIER_METRICS",
     "SHARD_METRICS",
+    "agree_on_classifier",
     "check_shard_classifier",
     "shard_classifier_metrics",
     "shard_counts",
@@ -373,6 +374,12 @@ def shard_classifier_metrics(
     >>> bool(abs(value - nc_report((x, y), w).self_duality_error) < 1e-12)
     True
     """
+    check_instance(shard, ClassShard, "shard")
+    check_instance(collectives, Collectives, "collectives")
+    classifier, bias = agree_on_classifier(shard, collectives, classifier, bias)
+    if classifier is None:
+        msg = "`classifier` must be the rows of W of this rank's classes; got None"
+        raise TypeError(msg)
     return _shard_classifier_metrics(shard, collectives, classifier, bias, global_mean)[0]
 
 
@@ -513,6 +520,59 @@ def check_shard_classifier(
             f"rows); got {shape}"
         )
         raise ValueError(msg)
+
+
+def agree_on_classifier(
+    shard: ClassShard,
+    collectives: Collectives,
+    classifier: Array | None,
+    bias: Array | None = None,
+) -> tuple[Array | None, Array | None]:
+    """This rank's rows of W (and b) checked as `ncgeom.nc_report` checks a
+    classifier (shape, library, a real floating dtype, finite); every rank
+    must call it, also without a classifier. One all-gather compares the
+    verdicts: a classifier refused on one rank, or given on some ranks only,
+    raises on every rank (the refusing rank its own error, the others naming
+    it), so that no rank is left waiting in a later collective. Returns the
+    rows, detached, and the bias."""
+    stats = shard.stats
+    xp = stats.xp
+    error: Exception | None = None
+    try:
+        if bias is not None and classifier is None:
+            msg = (
+                "`bias` needs a `classifier`: it is added to the classifier's logits; "
+                "got classifier=None"
+            )
+            raise ValueError(msg)
+        if classifier is not None:
+            check_shard_classifier(shard, classifier, bias)
+            shape = (stats.num_classes, stats.dim)
+            classifier = check_classifier(classifier, shape, stats.dtype, xp)
+        if bias is not None:
+            check_bias_vector(bias, stats.num_classes, xp)
+            bias = detach(bias)
+    except (TypeError, ValueError) as err:
+        error = err
+    state = 1.0 if error is not None else (0.0 if classifier is not None else 2.0)
+    code = xp.asarray([state], dtype=wide_float(xp), device=stats.device)
+    states = [float(to_host(part)[0]) for part in collectives.all_gather(code)]
+    if error is not None:
+        raise error
+    if 1.0 in states:
+        msg = (
+            f"rank {states.index(1.0)}'s `classifier` or `bias` was refused there; "
+            "nothing was measured"
+        )
+        raise ValueError(msg)
+    if len(set(states)) > 1:
+        given = [r for r, state in enumerate(states) if state == 0.0]
+        msg = (
+            "`classifier` must be given on every rank or on none; got it on ranks "
+            f"{given} of {len(states)}"
+        )
+        raise ValueError(msg)
+    return classifier, bias
 
 
 def _sq_distance(a: Array, norm_a: Array, b: Array, norm_b: Array, xp: Any) -> Array:

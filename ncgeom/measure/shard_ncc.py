@@ -147,6 +147,10 @@ def _checked_features(
     if features.ndim != 2 or features.shape[1] != dim:
         msg = f"`features` must have shape (rows, {dim}); got {tuple(features.shape)}"
         raise ValueError(msg)
+    for name, value in (("classifier", classifier), ("bias", bias)):
+        if value is not None and not xp.isdtype(value.dtype, "real floating"):
+            msg = f"`{name}` must have a real floating dtype; got {value.dtype}"
+            raise TypeError(msg)
     named = {"features": features, "classifier": classifier, "bias": bias}
     named = {name: value for name, value in named.items() if value is not None}
     finite = to_host(xp.stack([xp.all(xp.isfinite(value)) for value in named.values()]))

@@ -33,6 +33,7 @@ from .shard_metrics import (
     _classes,
     _gathered_rows,
     _largest,
+    agree_on_classifier,
     check_shard_classifier,
     spread_flags,
 )
@@ -297,6 +298,12 @@ def shard_classifier_pair_metrics(
     >>> bool(abs(value - nc_report((x, y), w).classifier_etf_error) < 1e-12)
     True
     """
+    check_instance(shard, ClassShard, "shard")
+    check_instance(collectives, Collectives, "collectives")
+    classifier, _ = agree_on_classifier(shard, collectives, classifier)
+    if classifier is None:
+        msg = "`classifier` must be the rows of W of this rank's classes; got None"
+        raise TypeError(msg)
     return _shard_classifier_pair_metrics(shard, collectives, classifier)[0]
 
 

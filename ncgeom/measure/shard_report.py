@@ -41,7 +41,7 @@ from .shard_metrics import (
     _gathered_rows,
     _shard_classifier_metrics,
     _shard_metrics,
-    check_shard_classifier,
+    agree_on_classifier,
     shard_counts,
 )
 from .shard_nearest import shard_nearest_metrics
@@ -155,14 +155,7 @@ def shard_report(
     else:
         _check_pairs(pairs)
     bounds = CountFilter.of(min_count, max_count)
-    if bias is not None and classifier is None:
-        msg = (
-            "`bias` needs a `classifier`: it is added to the classifier's logits; "
-            "got classifier=None"
-        )
-        raise ValueError(msg)
-    if classifier is not None:
-        check_shard_classifier(shard, classifier, bias)
+    classifier, bias = agree_on_classifier(shard, collectives, classifier, bias)
     context = None
     if theory is not None:
         context = theory_context(theory, global_mean=global_mean)
