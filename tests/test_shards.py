@@ -251,7 +251,15 @@ def test_accumulated_shards_at_feature_scales(size: float) -> None:
         assert np.isnan(np.asarray(shard.stats.means)[unseen]).all()
 
 
-def test_a_refused_batch_raises_on_every_rank_and_adds_nothing() -> None:
+@pytest.mark.parametrize(
+    ("spoil", "text"),
+    [
+        ("labels", "`labels` must lie in [0, 4)"),
+        ("nan", "`features` must be finite"),  # on the host too: the owners add unchecked
+        ("inf", "`features` must be finite"),
+    ],
+)
+def test_a_refused_batch_raises_on_every_rank_and_adds_nothing(spoil: str, text: str) -> None:
     k, d = 4, 3
     rng = np.random.default_rng(0)
     good = rng.normal(size=(6, d)), np.arange(6) % k
@@ -259,11 +267,14 @@ def test_a_refused_batch_raises_on_every_rank_and_adds_nothing() -> None:
     def work(rank: int, group: Collectives) -> Any:
         sharded = ShardedClassStats(k, d, group)
         sharded.update(*good)
-        labels = good[1].copy()
-        if rank == 1:
-            labels[2] = k  # out of range on rank 1 only
+        features, labels = good[0].copy(), good[1].copy()
+        if rank == 1:  # on rank 1 only
+            if spoil == "labels":
+                labels[2] = k
+            else:
+                features[3, 1] = np.nan if spoil == "nan" else np.inf
         try:
-            sharded.update(good[0], labels)
+            sharded.update(features, labels)
         except ValueError as err:
             return str(err), sharded.shard().num_samples
         return "accepted", None
@@ -273,7 +284,7 @@ def test_a_refused_batch_raises_on_every_rank_and_adds_nothing() -> None:
         "rank 1's batch was refused there; nothing was added on any rank",
         2 * 6,
     )
-    assert results[1][0].startswith("`labels` must lie in [0, 4)")
+    assert results[1][0].startswith(text)
     assert results[1][1] == 2 * 6
 
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-from .._lib.backend import index_dtype, namespace, resolve_namespace, to_host
+from .._lib.backend import detach, index_dtype, namespace, resolve_namespace, to_host
 from .._lib.validate import (
+    check_batch,
     check_index,
     check_instance,
     check_int_at_least,
     check_num_classes,
     check_positive_int,
-    check_stream_batch,
 )
 from .distributed import ClassShard, Collectives, class_shards
 from .stats import ClassStats
@@ -135,9 +135,10 @@ class ShardedClassStats:
         xp, comm = self._xp, self.collectives
         error: Exception | None = None
         try:
-            features, labels = check_stream_batch(
-                features, labels, self.num_classes, xp, check_finite
-            )
+            # The finiteness is scanned here, on the host too: the owners add
+            # the rows unchecked, and NaN must raise on every rank before the gather.
+            labels = check_batch(features, labels, self.num_classes, xp, check_finite=check_finite)
+            features = detach(features)
             namespace(stats=self._like, features=features)
             if features.shape[1] != self.dim:
                 msg = f"`features` must have {self.dim} columns; got {features.shape[1]}"
