@@ -122,3 +122,25 @@ def test_a_theory_that_collapses_every_class_leaves_the_frame_unavailable(dead):
     reasons = dict(report.unavailable)
     assert report.optimum_frame_distance is None
     assert "collapses every class" in reasons["optimum_frame_distance"]
+
+
+def test_theory_errors_of_dead_features_or_a_zero_classifier_say_why():
+    # NaN with the reason of the degenerate geometry, as the other metrics.
+    opt = ufm_relu_optimum([30, 20, 3, 1], 2e-2, 2e-2)
+    y = np.repeat(np.arange(4), [30, 20, 3, 1])
+    dead = ClassStats.from_features(np.zeros((54, 4)), y, 4, gram=True)
+    alive = ClassStats.from_features(np.asarray(opt.means())[y], y, 4, gram=True)
+    with pytest.warns(UserWarning, match="degenerate class geometry"):
+        report = nc_report(dead, opt.classifier(), theory=opt)
+    why = dict(report.unavailable)
+    for name in ("gof_error", "logit_structure_error"):
+        assert np.isnan(getattr(report, name))
+        assert why[name] == "every class mean is zero (dead features)"
+    assert report.classifier_gram_error < 1e-12
+    with pytest.warns(UserWarning, match="degenerate class geometry"):
+        report = nc_report(alive, np.zeros((4, 4)), theory=opt)
+    why = dict(report.unavailable)
+    for name in ("classifier_gram_error", "logit_structure_error"):
+        assert np.isnan(getattr(report, name))
+        assert why[name].startswith("the classifier is zero")
+    assert report.gof_error < 1e-12

@@ -169,6 +169,9 @@ DEGENERATE_METRICS = {
     "nearest_etf_distance": ("means", "between"),
     "nearest_frame_distance": ("means",),
     "optimum_frame_distance": ("means",),
+    "gof_error": ("means",),
+    "classifier_gram_error": ("classifier",),
+    "logit_structure_error": ("means", "classifier"),
 }
 
 
