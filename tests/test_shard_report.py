@@ -383,3 +383,55 @@ def test_float32_shards_at_user_size_equal_the_float64_report():
         checked += 1
     assert checked == 25  # all but NC5, the NCC agreement, the nearest frames and the theory
     np.testing.assert_allclose(reports[2].distance_norms, want.distance_norms, rtol=1e-5)
+
+
+def test_float32_shards_of_many_samples_a_class_far_from_the_origin():
+    # 16 classes of 25,000 samples each at 1e3 from the origin, 2 ranks, 200 shuffled
+    # float32 batches: the sums about far shifts are where float32 loses digits.
+    k, d, world, per = 16, 8, 2, 25_000
+    rng = np.random.default_rng(21)
+    y = rng.permutation(np.repeat(np.arange(k), per))
+    centres = 1e3 + rng.normal(size=(k, d))
+    x = (centres[y] + rng.normal(size=(y.size, d))).astype(np.float32)
+
+    def work(rank: int, group: Collectives) -> Any:
+        sharded = ShardedClassStats(k, d, group, dtype=np.float32)
+        for part in np.array_split(np.arange(rank, y.size, world), 100):
+            sharded.update(x[part], y[part])
+        return shard_report(sharded.shard(), group)
+
+    reports = run_on_threads(world, work)
+    x64 = x.astype(np.float64)
+    means = np.stack([x64[y == c].mean(0) for c in range(k)])
+    spread = np.array([((x64[y == c] - means[c]) ** 2).sum(1).mean() for c in range(k)])
+    for report in reports:
+        assert report.within_variance == pytest.approx(spread.mean(), rel=1e-4)
+        assert report.nc1 == pytest.approx(numpy_nc1(x64, y), rel=1e-4)
+
+
+def test_float32_shards_at_vocabulary_size_with_sampled_pairs():
+    # K = 20,000 token classes, Zipf counts (most classes rare), 2 ranks, float32,
+    # sampled pairs: the report of the shards against float64 nc_report of the rows.
+    k, d, world = 20_000, 16, 2
+    rng = np.random.default_rng(22)
+    y = np.concatenate([np.arange(k), np.minimum(rng.zipf(1.3, size=300_000) - 1, k - 1)])
+    y = rng.permutation(y)
+    x = (5.0 + rng.normal(size=(k, d))[y] + 0.3 * rng.normal(size=(y.size, d))).astype(np.float32)
+
+    def work(rank: int, group: Collectives) -> Any:
+        sharded = ShardedClassStats(k, d, group, dtype=np.float32)
+        for part in np.array_split(np.arange(rank, y.size, world), 40):
+            sharded.update(x[part], y[part])
+        return shard_report(sharded.shard(), group, pairs=20_000)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reports = run_on_threads(world, work)
+        stats = ClassStats.from_features(x.astype(np.float64), y, k, gram=True)
+        want = nc_report(stats, pairs=20_000)
+    for name in ("nc1", "within_variance", "nc1_trace_ratio", "equinorm", "log_equinorm",
+                 "cdnv", "equiangularity", "orthogonality_error", "log_energy",
+                 "interference_mean"):  # fmt: skip
+        for report in reports:
+            assert getattr(report, name) == pytest.approx(getattr(want, name), rel=1e-4), name
+    assert dict(reports[0].estimated).keys() == dict(want.estimated).keys()

@@ -54,6 +54,17 @@ def test_equal_to_the_sampled_pairs_of_the_whole_table(world):
     assert half["interference_mean"] == 0.0
 
 
+@pytest.mark.parametrize("scale", [1e-20, 1e20])
+def test_the_same_estimates_at_extreme_feature_scales(scale):
+    k, d = 60, 5
+    x, y = table(3, k, d)
+    view = populated(ClassStats.from_features(x, y, k))
+    want, _ = pairs.sampled_pair_metrics(view, ALL, 3000, seed=2)
+    got, _ = on_ranks(3, scale * x, y, k, seed=2)[1]
+    for name in ALL:  # every estimate is scale-free
+        assert got[name] == pytest.approx(float(want[name]), rel=1e-9), name
+
+
 def test_intervals_cover_the_exact_means():
     k, d = 150, 6
     x, y = table(9, k, d)
